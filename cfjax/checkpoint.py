@@ -1,0 +1,153 @@
+"""Atomic orbax checkpoints with a JSON sidecar that guards against mismatches.
+
+A checkpoint is a directory holding orbax's files plus ``cfjax_meta.json``:
+``{"kind": ..., "config": {...}, "digest": sha256 of the leaves, ...}``. It is written
+under a temporary name and renamed into place, so a crash never leaves a half-written
+checkpoint under the final name. :func:`restore` refuses a checkpoint whose ``kind`` or
+``config`` differ from what the caller expects, or whose content no longer matches its
+digest (a truncated or corrupted file), with a :class:`~cfjax.errors.CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cfjax.errors import CheckpointError
+
+META = "cfjax_meta.json"
+
+
+def tree_digest(tree) -> str:
+    """sha256 over the leaves' dtypes, shapes and bytes, in tree order."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(tree):
+        a = np.asarray(leaf)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _jsonable(x: Any) -> Any:
+    """Round-trip ``x`` through JSON so configs compare equal after a restore (tuples -> lists)."""
+    return json.loads(json.dumps(x, default=str))
+
+
+def save(path: str | os.PathLike, tree, *, kind: str, config: dict | None = None, extra: dict | None = None) -> Path:
+    """Atomically write ``tree`` (a pytree of arrays) to the directory ``path``.
+
+    Args:
+      path: final checkpoint directory; replaced if it exists.
+      tree: pytree of arrays (device arrays are fetched to the host).
+      kind: what the tree is (``"classifier"``, ``"vae"``, ``"accumulators"``...).
+      config: the config the tree was made with; :func:`restore` compares against it.
+      extra: more JSON-able metadata (metrics, epoch, cursor...).
+
+    Returns:
+      The final path.
+    """
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    host_tree = jax.tree_util.tree_map(np.asarray, tree)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(tmp / "state", host_tree)
+        ckptr.wait_until_finished()
+        meta = {"kind": kind, "config": _jsonable(config or {}), "digest": tree_digest(host_tree), "extra": _jsonable(extra or {})}
+        with open(tmp / META, "w") as f:
+            json.dump(meta, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The sidecar metadata of a checkpoint; raises :class:`CheckpointError` if absent."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint: expected a checkpoint directory, got missing path {str(path)!r}")
+    try:
+        with open(path / META) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected a readable {META}, got {type(e).__name__}: {e}") from e
+
+
+def _diff(expected: dict, got: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(expected) | set(got)):
+        a, b = expected.get(k, "<absent>"), got.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: checkpoint has {b!r}, expected {a!r}")
+    return out
+
+
+def restore(
+    path: str | os.PathLike,
+    target=None,
+    *,
+    kind: str | None = None,
+    config: dict | None = None,
+) -> tuple[Any, dict]:
+    """Restore a checkpoint written by :func:`save`.
+
+    Args:
+      path: the checkpoint directory.
+      target: a pytree with the expected structure/shapes/dtypes (recommended: a
+        structural mismatch then fails with a clear error).
+      kind: expected ``kind``; a different one is refused.
+      config: expected config; any differing field is refused and listed.
+
+    Returns:
+      ``(tree, meta)`` with numpy leaves.
+    """
+    path = Path(path).absolute()
+    meta = read_meta(path)
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected kind {kind!r}, got {meta.get('kind')!r}")
+    if config is not None:
+        diffs = _diff(_jsonable(config), meta.get("config", {}))
+        if diffs:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} was written for another config; refusing to load it:\n  "
+                + "\n  ".join(diffs)
+                + "\nDelete it or point --out elsewhere to train a new one."
+            )
+    try:
+        ckptr = ocp.StandardCheckpointer()
+        if target is not None:
+            target = jax.tree_util.tree_map(lambda a: np.zeros(np.shape(a), np.asarray(a).dtype), target)
+            tree = ckptr.restore(path / "state", target)
+        else:
+            tree = ckptr.restore(path / "state")
+    except Exception as e:  # orbax raises many types for corrupt/mismatched files
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: could not be read ({type(e).__name__}: {str(e)[:300]}); "
+            "expected an intact checkpoint of the same architecture"
+        ) from e
+    tree = jax.tree_util.tree_map(np.asarray, tree)
+    if tree_digest(tree) != meta.get("digest"):
+        raise CheckpointError(f"checkpoint {str(path)!r}: content does not match its digest (truncated or corrupted files)")
+    return tree, meta

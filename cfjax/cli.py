@@ -1,0 +1,127 @@
+"""``cfjax`` command line: a thin shell over the library's public functions.
+
+Subcommands:
+  cfjax train classifier|vae --data NAME --out DIR [--epochs N ...]
+  cfjax demo --out DIR                 the README's main job
+  (explain / global / bench are added by their modules; see ``cfjax --help``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+SUBCOMMANDS: dict = {}
+
+
+def subcommand(name: str, help: str):
+    """Register ``fn(subparser)`` -> handler; keeps each module's CLI next to its code."""
+
+    def deco(fn):
+        SUBCOMMANDS[name] = (help, fn)
+        return fn
+
+    return deco
+
+
+@subcommand("train", "train a model (classifier | vae) and write orbax checkpoints")
+def _train_parser(p: argparse.ArgumentParser):
+    p.add_argument("model", choices=["classifier", "vae"])
+    p.add_argument("--data", required=True, help="dataset name (mnist5k, fashion_mnist, mnist, celeb_a)")
+    p.add_argument("--out", required=True, help="checkpoint directory (best/ and last/ go here)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latent-dim", type=int, default=None, help="VAE latent size")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit", type=int, default=None, help="cap examples per split (smoke runs)")
+
+    def run(a):
+        from cfjax import data as cdata
+        from cfjax import train as ct
+        from cfjax.zoo import DEFAULTS
+
+        zc = DEFAULTS.get(a.data, DEFAULTS["fashion_mnist"])
+        tr = cdata.load(a.data, "train", data_dir=a.data_dir, limit=a.limit)
+        te = cdata.load(a.data, "test", data_dir=a.data_dir, limit=a.limit)
+        tcfg = zc.classifier_train if a.model == "classifier" else zc.vae_train
+        over = {k: v for k, v in dict(epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.lr).items() if v is not None}
+        tcfg = dataclasses.replace(tcfg, seed=a.seed, **over)
+        t0 = time.perf_counter()
+        if a.model == "classifier":
+            res = ct.train_classifier(tr, te, dataclasses.replace(zc.classifier, num_classes=tr.num_classes), tcfg, a.out)
+        else:
+            mc = zc.vae if a.latent_dim is None else dataclasses.replace(zc.vae, latent_dim=a.latent_dim)
+            res = ct.train_vae(tr, te, mc, tcfg, a.out)
+        out = {"model": a.model, "data": a.data, "wall_s": round(time.perf_counter() - t0, 1), **res.metrics}
+        print(json.dumps(out, indent=1))
+
+    return run
+
+
+@subcommand("demo", "the main job on the bundled MNIST sample (train/reuse models, explain, report)")
+def _demo_parser(p: argparse.ArgumentParser):
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data", default="mnist5k")
+    p.add_argument("--smoke", action="store_true", help="tiny configuration that runs in seconds")
+
+    def run(a):
+        from cfjax import zoo
+
+        out = Path(a.out)
+        t0 = time.perf_counter()
+        m = zoo.get_models(a.data, out / "models", config=zoo.SMOKE if a.smoke else None, limit=500 if a.smoke else None)
+        print(f"classifier test accuracy: {m.classifier.metrics.get('accuracy'):.4f}")
+        print(f"VAE test reconstruction MSE: {m.vae.metrics.get('mse'):.5f}, L1: {m.vae.metrics.get('l1'):.4f}")
+        print(f"done in {time.perf_counter() - t0:.1f}s; checkpoints in {out / 'models'}")
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_plugins()
+    parser = argparse.ArgumentParser(prog="cfjax", description="Counterfactual explanations of image classifiers in JAX.")
+    parser.add_argument("--debug-nans", action="store_true", help="turn on jax_debug_nans for this run")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_, fn) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(_run=fn(sp))
+    return parser
+
+
+def _load_plugins():
+    """Import the modules that register further subcommands (explain, global, bench...)."""
+    import importlib
+
+    for mod in ("cfjax.jobs.attack", "cfjax.jobs.mirror", "cfjax.jobs.global_", "cfjax.jobs.bench"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod and not mod.startswith(str(e.name)):
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.debug_nans:
+        import jax
+
+        jax.config.update("jax_debug_nans", True)
+    from cfjax.errors import CfjaxError
+
+    try:
+        a._run(a)
+    except CfjaxError as e:
+        print(f"cfjax: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Worker for the 2-process localhost test of explain_dataset (run as a script).
+
+argv: PORT PROCESS_ID OUT_JSON
+"""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from cfjax import parallel  # noqa: E402
+
+port, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+parallel.initialize_distributed(f"127.0.0.1:{port}", 2, pid, cpu_collectives="gloo")
+sys.path.insert(0, os.path.dirname(__file__))
+from test_parallel import _data, _init, _toy_step  # noqa: E402
+
+import jax  # noqa: E402
+
+data = _data(77, seed=5)
+sl = parallel.process_slice(77)
+local = {k: v[sl] for k, v in data.items()}
+acc = parallel.explain_dataset(_toy_step({"traces": 0}), _init(), local, chunk_size=16, progress=False)
+with open(out, "w") as f:
+    json.dump({"devices": jax.device_count(), "local": jax.local_device_count(), **{k: np.asarray(v).tolist() for k, v in acc.items()}}, f)
