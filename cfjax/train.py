@@ -142,7 +142,7 @@ def fit(
     opt_state = tx.init(params)
     state = {"params": params, "opt_state": opt_state}
     config = {**(config or {}), "train": dataclasses.asdict(cfg)}
-    start_epoch, history, best, best_metrics = 0, [], None, {}
+    start_epoch, history, best, best_metrics, best_params = 0, [], None, {}, None
     workdir = Path(workdir) if workdir is not None else None
     if workdir is not None and (workdir / "last").is_dir():
         state, meta = ckpt.restore(workdir / "last", state, kind=f"{kind}-train-state", config=config)
@@ -197,6 +197,7 @@ def fit(
         improved = best is None or (v > best if select_mode == "max" else v < best)
         if improved:
             best, best_metrics = v, dict(metrics)
+            best_params = jax.device_get(state["params"])
         if workdir is not None:
             if improved:
                 ckpt.save(workdir / "best", state["params"], kind=kind, config=config, extra={"epoch": epoch + 1, "metrics": metrics})
@@ -207,11 +208,10 @@ def fit(
                 config=config,
                 extra={"epoch": epoch + 1, "history": history, "best_metrics": best_metrics},
             )
-    if workdir is not None and (workdir / "best").is_dir():
-        params, _ = ckpt.restore(workdir / "best", state["params"], kind=kind, config=config)
-    else:
-        params = state["params"]
-    return params, history, best_metrics
+    if best_params is None and workdir is not None and (workdir / "best").is_dir():
+        # resumed after the best epoch: the best params are on disk only
+        best_params, _ = ckpt.restore(workdir / "best", state["params"], kind=kind, config=config)
+    return (best_params if best_params is not None else jax.device_get(state["params"])), history, best_metrics
 
 
 def random_shift(key: jax.Array, x: jnp.ndarray, max_shift: int) -> jnp.ndarray:
