@@ -3,6 +3,7 @@
 from cfjax.data.sources import (
     DATASETS,
     FASHION_CLASSES,
+    FASHION_MNIST_DIR,
     Dataset,
     classes,
     load,
@@ -17,6 +18,7 @@ from cfjax.data.sources import (
 __all__ = [
     "DATASETS",
     "FASHION_CLASSES",
+    "FASHION_MNIST_DIR",
     "Dataset",
     "classes",
     "load",
