@@ -1,0 +1,226 @@
+"""Throughput benchmark of both methods; writes bench.json.
+
+    python experiments/bench.py --out bench.json [--batch-sizes 64 256 1024] [--steps 100]
+        [--torch] [--full-test-set] [--upsample resize transpose]
+
+Measures, per (method, batch size, steps): compile time, steady-state wall time (median of
+``--repeats``), counterfactuals/s, FLOPs per counterfactual from XLA's cost analysis, and the
+achieved FLOP/s as a fraction of a matmul peak measured in the same run; peak RSS. With
+``--torch`` the same latent attack runs in PyTorch eager (same architecture, the Flax weights
+copied over, same steps), batched and per image (as the authors' loop), timed in the same run.
+Model weights are random: throughput does not depend on them (the attack runs a fixed
+number of steps here: ``early_exit_every=0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from cfjax import attack as atk  # noqa: E402
+from cfjax.io import atomic_write_json  # noqa: E402
+from cfjax.models import VAE, Classifier, bind_classifier, bind_vae  # noqa: E402
+
+
+def _time(fn, repeats):
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def matmul_peak(dtype=jnp.float32, n=None, repeats=5) -> float:
+    """Measured dense matmul FLOP/s on the default device."""
+    n = n or (8192 if jax.default_backend() == "gpu" else 2048)
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    return 2 * n**3 / _time(lambda: f(a), repeats)
+
+
+def build(upsample="resize", seed=0):
+    clf_m = Classifier()
+    vae_m = VAE(image_shape=(28, 28, 1), latent_dim=16, upsample=upsample)
+    cp = clf_m.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 1)))
+    vp = vae_m.init(jax.random.key(seed + 1), jnp.zeros((1, 28, 28, 1)), jax.random.key(2))
+    return clf_m, cp, vae_m, vp
+
+
+def bench_attack(clf, vae, batch, steps, repeats):
+    z0 = jax.random.normal(jax.random.key(1), (batch, 16))
+    tgt = jnp.arange(batch) % 10
+    f = jax.jit(lambda z, t: atk.attack_batch(vae.decode, clf.logits, z, t, steps=steps, threshold=0.999, early_exit_every=0))
+    t0 = time.perf_counter()
+    compiled = f.lower(z0, tgt).compile()
+    compile_s = time.perf_counter() - t0
+    # XLA's cost analysis counts a loop body once, not times its trip count: cost one
+    # optimiser step (forward + backward of decode -> classify for the batch) and multiply.
+    def one_step(z, t):
+        return jax.vmap(jax.grad(lambda zz, tt: -jax.nn.softmax(clf.logits(vae.decode(zz)))[tt]))(z, t)
+
+    ca = jax.jit(one_step).lower(z0, tgt).compile().cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    flops = float(ca.get("flops", float("nan"))) * steps if ca else float("nan")
+    jax.block_until_ready(compiled(z0, tgt))
+    wall = _time(lambda: compiled(z0, tgt), repeats)
+    return {"compile_s": compile_s, "wall_s": wall, "cf_per_s": batch / wall, "flops_per_cf": flops / batch, "flops_per_s": flops / wall}
+
+
+def bench_reflect(clf, batch, solver, repeats):
+    from cfjax import mirror
+
+    x = jax.random.uniform(jax.random.key(3), (batch, 28, 28, 1))
+    F = jax.vmap(clf.feature_map)(x)
+    src = jnp.zeros(batch, jnp.int32)
+    tgt = jnp.ones(batch, jnp.int32)
+    f = jax.jit(jax.vmap(lambda F, s, t: mirror.reflect(F, clf.W, clf.b, s, t, solver=solver)))
+    t0 = time.perf_counter()
+    compiled = f.lower(F, src, tgt).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(F, src, tgt))
+    wall = _time(lambda: compiled(F, src, tgt), repeats)
+    return {"compile_s": compile_s, "wall_s": wall, "cf_per_s": batch / wall}
+
+
+def full_test_set(clf, vae, n_images=10000, k=10, steps=100, chunk=8192):
+    """n_images x (k-1) targets x steps, streamed in fixed chunks: end-to-end cf/s."""
+    n = n_images * (k - 1)
+    z = jax.random.normal(jax.random.key(4), (n, 16))
+    t = jnp.asarray((np.repeat(np.arange(n_images) % k, k - 1) + np.tile(np.arange(1, k), n_images)) % k)
+    f = jax.jit(lambda z, t: atk.attack_batch(vae.decode, clf.logits, z, t, steps=steps, threshold=0.999, early_exit_every=0).success.sum())
+    pad = (-n) % chunk
+    z = jnp.concatenate([z, jnp.zeros((pad, 16))])
+    t = jnp.concatenate([t, jnp.zeros(pad, t.dtype)])
+    jax.block_until_ready(f(z[:chunk], t[:chunk]))
+    t0 = time.perf_counter()
+    outs = [f(z[s : s + chunk], t[s : s + chunk]) for s in range(0, n + pad, chunk)]
+    jax.block_until_ready(outs)
+    wall = time.perf_counter() - t0
+    return {"n_counterfactuals": n, "steps": steps, "chunk": chunk, "wall_s": wall, "cf_per_s": n / wall}
+
+
+def torch_side_by_side(clf_m, cp, vae_m, vp, batch, steps, per_image_n=4):
+    """Same latent attack in PyTorch eager with the Flax weights copied over."""
+    import torch
+    import torch.nn.functional as Fn
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    dev = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+    T = lambda a: torch.tensor(np.asarray(a), device=dev)  # noqa: E731
+    P, V = cp["params"], vp["params"]
+
+    def conv(x, p, stride=1):  # flax HWIO -> torch OIHW, NCHW
+        w = T(p["kernel"]).permute(3, 2, 0, 1)
+        return Fn.conv2d(x, w, T(p["bias"]), stride=stride, padding=1)
+
+    widths = clf_m.widths
+    grid = (4, 4)
+
+    def decode(z):
+        h = z @ T(V["from_z"]["kernel"]) + T(V["from_z"]["bias"])
+        h = Fn.leaky_relu(h.reshape(-1, *grid, vae_m.widths[-1]).permute(0, 3, 1, 2), 0.2)
+        for i in range(len(vae_m.widths)):
+            h = h.repeat_interleave(2, 2).repeat_interleave(2, 3)
+            h = Fn.leaky_relu(conv(h, V[f"dec{i}"]), 0.2)
+        h = torch.sigmoid(conv(h, V["out"]))
+        return h[:, :, 2:30, 2:30]
+
+    def logits(x):
+        h = (x - 0.5) / 0.5
+        for b in range(len(widths)):
+            if b > 0:
+                h = Fn.max_pool2d(h, 2, ceil_mode=True)
+            h = Fn.relu(conv(h, P[f"block{b}_conv0"]))
+        return h.mean((2, 3)) @ T(P["head"]["kernel"]) + T(P["head"]["bias"])
+
+    def run(n):
+        z = torch.randn(n, 16, device=dev, requires_grad=True)
+        tgt = torch.arange(n, device=dev) % 10
+        opt = torch.optim.Adam([z], lr=0.1)
+        for _ in range(steps):
+            opt.zero_grad()
+            p = torch.softmax(logits(decode(z)), -1).gather(1, tgt[:, None])
+            (-p.sum()).backward()
+            opt.step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+
+    # check the port: same logits as the Flax model on the same latents
+    z = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
+    jl = np.asarray(jax.vmap(lambda zz: bind_classifier(clf_m, cp).logits(bind_vae(vae_m, vp).decode(zz)))(jnp.asarray(z)))
+    with torch.no_grad():
+        tl = logits(decode(T(z))).cpu().numpy()
+    max_diff = float(np.abs(jl - tl).max())
+    run(min(batch, 8))
+    t0 = time.perf_counter()
+    run(batch)
+    batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(per_image_n):
+        run(1)
+    per_image = (time.perf_counter() - t0) / per_image_n
+    return {"device": dev, "port_max_logit_diff": max_diff, "batched_cf_per_s": batch / batched, "per_image_cf_per_s": 1 / per_image}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="bench.json")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256, 1024])
+    p.add_argument("--steps", type=int, nargs="+", default=[100])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--upsample", nargs="+", default=["resize"])
+    p.add_argument("--torch", action="store_true")
+    p.add_argument("--mirror", action="store_true")
+    p.add_argument("--full-test-set", action="store_true")
+    a = p.parse_args(argv)
+    res = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
+           "machine": platform.machine(), "cpus": os.cpu_count(), "attack": [], "reflect": [], "torch": []}
+    res["matmul_peak_f32_flops"] = matmul_peak(jnp.float32)
+    if jax.default_backend() == "gpu":
+        res["matmul_peak_bf16_flops"] = matmul_peak(jnp.bfloat16)
+    for up in a.upsample:
+        clf_m, cp, vae_m, vp = build(up)
+        clf, vae = bind_classifier(clf_m, cp), bind_vae(vae_m, vp)
+        for steps in a.steps:
+            for bs in a.batch_sizes:
+                r = bench_attack(clf, vae, bs, steps, a.repeats)
+                r.update(upsample=up, batch=bs, steps=steps, frac_of_matmul_peak=r["flops_per_s"] / res["matmul_peak_f32_flops"])
+                res["attack"].append(r)
+                print(json.dumps(r), flush=True)
+                if a.torch and up == "resize":
+                    t = torch_side_by_side(clf_m, cp, vae_m, vp, bs, steps)
+                    t.update(batch=bs, steps=steps, jax_over_torch_batched=r["cf_per_s"] / t["batched_cf_per_s"],
+                             jax_over_torch_per_image=r["cf_per_s"] / t["per_image_cf_per_s"])
+                    res["torch"].append(t)
+                    print(json.dumps(t), flush=True)
+        if a.mirror and up == a.upsample[0]:
+            for bs in a.batch_sizes:
+                for solver in ("exact", "jaxopt"):
+                    r = bench_reflect(clf, bs, solver, a.repeats)
+                    r.update(batch=bs, solver=solver)
+                    res["reflect"].append(r)
+                    print(json.dumps(r), flush=True)
+        if a.full_test_set and up == a.upsample[0]:
+            res["full_test_set"] = full_test_set(clf, vae)
+            print(json.dumps(res["full_test_set"]), flush=True)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    atomic_write_json(a.out, res)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
