@@ -20,7 +20,7 @@ def _leaves_equal(a, b):
 def trained(mnist_small, tmp_path_factory):
     tr, te = mnist_small
     wd = tmp_path_factory.mktemp("clf")
-    cfg = ct.TrainConfig(epochs=2, batch_size=32, learning_rate=3e-3, augment_shift=1)
+    cfg = ct.TrainConfig(epochs=2, batch_size=16, learning_rate=3e-3, augment_shift=1, schedule="constant")
     res = ct.train_classifier(tr, te, ct.ClassifierConfig(widths=(16, 32, 32)), cfg, wd, progress=False)
     return res, wd, cfg
 
