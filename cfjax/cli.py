@@ -69,11 +69,14 @@ def _demo_parser(p: argparse.ArgumentParser):
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data", default="mnist5k")
     p.add_argument("--smoke", action="store_true", help="tiny configuration that runs in seconds")
+    p.add_argument("--limit", type=int, default=None, help="test images to explain (default 50; 0 = the whole test split)")
 
     def run(a):
         from cfjax.jobs.attack import AttackJobConfig, run_attack_explanation
 
-        cfg = AttackJobConfig.smoke_config() if a.smoke else AttackJobConfig()
+        cfg = AttackJobConfig.smoke_config() if a.smoke else AttackJobConfig.demo_config()
+        if a.limit is not None:
+            cfg = dataclasses.replace(cfg, limit=a.limit if a.limit > 0 else None)
         s = run_attack_explanation(a.data, a.out, cfg)
         print(f"classifier test accuracy: {s['classifier_accuracy']:.4f}; VAE test reconstruction MSE: {s['vae_mse']:.5f}")
         print(f"{s['n_counterfactuals']} counterfactuals in {s['total_wall_s']:.0f}s; see {Path(a.out) / 'report.html'}")
