@@ -42,29 +42,65 @@ def fit_attribute_predictor(
     learning_rate: float = 0.05,
     l2: float = 1e-3,
     seed: int = 0,
+    balanced: bool = False,
 ) -> AttributePredictor:
-    """Fit all attribute logistic regressions at once (full-batch Adam, jitted scan).
+    r"""Fit all ``A`` attribute logistic regressions at once (full-batch Adam in one jitted scan).
 
-    Inputs are standardised internally and the weights mapped back, so ``W``/``b`` apply to raw
-    latents. ``attributes`` must be in {0, 1}.
+    Minimises :math:`\frac1{nA}\sum_{i,a} w_{ia}\,\mathrm{BCE}(\hat z_i W'_a + b'_a, y_{ia})
+    + \lambda \|W'\|^2` on standardised latents :math:`\hat z = (z - \mu)/\sigma` (so one
+    learning rate suits every latent scale), then maps the weights back,
+    :math:`W = W' / \sigma`, :math:`b = b' - (\mu/\sigma) W'`, so ``W``/``b`` apply to raw
+    latents and scoring a counterfactual latent is one matmul.
+
+    Args:
+      latents: ``[n, D]`` latents of the auxiliary images (e.g. VAE encoder means).
+      attributes: ``[n, A]`` binary labels in {0, 1}.
+      names: the ``A`` attribute names.
+      steps: full-batch Adam steps.
+      learning_rate: Adam's.
+      l2: weight decay :math:`\lambda` on ``W'``.
+      seed: unused (full-batch training from zeros is deterministic); kept for API stability.
+      balanced: weigh positives and negatives of each attribute equally
+        (:math:`w = \frac{1}{2 \pi_a}` for positives, :math:`\frac{1}{2(1-\pi_a)}` for
+        negatives, :math:`\pi_a` the positive rate), for rare attributes such as CelebA's.
+
+    Returns:
+      :class:`AttributePredictor` with ``W`` [D, A] and ``b`` [A].
+
+    Example:
+      >>> import numpy as np
+      >>> z = np.random.default_rng(0).normal(size=(200, 3)).astype("float32")
+      >>> p = fit_attribute_predictor(z, (z[:, :1] > 0).astype("float32"), ["pos"], steps=300)
+      >>> attribute_accuracy(p, z, (z[:, :1] > 0))["pos"] > 0.95
+      True
     """
+    del seed  # full-batch logistic regression from zeros is deterministic
     z = np.asarray(latents, np.float32)
     y = np.asarray(attributes, np.float32)
-    if z.ndim != 2 or y.ndim != 2 or len(z) != len(y):
-        raise bad_arg("latents/attributes", f"shapes {z.shape} and {y.shape}", "[n, D] and [n, A] with the same n")
+    if z.ndim != 2 or y.ndim != 2 or len(z) != len(y) or len(z) == 0:
+        raise bad_arg("latents/attributes", f"shapes {z.shape} and {y.shape}", "[n, D] and [n, A] with the same n > 0")
     if len(names) != y.shape[1]:
         raise bad_arg("names", f"{len(names)} names", f"one per attribute column ({y.shape[1]})")
+    if not np.all(np.isfinite(z)):
+        raise bad_arg("latents", f"{int(np.size(z) - np.isfinite(z).sum())} non-finite values", "finite latents")
     if not np.all((y == 0) | (y == 1)):
         raise bad_arg("attributes", "values other than 0/1", "binary attributes in {0, 1}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps <= 0:
+        raise bad_arg("steps", repr(steps), "a positive integer")
     mu, sd = z.mean(0), z.std(0) + 1e-6
     zs = jnp.asarray((z - mu) / sd)
     yj = jnp.asarray(y)
+    if balanced:
+        pos = np.clip(y.mean(0), 1e-6, 1 - 1e-6)
+        w = np.where(y > 0.5, 0.5 / pos, 0.5 / (1 - pos)).astype(np.float32)
+    else:
+        w = np.ones_like(y)
+    wj = jnp.asarray(w)
     tx = optax.adam(learning_rate)
-    del seed  # full-batch logistic regression from zeros is deterministic
 
     def loss(p):
         logit = zs @ p["W"] + p["b"]
-        return jnp.mean(optax.sigmoid_binary_cross_entropy(logit, yj)) + l2 * jnp.sum(p["W"] ** 2)
+        return jnp.mean(wj * optax.sigmoid_binary_cross_entropy(logit, yj)) + l2 * jnp.sum(p["W"] ** 2)
 
     @jax.jit
     def run(p):
@@ -78,31 +114,61 @@ def fit_attribute_predictor(
         return p
 
     p = run({"W": jnp.zeros((z.shape[1], y.shape[1])), "b": jnp.zeros(y.shape[1])})
-    W = p["W"] / sd[:, None]
+    W = p["W"] / jnp.asarray(sd)[:, None]
     b = p["b"] - jnp.asarray(mu / sd) @ p["W"]
     return AttributePredictor(W, b, tuple(names))
 
 
+_HI = jax.lax.Precision.HIGHEST  # exact f32 sums/products on GPUs too (no TF32)
+
+
 def predict_attributes(pred: AttributePredictor, z: Float[Array, "... d"]) -> Float[Array, "... a"]:
-    """Attribute probabilities ``sigmoid(z @ W + b)``: one matmul for a whole batch."""
-    return jax.nn.sigmoid(z @ pred.W + pred.b)
+    r"""Attribute probabilities :math:`P(z) = \sigma(z W + b)`: one matmul for a whole batch.
+
+    Args:
+      pred: the fitted predictors.
+      z: latents ``[..., D]``.
+
+    Returns:
+      ``[..., A]`` probabilities.
+    """
+    return jax.nn.sigmoid(jnp.matmul(z, pred.W, precision=_HI) + pred.b)
 
 
 def local_scores(pred: AttributePredictor, z_orig: Float[Array, "... d"], z_cf: Float[Array, "... d"]) -> Float[Array, "... a"]:
-    """``P_a(z_cf) - P_a(z_orig)`` for every attribute."""
+    r"""Local importance :math:`\ell_a = P_a(z_{cf}) - P_a(z_{orig})` of every attribute.
+
+    Each counterfactual is scored against ITS OWN original latent (the reference notebook
+    once used one stale original for all). No re-encoding: both are latents already.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> p = AttributePredictor(jnp.array([[1.0], [0.0]]), jnp.zeros(1), ("x",))
+      >>> local_scores(p, jnp.zeros((1, 2)), jnp.array([[100.0, 0.0]])).round(3).tolist()
+      [[0.5]]
+    """
     return predict_attributes(pred, z_cf) - predict_attributes(pred, z_orig)
 
 
 def attribute_accuracy(pred: AttributePredictor, latents, attributes) -> dict:
-    """Per-attribute accuracy of the predictors (threshold 0.5)."""
+    """Per-attribute accuracy of the predictors at probability 0.5: ``{name: accuracy}``."""
     p = np.asarray(predict_attributes(pred, jnp.asarray(latents)))
     acc = ((p > 0.5) == (np.asarray(attributes) > 0.5)).mean(0)
     return {n: float(a) for n, a in zip(pred.names, acc)}
 
 
 class GlobalSums(NamedTuple):
-    """Sums per (source, target) pair slot ``source * K + target``: ``signed`` (of s*local),
-    ``abs`` (of |local|), ``sq`` (of local^2) [P, A], ``count`` [P]."""
+    r"""Plain sums per (source, target) pair slot ``source * K + target`` (``P = K * K`` slots).
+
+    Attributes:
+      signed: :math:`\sum_i s_i \ell_{ia}` [P, A].
+      abs: :math:`\sum_i |\ell_{ia}|` [P, A].
+      sq: :math:`\sum_i \ell_{ia}^2` [P, A] (:math:`s_i^2 = 1`, so also that of
+        :math:`s_i\ell_{ia}`).
+      count: number of counterfactuals counted [P].
+
+    Being sums, they merge across chunks, devices and hosts by addition (``psum``).
+    """
 
     signed: Float[Array, "p a"]
     abs: Float[Array, "p a"]
@@ -111,6 +177,11 @@ class GlobalSums(NamedTuple):
 
 
 def global_init(num_classes: int, num_attrs: int) -> GlobalSums:
+    """Zero sums for ``num_classes ** 2`` pair slots and ``num_attrs`` attributes (float32)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise bad_arg("num_classes", repr(num_classes), "a positive integer")
+    if isinstance(num_attrs, bool) or not isinstance(num_attrs, (int, np.integer)) or num_attrs < 1:
+        raise bad_arg("num_attrs", repr(num_attrs), "a positive integer")
     p = num_classes * num_classes
     return GlobalSums(jnp.zeros((p, num_attrs)), jnp.zeros((p, num_attrs)), jnp.zeros((p, num_attrs)), jnp.zeros((p,)))
 
@@ -123,43 +194,72 @@ def global_update(
     sign: Float[Array, "n"],
     mask: Bool[Array, "n"],
 ) -> GlobalSums:
-    """Add the masked-in rows (successful, non-padding) to their pair slots (a one-hot matmul)."""
+    r"""Add a batch of local scores to their pair slots; pure and jit-able.
+
+    Only masked-in rows count (successful counterfactuals, not padding); masked-out rows are
+    zeroed before any arithmetic, so even NaN garbage there cannot leak. The per-slot sums are
+    one one-hot contraction over the batch axis (a sum over a sharded axis: XLA all-reduces).
+
+    Args:
+      acc: the running sums.
+      scores: ``[n, A]`` local scores.
+      source, target: ``[n]`` class indices in ``[0, K)``.
+      sign: ``[n]`` :math:`s_i`: +1 when the counterfactual raises the class probability, -1
+        when it lowers it.
+      mask: ``[n]`` bool.
+
+    Returns:
+      The updated :class:`GlobalSums`.
+    """
     k = int(round(np.sqrt(acc.count.shape[0])))
     slot = source * k + target
     m = mask.astype(scores.dtype)
     s = jnp.where(mask[:, None], scores, 0.0)
     oh = jax.nn.one_hot(slot, k * k, dtype=scores.dtype) * m[:, None]  # [n, P]
+    sgn = jnp.where(mask, sign, 0.0).astype(scores.dtype)
+    dot = lambda v: jnp.einsum("np,na->pa", oh, v, precision=_HI)  # noqa: E731
     return GlobalSums(
-        acc.signed + oh.T @ (s * sign[:, None]),
-        acc.abs + oh.T @ jnp.abs(s),
-        acc.sq + oh.T @ (s**2),
+        acc.signed + dot(s * sgn[:, None]),
+        acc.abs + dot(jnp.abs(s)),
+        acc.sq + dot(s**2),
         acc.count + jnp.sum(oh, 0),
     )
 
 
 def global_merge(a: GlobalSums, b: GlobalSums) -> GlobalSums:
+    """Sums of two partial aggregations (other chunks, devices or hosts)."""
     return jax.tree_util.tree_map(jnp.add, a, b)
 
 
 def _stats(signed, ab, sq, count, names) -> dict:
     out = {}
+    c = float(count)
     for i, n in enumerate(names):
-        c = float(count)
-        mean = float(signed[i]) / c if c else float("nan")
-        var = float(sq[i]) / c - mean**2 if c else float("nan")
-        out[n] = {"mean": mean, "mean_abs": float(ab[i]) / c if c else float("nan"), "std": float(np.sqrt(max(var, 0.0))) if c else float("nan"), "count": int(c)}
+        if not c:
+            out[n] = {"mean": float("nan"), "mean_abs": float("nan"), "std": float("nan"), "count": 0}
+            continue
+        mean = float(signed[i]) / c
+        var = float(sq[i]) / c - mean**2
+        out[n] = {"mean": mean, "mean_abs": float(ab[i]) / c, "std": float(np.sqrt(max(var, 0.0))), "count": int(round(c))}
     return out
 
 
 def global_finalize(acc: GlobalSums, names: Sequence[str], class_names: Sequence[str] | None = None) -> dict:
-    """``{"overall": {attr: {mean, mean_abs, std, count}}, "pairs": {"s->t": {...}}}``.
+    r"""Means from the sums: ``{"overall": {attr: stats}, "pairs": {"s->t": {attr: stats}}}``.
 
-    ``mean`` is the signed global score G_a; ``std`` the spread of s*local (the sign is +-1,
-    so the second moment is that of local).
+    ``stats = {"mean": G_a, "mean_abs", "std", "count"}`` with
+    :math:`G_a = \frac1N \sum_i s_i \ell_{ia}` (> 0: the attribute rises with the class),
+    the mean of :math:`|\ell_{ia}|`, the (population) std of :math:`s_i \ell_{ia}` and
+    :math:`N`. Only pairs with at least one counted counterfactual appear; pair keys use
+    ``class_names`` (default ``"0"``, ``"1"``, ...). Computed on the host in float64.
     """
     signed, ab, sq, count = (np.asarray(x, np.float64) for x in acc)
     k = int(round(np.sqrt(len(count))))
     cn = list(class_names) if class_names else [str(i) for i in range(k)]
+    if len(cn) != k:
+        raise bad_arg("class_names", f"{len(cn)} names", f"{k} class names")
+    if len(names) != signed.shape[1]:
+        raise bad_arg("names", f"{len(names)} names", f"{signed.shape[1]} attribute names")
     pairs = {}
     for slot in np.flatnonzero(count > 0):
         s, t = divmod(int(slot), k)
@@ -168,32 +268,60 @@ def global_finalize(acc: GlobalSums, names: Sequence[str], class_names: Sequence
     return {"overall": overall, "pairs": pairs}
 
 
-def top_attributes(stats: dict, k: int = 5) -> list[tuple[str, float]]:
-    """The ``k`` attributes with the largest |mean| of one stats dict (overall or a pair)."""
-    items = [(n, v["mean"]) for n, v in stats.items() if v["count"] > 0]
+def top_attributes(stats: dict, k: int = 5, by: str = "mean") -> list[tuple[str, float]]:
+    """The ``k`` attributes with the largest ``|stats[a][by]|``, as ``[(name, value), ...]``.
+
+    ``stats`` is one stats dict (``result["overall"]`` or ``result["pairs"]["3->8"]``); a whole
+    :func:`global_finalize` result means its ``"overall"``. Attributes with no counted
+    counterfactual are skipped.
+    """
+    if "overall" in stats and "pairs" in stats:
+        stats = stats["overall"]
+    items = [(n, v[by]) for n, v in stats.items() if v.get("count", 0) > 0 and v[by] is not None and np.isfinite(v[by])]
     return sorted(items, key=lambda t: -abs(t[1]))[:k]
 
 
-# CelebA: the paper's merges, and attributes dropped as abstract or redundant.
-CELEBA_DROP = ("Attractive", "Blurry", "Young", "Male", "Smiling", "Mustache", "Goatee", "Sideburns", "5_o_Clock_Shadow", "No_Beard", "Black_Hair", "Brown_Hair", "Chubby", "Double_Chin")
+# CelebA: the explained labels, the abstract ones, and the sources of the paper's merges.
+CELEBA_EXPLAINED = ("Young", "Attractive", "Male", "Smiling")
+CELEBA_ABSTRACT = ("Attractive", "Blurry")
+CELEBA_MERGES = {
+    "Facial_hair": ("Mustache", "Goatee", "Sideburns", "5_o_Clock_Shadow", "~No_Beard"),
+    "Dark_hair": ("Black_Hair", "Brown_Hair"),
+    "Overweight": ("Chubby", "Double_Chin"),
+}
+CELEBA_DROP = tuple(dict.fromkeys(CELEBA_ABSTRACT + CELEBA_EXPLAINED + tuple(n.lstrip("~") for v in CELEBA_MERGES.values() for n in v)))
 
 
 def celeba_attributes(attributes: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, tuple]:
-    """CelebA's 40 attributes with the paper's merges: ``Facial_hair`` = Mustache | Goatee |
-    Sideburns | 5_o_Clock_Shadow | not No_Beard, ``Dark_hair`` = Black_Hair | Brown_Hair,
-    ``Overweight`` = Chubby | Double_Chin; dropped: ``Attractive`` and ``Blurry`` (abstract) and
-    the four explained labels (Young, Male, Smiling — and Attractive) so a classifier is not
-    explained by its own label."""
+    """CelebA's 40 binary attributes turned into the explanation attributes of the paper.
+
+    Merged (logical OR): ``Facial_hair`` = Mustache | Goatee | Sideburns | 5_o_Clock_Shadow |
+    (not No_Beard); ``Dark_hair`` = Black_Hair | Brown_Hair; ``Overweight`` = Chubby |
+    Double_Chin (their sources are dropped as redundant). Dropped as abstract: ``Attractive``,
+    ``Blurry``. Dropped as the labels being explained: ``Young``, ``Attractive``, ``Male``,
+    ``Smiling`` (a classifier is not explained by its own label). 40 - 14 + 3 = 29 remain,
+    in CelebA's order followed by the three merged ones.
+
+    Args:
+      attributes: ``[n, 40]`` in {0, 1} (or -1/1: values > 0.5 are "on").
+      names: the 40 CelebA attribute names, in column order.
+
+    Returns:
+      ``(attrs [n, 29] float32 in {0, 1}, names)``.
+    """
     a = np.asarray(attributes) > 0.5
+    names = list(names)
+    if a.ndim != 2 or a.shape[1] != len(names):
+        raise bad_arg("attributes", f"shape {a.shape}", f"[n, {len(names)}], one column per name")
     idx = {n: i for i, n in enumerate(names)}
-    missing = [n for n in ("Mustache", "Goatee", "Sideburns", "5_o_Clock_Shadow", "No_Beard", "Black_Hair", "Brown_Hair", "Chubby", "Double_Chin") if n not in idx]
+    missing = [n.lstrip("~") for v in CELEBA_MERGES.values() for n in v if n.lstrip("~") not in idx]
     if missing:
         raise bad_arg("names", f"no {missing}", "CelebA's 40 attribute names")
-    merged = {
-        "Facial_hair": a[:, idx["Mustache"]] | a[:, idx["Goatee"]] | a[:, idx["Sideburns"]] | a[:, idx["5_o_Clock_Shadow"]] | ~a[:, idx["No_Beard"]],
-        "Dark_hair": a[:, idx["Black_Hair"]] | a[:, idx["Brown_Hair"]],
-        "Overweight": a[:, idx["Chubby"]] | a[:, idx["Double_Chin"]],
-    }
+
+    def col(n):
+        return ~a[:, idx[n[1:]]] if n.startswith("~") else a[:, idx[n]]
+
+    merged = {m: np.logical_or.reduce([col(n) for n in srcs]) for m, srcs in CELEBA_MERGES.items()}
     keep = [n for n in names if n not in CELEBA_DROP]
     cols = [a[:, idx[n]] for n in keep] + list(merged.values())
     return np.stack(cols, 1).astype(np.float32), tuple(keep) + tuple(merged)

@@ -1,4 +1,8 @@
-"""Counterfactual Attacks: the scan loop against a plain Python loop, masks, flags, vmap."""
+"""Counterfactual Attacks: the scan loop against a plain Python loop, masks, flags, schedules,
+the pixel baseline on a trained classifier."""
+
+import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from cfjax import attack as atk
 from cfjax.errors import InputError
+
+atk = importlib.import_module("cfjax.attack")  # the module (``cfjax.attack`` the attribute is the function)
 
 D, K = 6, 4
 _W1 = jax.random.normal(jax.random.key(0), (D, 12)) * 0.7
@@ -22,23 +27,26 @@ def logits(x):
     return x.reshape(-1) @ _W2 * 3.0
 
 
-def reference_attack(z0, target, steps, lr, threshold):
-    """Obviously-correct Python loop: check, then step; stop when crossed."""
-    tx = optax.adam(lr)
-    z, s = jnp.asarray(z0), None
+def prob(z, t):
+    return float(jax.nn.softmax(logits(decode(z)))[t])
+
+
+def reference_attack(z0, target, steps, lr, threshold, optimizer=None):
+    """Obviously-correct Python loop with optax: check, then step; stop once crossed."""
+    tx = optimizer or optax.adam(lr)
+    z = jnp.asarray(z0)
     s = tx.init(z)
-    traj, n = [], 0
+    traj, n = [decode(z)], 0
     for _ in range(steps):
-        p = jax.nn.softmax(logits(decode(z)))[target]
-        if p >= threshold:
+        if prob(z, target) >= threshold:
             break
         g = jax.grad(lambda z: -jax.nn.softmax(logits(decode(z)))[target])(z)
         u, s = tx.update(g, s, z)
         z = optax.apply_updates(z, u)
         n += 1
-        traj.append(z)
-    p = jax.nn.softmax(logits(decode(z)))[target]
-    return z, float(p), n, bool(p >= threshold)
+        traj.append(decode(z))
+    p = prob(z, target)
+    return z, p, n, p >= threshold, traj
 
 
 @pytest.mark.parametrize("early", [0, 5])
@@ -46,106 +54,197 @@ def test_scan_matches_python_loop(early):
     z0 = jax.random.normal(jax.random.key(2), (D,))
     for target, thr in [(0, 0.6), (2, 0.5), (3, 0.97)]:
         r = atk.attack(decode, logits, z0, target, steps=40, learning_rate=0.1, threshold=thr, early_exit_every=early)
-        z, p, n, ok = reference_attack(z0, target, 40, 0.1, thr)
+        z, p, n, ok, _ = reference_attack(z0, target, 40, 0.1, thr)
         np.testing.assert_allclose(r.z, z, rtol=1e-5, atol=1e-6)
         assert int(r.steps_taken) == n and bool(r.success) == ok
+        assert int(r.status) == (atk.SUCCESS if ok else atk.BUDGET)
         np.testing.assert_allclose(float(r.target_prob), p, rtol=1e-5)
 
 
-def test_trajectory_recording():
+def test_trajectory_matches_reference_and_freezes():
     z0 = jax.random.normal(jax.random.key(3), (D,))
-    r = atk.attack(decode, logits, z0, 1, steps=40, threshold=0.99, record_every=10)
-    assert r.trajectory.shape == (5, 3, 4, 1) and r.trajectory_probs.shape == (5,)
-    np.testing.assert_allclose(r.trajectory[0], decode(z0), rtol=1e-6)
+    t = 3  # starts at p ~ 0, crosses 0.6 after ~30 steps
+    r = atk.attack(decode, logits, z0, t, steps=40, threshold=0.6, record_every=2)
+    _, _, n, ok, traj = reference_attack(z0, t, 40, 0.1, 0.6)
+    assert ok and 2 < n < 40
+    assert r.trajectory.shape == (21, 3, 4, 1) and r.trajectory_probs.shape == (21,)
+    for j in range(21):  # image after 2j steps; frozen at the last one once done
+        np.testing.assert_allclose(r.trajectory[j], traj[min(2 * j, n)], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r.trajectory[-1], r.x, rtol=1e-6)
-    # probabilities recorded are those of the recorded images
-    np.testing.assert_allclose(r.trajectory_probs, jax.vmap(lambda x: jax.nn.softmax(logits(x))[1])(r.trajectory), rtol=1e-5)
+    np.testing.assert_allclose(r.trajectory_probs, jax.vmap(lambda x: jax.nn.softmax(logits(x))[t])(r.trajectory), rtol=1e-5)
+
+
+def test_other_optimizers_match_reference():
+    z0 = jax.random.normal(jax.random.key(9), (D,))
+    sgd = optax.sgd(0.5)
+    r = atk.attack(decode, logits, z0, 1, steps=30, threshold=0.7, optimizer=sgd)
+    z, _, n, ok, _ = reference_attack(z0, 1, 30, None, 0.7, optimizer=sgd)
+    np.testing.assert_allclose(r.z, z, rtol=1e-5, atol=1e-6)
+    assert int(r.steps_taken) == n and bool(r.success) == ok
+    r = atk.attack(decode, logits, z0, 1, steps=30, threshold=0.7, optimizer="sgd-normalized", learning_rate=0.2)
+    z, _, n, ok, _ = reference_attack(z0, 1, 30, None, 0.7, optimizer=atk.normalized_sgd(0.2))
+    np.testing.assert_allclose(r.z, z, rtol=1e-4, atol=1e-4)  # 30 unit-length steps: float drift
+    assert int(r.steps_taken) == n
 
 
 def test_done_mask_freezes_an_example_past_the_threshold():
     z0 = jax.random.normal(jax.random.key(4), (D,))
     pred = int(jnp.argmax(logits(decode(z0))))
-    p = float(jax.nn.softmax(logits(decode(z0)))[pred])
-    r = atk.attack(decode, logits, z0, pred, steps=30, threshold=min(p, 0.99) - 1e-3)
+    p = prob(z0, pred)
+    r = atk.attack(decode, logits, z0, pred, steps=30, threshold=min(p, 0.99) - 1e-3, record_every=10)
     assert int(r.steps_taken) == 0 and bool(r.success) and int(r.status) == atk.SUCCESS
     np.testing.assert_array_equal(r.z, z0)
+    np.testing.assert_array_equal(r.trajectory, jnp.broadcast_to(decode(z0), r.trajectory.shape))
 
 
 def test_unreachable_target_is_reported_unsuccessful():
     z0 = jax.random.normal(jax.random.key(5), (D,))
     r = atk.attack(decode, logits, z0, 1, steps=5, learning_rate=1e-4, threshold=0.999)
     assert not bool(r.success) and int(r.status) == atk.BUDGET and int(r.steps_taken) == 5
+    assert float(r.target_prob) < 0.999
 
 
 def test_zero_and_nonfinite_gradients_are_failures():
     z0 = jnp.ones(D)
-    r = atk.attack(decode, lambda x: jnp.zeros(K), z0, 1, steps=10, threshold=0.6)
+    r = atk.attack(decode, lambda x: jnp.zeros(K), z0, 1, steps=10, threshold=0.6)  # constant classifier
     assert not bool(r.success) and int(r.status) == atk.ZERO_GRAD and int(r.steps_taken) == 0
+    r = atk.attack(decode, logits, jnp.full(D, 1e4), 1, steps=10, threshold=0.9)  # saturated decoder
+    assert not bool(r.success) and int(r.status) == atk.ZERO_GRAD
     r = atk.attack(decode, lambda x: logits(x) * jnp.nan, z0, 1, steps=10, threshold=0.6)
-    assert not bool(r.success) and int(r.status) == atk.NON_FINITE
+    assert not bool(r.success) and int(r.status) == atk.NON_FINITE and int(r.steps_taken) == 0
+    # a classifier already past the threshold with a zero gradient is a success, not a failure
+    r = atk.attack(decode, lambda x: jnp.array([0.0, 5.0, 0.0, 0.0]), z0, 1, steps=10, threshold=0.6)
+    assert bool(r.success) and int(r.status) == atk.SUCCESS
 
 
 def test_success_on_the_very_last_step_counts():
     z0 = jax.random.normal(jax.random.key(6), (D,))
-    t = 3  # starts at p=0.0007: needs dozens of steps
-    full = atk.attack(decode, logits, z0, t, steps=100, threshold=0.7)
+    t = 3  # starts at p ~ 0.01, crosses 0.6 after ~40 steps
+    full = atk.attack(decode, logits, z0, t, steps=200, threshold=0.6)
     n = int(full.steps_taken)
-    assert bool(full.success) and n > 1
-    r = atk.attack(decode, logits, z0, t, steps=n, threshold=0.7)  # crosses exactly after the last step
-    assert bool(r.success) and int(r.steps_taken) == n and int(r.status) == atk.SUCCESS
+    assert bool(full.success) and n > 4 and n % 4 == 0, n
+    for early in (0, 4):
+        r = atk.attack(decode, logits, z0, t, steps=n, threshold=0.6, early_exit_every=early)  # crosses after the last step
+        assert bool(r.success) and int(r.steps_taken) == n and int(r.status) == atk.SUCCESS
 
 
-def test_vmap_equals_per_example():
-    z0 = jax.random.normal(jax.random.key(7), (6, D))
-    t = jnp.array([0, 1, 2, 3, 1, 2])
-    b = atk.attack_batch(decode, logits, z0, t, steps=30, threshold=0.8)
-    for i in range(6):
-        one = atk.attack(decode, logits, z0[i], int(t[i]), steps=30, threshold=0.8)
-        np.testing.assert_allclose(b.z[i], one.z, rtol=1e-5, atol=1e-6)
-        assert int(b.steps_taken[i]) == int(one.steps_taken) and bool(b.success[i]) == bool(one.success)
+def _mixed_batch():
+    """Lanes that: start past the threshold, flip fast, flip slowly, never flip, have a zero gradient."""
+    z0 = jax.random.normal(jax.random.key(7), (12, D))
+    z0 = z0.at[11].set(jnp.full(D, 1e4))  # saturated: zero gradient
+    t = jnp.array([0, 1, 2, 3, 1, 2, 3, 0, 1, 2, 3, 1])
+    first = int(jnp.argmax(logits(decode(z0[0]))))
+    t = t.at[0].set(first)  # already the most likely class
+    return z0, t
+
+
+@pytest.mark.parametrize("schedule", ["compact", "vmap"])
+def test_batch_equals_per_example(schedule):
+    z0, t = _mixed_batch()
+    kw = dict(steps=60, threshold=0.45, learning_rate=0.1)
+    b = atk.attack_batch(decode, logits, z0, t, schedule=schedule, block=3, min_width=2, **kw)
+    statuses = set()
+    for i in range(len(t)):
+        one = atk.attack(decode, logits, z0[i], int(t[i]), **kw)
+        np.testing.assert_allclose(b.z[i], one.z, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(b.x[i], one.x, rtol=1e-5, atol=1e-6)
+        assert int(b.steps_taken[i]) == int(one.steps_taken), i
+        assert bool(b.success[i]) == bool(one.success) and int(b.status[i]) == int(one.status)
+        statuses.add(int(one.status))
+    assert {atk.SUCCESS, atk.BUDGET, atk.ZERO_GRAD} <= statuses  # the batch really is mixed
+    assert int(b.steps_taken[0]) == 0
+
+
+def test_attack_batch_jits_and_traces():
+    z0, t = _mixed_batch()
+    f = jax.jit(functools.partial(atk.attack_batch, decode, logits, steps=30, threshold=0.5))
+    a, b = f(z0, t), atk.attack_batch(decode, logits, z0, t, steps=30, threshold=0.5)
+    np.testing.assert_allclose(a.z, b.z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a.steps_taken, b.steps_taken)
+    v = jax.jit(jax.vmap(lambda z, tt: atk.attack(decode, logits, z, tt, steps=30, threshold=0.5)))(z0, t)
+    np.testing.assert_array_equal(v.steps_taken, b.steps_taken)
 
 
 def test_sigmoid_objective_both_directions():
-    def dec(z):
-        return jax.nn.sigmoid(z).reshape(2, 3, 1)
+    w = jnp.arange(12.0) / 12 - 0.4
+    for shape in [(), (1,)]:
 
-    def lg(x):
-        return (jnp.mean(x) - 0.5) * 10
+        def lg(x):
+            return jnp.reshape(jnp.dot(x.reshape(-1), w) * 4, shape)
 
-    z0 = jnp.zeros(D)
-    up = atk.attack(dec, lg, z0, 1, steps=100, threshold=0.75, objective="sigmoid")
-    down = atk.attack(dec, lg, z0, 0, steps=100, threshold=0.75, objective="sigmoid")
-    assert bool(up.success) and bool(down.success)
-    assert float(jax.nn.sigmoid(lg(up.x))) >= 0.75 and float(jax.nn.sigmoid(lg(down.x))) <= 0.25
-    assert 0 < int(up.steps_taken) < 100 and 0 < int(down.steps_taken) < 100
+        z0 = jnp.zeros(D)
+        up = atk.attack(decode, lg, z0, 1, steps=300, threshold=0.75, objective="sigmoid")
+        down = atk.attack(decode, lg, z0, 0, steps=300, threshold=0.75, objective="sigmoid")
+        assert bool(up.success) and bool(down.success)
+        assert float(jax.nn.sigmoid(lg(up.x)).squeeze()) >= 0.75 and float(jax.nn.sigmoid(lg(down.x)).squeeze()) <= 0.25
+        np.testing.assert_allclose(float(down.target_prob), 1 - float(jax.nn.sigmoid(lg(down.x)).squeeze()), rtol=1e-6)
 
 
-def test_normalized_sgd_option_and_pixel_clip():
+def test_pixel_attack_is_projected():
     z0 = jax.random.normal(jax.random.key(8), (D,))
-    r = atk.attack(decode, logits, z0, 3, steps=50, learning_rate=0.2, optimizer="sgd-normalized", threshold=0.6)
-    assert r.z.shape == (D,)
     x0 = decode(z0)
-    p = atk.attack_pixels(logits, x0, 3, steps=50, learning_rate=0.2, threshold=0.6)
+    p = atk.attack_pixels(logits, x0, 3, steps=50, learning_rate=0.2, threshold=0.9)
     assert float(p.x.min()) >= 0 and float(p.x.max()) <= 1
+    np.testing.assert_array_equal(p.z, p.x)
+    pb = atk.attack_pixels_batch(logits, jnp.stack([x0, x0]), jnp.array([3, 1]), steps=50, learning_rate=0.2, threshold=0.9)
+    np.testing.assert_allclose(pb.x[0], p.x, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_arguments():
     z0 = jnp.zeros(D)
-    with pytest.raises(InputError, match="target"):
-        atk.attack(decode, logits, z0, 7)
-    with pytest.raises(InputError, match="threshold"):
-        atk.attack(decode, logits, z0, 1, threshold=1.5)
-    with pytest.raises(InputError, match="steps"):
-        atk.attack(decode, logits, z0, 1, steps=0)
-    with pytest.raises(InputError, match="record_every"):
-        atk.attack(decode, logits, z0, 1, steps=10, record_every=3)
-    with pytest.raises(InputError, match="z0"):
-        atk.attack(decode, logits, z0.at[0].set(jnp.nan), 1)
-    with pytest.raises(InputError, match="optimizer"):
-        atk.attack(decode, logits, z0, 1, optimizer="lbfgs")
-    with pytest.raises(InputError, match="target == source"):
-        atk.attack_batch(decode, logits, jnp.zeros((2, D)), jnp.array([1, 2]), source=jnp.array([1, 0]))
-    with pytest.raises(InputError, match="target"):
-        atk.attack_batch(decode, logits, jnp.zeros((2, D)), jnp.array([1, 2, 3]))
-    with pytest.raises(InputError, match="z0"):
-        atk.attack_batch(decode, logits, jnp.zeros((0, D)), jnp.zeros((0,), int))
+    cases = [
+        (lambda: atk.attack(decode, logits, z0, 7), "target"),
+        (lambda: atk.attack(decode, logits, z0, -1), "target"),
+        (lambda: atk.attack(decode, logits, z0, 1.5), "target"),
+        (lambda: atk.attack(decode, logits, z0, 1, threshold=1.5), "threshold"),
+        (lambda: atk.attack(decode, logits, z0, 1, threshold=0.0), "threshold"),
+        (lambda: atk.attack(decode, logits, z0, 1, steps=0), "steps"),
+        (lambda: atk.attack(decode, logits, z0, 1, steps=10, record_every=3), "record_every"),
+        (lambda: atk.attack(decode, logits, z0.at[0].set(jnp.nan), 1), "z0"),
+        (lambda: atk.attack(decode, logits, jnp.zeros(D + 1), 1), "z0"),
+        (lambda: atk.attack(decode, logits, z0, 1, optimizer="lbfgs"), "optimizer"),
+        (lambda: atk.attack(decode, logits, z0, 1, objective="hinge"), "objective"),
+        (lambda: atk.attack(decode, logits, z0, 1, objective="sigmoid"), "logits"),
+        (lambda: atk.attack(decode, lambda x: x.reshape(1, -1), z0, 0), "logits"),
+        (lambda: atk.attack(decode, logits, z0, jnp.array([1, 2])), "target"),
+        (lambda: atk.attack_batch(decode, logits, jnp.zeros((2, D)), jnp.array([1, 2]), source=jnp.array([1, 0])), "target == source"),
+        (lambda: atk.attack_batch(decode, logits, jnp.zeros((2, D)), jnp.array([1, 2, 3])), "target"),
+        (lambda: atk.attack_batch(decode, logits, jnp.zeros((2, D)), jnp.array([1, 4])), "target"),
+        (lambda: atk.attack_batch(decode, logits, jnp.zeros((0, D)), jnp.zeros((0,), int)), "z0"),
+        (lambda: atk.attack_batch(decode, logits, jnp.zeros((2, D)), jnp.array([1, 2]), schedule="fast"), "schedule"),
+    ]
+    for fn, match in cases:
+        with pytest.raises(InputError, match=match):
+            fn()
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(mnist_small):
+    """A small undefended GAP-CNN trained for two epochs on the 4,000 real MNIST-sample digits."""
+    from cfjax import data as cdata
+    from cfjax import train as ct
+    from cfjax.models import bind_classifier
+
+    _, te = mnist_small
+    tr = cdata.load("mnist5k", "train")
+    res = ct.train_classifier(tr, te, ct.ClassifierConfig(num_classes=10, widths=(16, 32, 32)), ct.TrainConfig(epochs=2, batch_size=32, learning_rate=3e-3, schedule="constant"), progress=False)
+    return bind_classifier(res.module, res.params), te, res.metrics["accuracy"]
+
+
+def test_pixel_baseline_flips_a_trained_classifier_with_small_noise(tiny_classifier):
+    clf, te, acc = tiny_classifier
+    assert acc > 0.6
+    blog = jax.jit(jax.vmap(clf.logits))
+    pred = np.argmax(np.asarray(blog(te.images)), -1)
+    idx = np.flatnonzero(pred == te.labels)[:8]
+    x = jnp.asarray(te.images[idx])
+    tgt = jnp.asarray((te.labels[idx] + 1) % 10)
+    r = atk.attack_pixels_batch(clf.logits, x, tgt, steps=100, threshold=0.5)
+    assert float(np.mean(r.success)) >= 0.75
+    ok = np.asarray(r.success)
+    np.testing.assert_array_equal(np.argmax(np.asarray(blog(r.x[ok])), -1), np.asarray(tgt)[ok])  # really flipped
+    l2 = np.sqrt(np.sum((np.asarray(r.x) - np.asarray(x)) ** 2, axis=(1, 2, 3)))[ok]
+    # "small": far less than the distance to a real digit of the target class
+    ref = np.array([np.min(np.sqrt(np.sum((te.images[te.labels == t] - np.asarray(x[i])) ** 2, axis=(1, 2, 3)))) for i, t in enumerate(np.asarray(tgt)) if ok[i]])
+    assert np.median(l2) < 0.6 * np.median(ref) and np.all(l2 < ref), (l2, ref)
+    assert float(np.max(np.abs(np.asarray(r.x) - np.asarray(x)))) <= 1.0

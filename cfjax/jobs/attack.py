@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cfjax import attack as atk
 from cfjax import attribution as attr
+from cfjax.attack import STATUS_NAMES, AttackResult, attack_batch, attack_pixels_batch
 from cfjax import metrics, parallel, report, zoo
 from cfjax.cli import subcommand
 from cfjax.data import descriptors as desc
@@ -109,7 +109,7 @@ def _metric_init(k: int) -> dict:
     }
 
 
-def _metric_sums(res: atk.AttackResult, x, x_rec, z0, source, target, mask, k: int, dval) -> dict:
+def _metric_sums(res: AttackResult, x, x_rec, z0, source, target, mask, k: int, dval) -> dict:
     """Masked sums of one batch; distances over successful counterfactuals only."""
     w = mask.astype(jnp.float32)
     ok = (res.success & mask).astype(jnp.float32)
@@ -177,7 +177,7 @@ def attack_chunk(
     k = num_classes
     z0 = jax.vmap(fns.encode)(x)
     x_rec = jax.vmap(fns.decode)(z0)
-    res = atk.attack_batch(
+    res = attack_batch(
         fns.decode, fns.logits, z0, target, steps=steps, learning_rate=learning_rate, threshold=threshold, optimizer=optimizer, block=block
     )
     ok = res.success & mask
@@ -215,7 +215,7 @@ def pixel_chunk(
 ) -> tuple[dict, dict]:
     """The pixel-space baseline on the same pairs: ``(outputs, {"metrics": sums})`` with the
     same metric sums as :func:`attack_chunk` (``latent_l2``/``l1_recon`` mean nothing here)."""
-    res = atk.attack_pixels_batch(logits, x, target, steps=steps, learning_rate=learning_rate, threshold=threshold, optimizer=optimizer, block=block)
+    res = attack_pixels_batch(logits, x, target, steps=steps, learning_rate=learning_rate, threshold=threshold, optimizer=optimizer, block=block)
     dval = metrics.denoised_validity(jax.vmap(logits), res.x, target)
     sums = {"metrics": _metric_sums(res, x, x, x, source, target, mask, num_classes, dval)}
     outputs = {"source": source, "target": target, "success": res.success, "status": res.status, "steps": res.steps_taken, "target_prob": res.target_prob}
@@ -285,7 +285,7 @@ def _summ(m: dict) -> dict:
         "target_prob_mean": float(m["prob"]) / n if n else float("nan"),
         "denoised_validity": per_ok(m["dval"]),
         "n_start_past_threshold": int(round(float(m["start_past"]))),
-        "status_counts": {atk.STATUS_NAMES[i]: int(round(float(c))) for i, c in enumerate(np.asarray(m["status"]))},
+        "status_counts": {STATUS_NAMES[i]: int(round(float(c))) for i, c in enumerate(np.asarray(m["status"]))},
     }
 
 
@@ -488,9 +488,9 @@ def _figures(out: Path, models, clf, vae, pred, glob, dglob, cfg: AttackJobConfi
     x = jnp.asarray(imgs[idx])
     tg = jnp.asarray([t for _, t in pairs], jnp.int32)
     z0 = jax.vmap(vae.encode)(x)
-    lat = atk.attack_batch(vae.decode, clf.logits, z0, tg, steps=cfg.steps, learning_rate=cfg.learning_rate, threshold=cfg.threshold,
+    lat = attack_batch(vae.decode, clf.logits, z0, tg, steps=cfg.steps, learning_rate=cfg.learning_rate, threshold=cfg.threshold,
                            optimizer=cfg.optimizer, record_every=cfg.record_every)
-    pix = atk.attack_pixels_batch(clf.logits, x, tg, steps=cfg.pixel_steps, learning_rate=cfg.pixel_learning_rate, threshold=cfg.threshold,
+    pix = attack_pixels_batch(clf.logits, x, tg, steps=cfg.pixel_steps, learning_rate=cfg.pixel_learning_rate, threshold=cfg.threshold,
                                   optimizer=cfg.optimizer)
     titles = [f"{names[s]}->{names[t]}" for s, t in pairs]
     recon = jax.vmap(vae.decode)(z0)

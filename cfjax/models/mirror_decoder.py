@@ -1,0 +1,130 @@
+r"""Mirror-CFE decoder ``G`` (feature map -> image) and its patch discriminator.
+
+``G`` turns an interpolated feature map ``F_k`` [n, h, w, C] of a GAP-CNN back into an image.
+It also reads the classifier's earlier block maps of the **source** image (the *skips*), so
+everything the class decision does not need (stroke position, background, texture) comes
+straight from the source. Where the class spatial prior (CSP) mask ``M`` is on, a small
+**spatial pattern editor** rewrites the skip from ``concat(source skip, upsampled F_k)``:
+
+.. math::  \tilde S_i = (1 - M_i) \odot S_i + M_i \odot \mathrm{editor}_i([S_i, \uparrow F_k])
+
+``M_i`` is :func:`cfjax.mirror.csp_mask` resized to skip ``i``'s resolution (computed outside
+the module: the module is a plain image generator). The decoder goes coarse to fine:
+``F_k`` -> conv -> for each skip from the deepest: upsample, concat the mixed skip,
+two 3x3 convs -> final upsample to the image size -> 3x3 conv -> sigmoid (images in [0, 1]).
+Sizes follow the inputs, so the same module serves 28x28x1 and 64x64x3 (``image_shape``).
+
+No training logic here (see :func:`cfjax.mirror.train_mirror_decoder`).
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> g = MirrorDecoder(image_shape=(28, 28, 1), widths=(16, 8, 8), editor_width=8)
+  >>> F = jnp.zeros((2, 4, 4, 32))
+  >>> skips = [jnp.zeros((2, 28, 28, 8)), jnp.zeros((2, 14, 14, 16)), jnp.zeros((2, 7, 7, 32))]
+  >>> masks = [jnp.ones((2, 28, 28, 1)), jnp.ones((2, 14, 14, 1)), jnp.ones((2, 7, 7, 1))]
+  >>> params = g.init(jax.random.key(0), F, skips, masks)
+  >>> g.apply(params, F, skips, masks).shape
+  (2, 28, 28, 1)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+
+def _resize(x: Float[Array, "n h w c"], hw: tuple[int, int]) -> Float[Array, "n H W c"]:
+    """Upsample to ``hw``: pixel repetition for integer factors (the following 3x3 convs
+    smooth it; 2x cheaper to differentiate on CPU than ``jax.image.resize``), else bilinear."""
+    h, w = x.shape[1:3]
+    if (h, w) == tuple(hw):
+        return x
+    if hw[0] % h == 0 and hw[1] % w == 0:
+        return jnp.repeat(jnp.repeat(x, hw[0] // h, axis=1), hw[1] // w, axis=2)
+    return jax.image.resize(x, (x.shape[0], *hw, x.shape[-1]), "bilinear")
+
+
+class PatternEditor(nn.Module):
+    """Spatial pattern editor of one skip: ``concat(skip, F_k up) -> edited skip`` (same
+    channels, ReLU so it lives where the classifier's post-ReLU skips live)."""
+
+    width: int
+
+    @nn.compact
+    def __call__(self, skip, fk_up):
+        h = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME", name="conv0")(jnp.concatenate([skip, fk_up], -1)))
+        return nn.relu(nn.Conv(skip.shape[-1], (3, 3), padding="SAME", name="conv1")(h))
+
+
+class MirrorDecoder(nn.Module):
+    """``G(F_k, skips, masks) -> image`` in [0, 1].
+
+    Attributes:
+      image_shape: ``(H, W, c)`` of the output.
+      widths: decoder channels at each skip level, deepest skip first (the last value is
+        reused if there are more skips than widths).
+      editor_width: hidden channels of each spatial pattern editor.
+      fk_channels: ``F_k`` is reduced to this many channels (1x1 conv) before it is
+        upsampled into the editors.
+    """
+
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+    widths: Sequence[int] = (64, 32, 16)
+    editor_width: int = 16
+    fk_channels: int = 32
+
+    @nn.compact
+    def __call__(
+        self,
+        F_k: Float[Array, "n h w C"],
+        skips: Sequence[Float[Array, "n hi wi ci"]],
+        masks: Sequence[Float[Array, "n hi wi 1"]],
+    ) -> Float[Array, "n H W c"]:
+        """Args:
+          F_k: the (interpolated) last feature map.
+          skips: the classifier's earlier block maps of the SOURCE image, shallow to deep
+            (the order of ``Classifier.feature_maps(x)[:-1]``).
+          masks: one CSP mask per skip at that skip's resolution, values in [0, 1].
+        """
+        if len(skips) != len(masks):
+            raise ValueError(f"masks: expected one per skip ({len(skips)}), got {len(masks)}")
+        H, W, c = self.image_shape
+        widths = list(self.widths) or [32]
+        fk = nn.Conv(self.fk_channels, (1, 1), name="fk_reduce")(F_k)
+        h = nn.relu(nn.Conv(widths[0], (3, 3), padding="SAME", name="stem")(F_k))
+        for level, i in enumerate(reversed(range(len(skips)))):
+            skip, m = skips[i], masks[i]
+            hw = tuple(skip.shape[1:3])
+            width = widths[min(level, len(widths) - 1)]
+            fk_up = _resize(fk, hw)
+            edited = PatternEditor(self.editor_width, name=f"editor{i}")(skip, fk_up)
+            mixed = (1.0 - m) * skip + m * edited
+            h = _resize(h, hw)
+            h = nn.relu(nn.Conv(width, (3, 3), padding="SAME", name=f"up{i}_conv0")(jnp.concatenate([h, mixed], -1)))
+            h = nn.relu(nn.Conv(width, (3, 3), padding="SAME", name=f"up{i}_conv1")(h))
+        h = _resize(h, (H, W))
+        return nn.sigmoid(nn.Conv(c, (3, 3), padding="SAME", name="out")(h))
+
+
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN: stride-2 4x4 convs with LeakyReLU(0.2), then a 3x3 conv to one logit per
+    patch ([n, h', w', 1]; 7x7 patches for 28x28 inputs with two layers). Inputs in [0, 1]."""
+
+    widths: Sequence[int] = (32, 64)
+
+    @nn.compact
+    def __call__(self, x: Float[Array, "n H W c"]) -> Float[Array, "n h w 1"]:
+        h = 2.0 * x - 1.0
+        for i, w in enumerate(self.widths):
+            h = nn.Conv(w, (4, 4), strides=(2, 2), padding="SAME", name=f"conv{i}")(h)
+            if i > 0:
+                h = nn.LayerNorm(name=f"norm{i}")(h)
+            h = nn.leaky_relu(h, 0.2)
+        return nn.Conv(1, (3, 3), padding="SAME", name="logits")(h)
+
+
+__all__ = ["MirrorDecoder", "PatchDiscriminator", "PatternEditor"]

@@ -1,0 +1,189 @@
+"""Mirror-CFE core: reflection, the three refinement solvers, transitions, CSP masks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cfjax import mirror as mr
+from cfjax.errors import InputError
+
+K, C, H, W_ = 10, 32, 4, 4
+
+
+def _problem(seed=0, k=K, c=C, h=H, w=W_):
+    """A random GAP head and a non-negative (post-ReLU-like) feature map."""
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    F = jax.nn.relu(jax.random.normal(k1, (h, w, c)) + 0.5)
+    Wm = jax.random.normal(k2, (k, c)) / np.sqrt(c)
+    b = 0.1 * jax.random.normal(k3, (k,))
+    return F, Wm, b
+
+
+def _logits(F, Wm, b):
+    return Wm @ F.mean((0, 1)) + b
+
+
+_JIT: dict = {}
+
+
+def _reflect(F, Wm, b, s, t, solver, maxiter=100, tol=1e-5):
+    """One jitted reflect per (solver, maxiter, tol): classes are traced, so no recompiles."""
+    key = (solver, maxiter, tol)
+    if key not in _JIT:
+        _JIT[key] = jax.jit(lambda F, W, b, s, t: mr.reflect(F, W, b, s, t, solver=solver, maxiter=maxiter, tol=tol))
+    return _JIT[key](F, Wm, b, jnp.int32(s), jnp.int32(t))
+
+
+def test_reflect_map_matches_closed_form_and_negates_margin():
+    F, Wm, b = _problem()
+    w_m, b_m = mr.mirror_plane(Wm, b, 3, 8)
+    np.testing.assert_allclose(w_m, Wm[8] - Wm[3])
+    R = mr.reflect_map(F, w_m, b_m)
+    # closed form with the squared norm, position by position
+    f = np.asarray(F, np.float64).reshape(-1, C)
+    wm, bm = np.asarray(w_m, np.float64), float(b_m)
+    p = f - ((f @ wm + bm) / (wm @ wm))[:, None] * wm
+    np.testing.assert_allclose(np.asarray(R).reshape(-1, C), 2 * p - f, rtol=1e-5, atol=1e-5)
+    # the margin w_m . x + b_m is negated at every position ...
+    np.testing.assert_allclose(np.asarray(R @ w_m + b_m), -np.asarray(F @ w_m + b_m), rtol=1e-4, atol=1e-4)
+    # ... and GAP(F_r) is the plane reflection of z (GAP is linear)
+    z = F.mean((0, 1))
+    np.testing.assert_allclose(R.mean((0, 1)), mr.reflect_map(z, w_m, b_m), rtol=1e-5, atol=1e-5)
+    # so the s/t logit difference flips sign: l_t - l_s -> -(l_t - l_s)
+    l0, l1 = _logits(F, Wm, b), _logits(R, Wm, b)
+    np.testing.assert_allclose(l1[8] - l1[3], -(l0[8] - l0[3]), rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.1, 10.0))
+def test_reflection_is_an_isometric_involution(seed, scale):
+    F, Wm, b = _problem(seed)
+    w_m, b_m = mr.mirror_plane(Wm * scale, b, 0, 1)  # not a unit normal: the squared norm matters
+    R = mr.reflect_map(F, w_m, b_m)
+    np.testing.assert_allclose(mr.reflect_map(R, w_m, b_m), F, rtol=1e-4, atol=1e-4)
+    # the midpoint lies on the plane
+    mid = (F + R) / 2
+    np.testing.assert_allclose(mid @ w_m + b_m, 0.0, atol=1e-3 * max(1.0, scale))
+
+
+@pytest.mark.parametrize("pair", [(0, 1), (3, 8), (9, 2)])
+def test_three_solvers_agree_exact_is_oracle(pair):
+    s, t = pair
+    F, Wm, b = _problem(s * 10 + t)
+    q = mr.swapped_logits(_logits(F, Wm, b), s, t)
+    out = {sv: _reflect(F, Wm, b, s, t, sv, maxiter=200, tol=1e-6) for sv in mr.SOLVERS}
+    ex = out["exact"]
+    np.testing.assert_allclose(ex.target_logits, q, rtol=1e-6)
+    # the oracle: min-norm uniform per-channel shift in the row space of W reaching q exactly
+    shift = np.asarray(ex.F_r - ex.F_reflect)
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[:1, :1], shift.shape), atol=1e-5)
+    row_space_proj = np.linalg.pinv(np.asarray(Wm)) @ np.asarray(Wm)
+    np.testing.assert_allclose(row_space_proj @ shift[0, 0], shift[0, 0], atol=1e-4)
+    assert float(ex.residual) < 1e-4 and bool(ex.converged) and int(ex.iterations) == 0
+    for sv in ("jaxopt", "optax"):
+        r = out[sv]
+        assert bool(r.converged), sv
+        assert 0 < int(r.iterations) <= 200
+        assert float(r.residual) < 1e-3, (sv, float(r.residual))
+        np.testing.assert_allclose(_logits(r.F_r, Wm, b), q, atol=1e-3)
+        np.testing.assert_allclose(r.F_r.mean((0, 1)), ex.F_r.mean((0, 1)), atol=1e-3)
+        # gradient steps on a GAP loss are uniform per-channel shifts in the row space of W:
+        # from the same start they reach the oracle's map itself, not just its GAP
+        np.testing.assert_allclose(r.F_r, ex.F_r, atol=1e-3)
+        np.testing.assert_allclose(r.F_reflect, ex.F_reflect)
+
+
+def test_nonconvergence_is_reported_not_hidden():
+    F, Wm, b = _problem(1)
+    for sv in ("jaxopt", "optax"):
+        r = _reflect(F, Wm, b, 0, 5, sv, maxiter=1, tol=1e-9)
+        assert not bool(r.converged), sv
+        assert int(r.iterations) == 1
+        assert float(r.residual) > 0
+
+
+@pytest.mark.parametrize("solver", mr.SOLVERS)
+def test_vmapped_equals_per_example_and_traced_classes(solver):
+    Fs = jnp.stack([_problem(i)[0] for i in range(4)])
+    _, Wm, b = _problem(0)
+    src = jnp.array([0, 3, 5, 9])
+    tgt = jnp.array([1, 8, 6, 4])
+    batched = jax.jit(jax.vmap(lambda F, s, t: mr.reflect(F, Wm, b, s, t, solver=solver)))(Fs, src, tgt)
+    if solver == "exact":  # un-jitted with Python ints: the same answer
+        np.testing.assert_allclose(mr.reflect(Fs[1], Wm, b, 3, 8, solver=solver).F_r, batched.F_r[1], atol=2e-4)
+    for i in range(4):
+        one = _reflect(Fs[i], Wm, b, int(src[i]), int(tgt[i]), solver)
+        np.testing.assert_allclose(batched.F_r[i], one.F_r, atol=2e-4)
+        np.testing.assert_allclose(batched.residual[i], one.residual, atol=2e-4)
+        assert bool(batched.converged[i]) == bool(one.converged)
+
+
+def test_logits_interpolate_linearly_boundary_at_half():
+    F, Wm, b = _problem(2)
+    s, t = 4, 9
+    r = _reflect(F, Wm, b, s, t, "exact")
+    ks = mr.default_k_grid(0.05)
+    assert ks.shape == (21,) and float(ks[0]) == 0.0 and float(ks[-1]) == 1.0
+    Fk = mr.transitions(F, r.F_r, ks)
+    np.testing.assert_allclose(Fk[7], mr.transition(F, r.F_r, ks[7]), atol=1e-6)
+    la = mr.logits_along(Wm, b, F, r.F_r, ks)
+    direct = jax.vmap(lambda f: _logits(f, Wm, b))(Fk)
+    np.testing.assert_allclose(la, direct, atol=1e-4)
+    # exactly linear: second differences vanish
+    np.testing.assert_allclose(la[2:] - 2 * la[1:-1] + la[:-2], 0.0, atol=1e-4)
+    l0 = _logits(F, Wm, b)
+    np.testing.assert_allclose(la[0], l0, atol=1e-5)
+    np.testing.assert_allclose(la[-1], r.target_logits, atol=1e-4)  # k = 1 swaps s and t
+    half = la[10]
+    np.testing.assert_allclose(half[s], half[t], atol=1e-4)  # k = 0.5 is on the boundary
+
+
+def test_first_counterfactual_picks_smallest_k_above_half():
+    ks = mr.default_k_grid(0.05)
+    m = ks.shape[0]
+    logits = jnp.zeros((m, 3)).at[:, 0].set(1.0)
+    # decoded image says "target 2" at k=0.3 (ignored: not > 0.5) and from k=0.65 on
+    on = (jnp.abs(ks - 0.3) < 1e-6) | (ks > 0.64)
+    logits = logits.at[:, 2].set(jnp.where(on, 5.0, 0.0))
+    k, idx, found = mr.first_counterfactual(logits, ks, 2)
+    assert bool(found) and int(idx) == 13 and abs(float(k) - 0.65) < 1e-6
+    k, idx, found = mr.first_counterfactual(jnp.zeros((m, 3)).at[:, 0].set(1.0), ks, 2)
+    assert not bool(found) and int(idx) == m - 1 and np.isnan(float(k))
+    # k = 0.5 itself does not count
+    only_half = jnp.zeros((m, 3)).at[:, 0].set(1.0).at[10, 2].set(9.0)
+    assert not bool(mr.first_counterfactual(only_half, ks, 2)[2])
+
+
+def test_cams_and_csp_mask_shapes_bounds_monotone():
+    F, Wm, b = _problem(3)
+    cams = mr.class_activation_maps(F, Wm)
+    assert cams.shape == (H, W_, K)
+    np.testing.assert_allclose(cams, jnp.einsum("hwc,kc->hwk", F, Wm), atol=1e-5)
+    assert float(mr.csp_rho(0.0, 0.1, 0.5)) == 0.5 and abs(float(mr.csp_rho(1.0, 0.1, 0.5)) - 0.1) < 1e-7
+    assert abs(float(mr.csp_rho(0.7, 0.1, 0.5)) - 0.3) < 1e-6
+    prev = None
+    for k in (0.0, 0.3, 0.6, 1.0):
+        for hw in ((4, 4), (7, 7), (14, 14), (28, 28)):
+            m = mr.csp_mask(F, Wm, 2, 7, k, 0.1, 0.5, hw)
+            assert m.shape == (*hw, 1)
+            assert set(np.unique(np.asarray(m)).tolist()) <= {0.0, 1.0}
+        m = np.asarray(mr.csp_mask(F, Wm, 2, 7, k, 0.1, 0.5, (28, 28)))
+        assert m.sum() > 0  # the CAM maximum always exceeds rho < 1
+        if prev is not None:
+            assert np.all(m >= prev)  # a larger k lowers rho: the editable region only grows
+        prev = m
+
+
+def test_input_errors_name_the_argument():
+    F, Wm, b = _problem()
+    with pytest.raises(InputError, match="solver"):
+        mr.reflect(F, Wm, b, 0, 1, solver="adam")
+    with pytest.raises(InputError, match="target"):
+        mr.reflect(F, Wm, b, 2, 2)
+    with pytest.raises(InputError, match="source"):
+        mr.reflect(F, Wm, b, 10, 2)
+    with pytest.raises(InputError, match="feature_map_F"):
+        mr.reflect(F[None], Wm, b, 0, 1)

@@ -1,0 +1,86 @@
+"""Mirror-CFE end to end through the CLI (smoke configuration: tiny models, seconds of work)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cfjax import cli
+
+KEYS = {
+    # the attack job's schema
+    "method", "dataset", "n_examples", "n_counterfactuals", "n_devices", "validity", "mean_steps", "l1", "l2",
+    "latent_l2", "target_prob_mean", "wall_s", "cf_per_s",
+    # Mirror-CFE's additions
+    "denoised_validity", "fail_rate", "converged_rate", "first_cf_k_mean", "faithfulness", "lpips_domain",
+    "fid_domain", "perceptual_backbone", "curves", "decoder", "source", "target",
+}
+
+
+def _rate(v):
+    return v is None or (isinstance(v, float) and math.isnan(v)) or 0.0 <= v <= 1.0
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mirror")
+    rc = cli.main(["mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--out", str(out), "--smoke"])
+    return rc, out
+
+
+def test_cli_smoke_writes_summary_figures_report(smoke_run):
+    rc, out = smoke_run
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert KEYS <= set(s), KEYS - set(s)
+    assert s["method"] == "mirror" and s["dataset"] == "mnist5k" and (s["source"], s["target"]) == (3, 8)
+    assert 1 <= s["n_examples"] <= 16 and s["n_counterfactuals"] == s["n_examples"]
+    for k in ("validity", "fail_rate", "converged_rate", "denoised_validity", "target_prob_mean", "validity_k1"):
+        assert _rate(s[k]), (k, s[k])
+    assert abs(s["validity"] + s["fail_rate"] - 1.0) < 1e-6
+    assert s["converged_rate"] > 0.9  # L-BFGS on a linear least-squares problem converges
+    assert s["residual_max"] < 1e-2
+    assert 0 < s["mean_steps"] <= 30
+    if s["n_found"]:
+        assert 0.5 < s["first_cf_k_mean"] <= 1.0
+        assert 0.0 <= s["l1"] <= 1.0 and s["l2"] >= 0.0 and s["latent_l2"] > 0.0
+        assert s["lpips_domain"] >= 0.0
+    assert "not ImageNet" in s["perceptual_backbone"]
+    f = s["faithfulness"]
+    assert f["feature_l1_mean"] >= 0 and 0 <= f["target_prob_gap_mean"] <= 1
+    cv = s["curves"]
+    assert len(cv["k"]) == 21 and cv["k"][0] == 0.0 and cv["k"][-1] == 1.0
+    p = np.asarray(cv["p_target_logits"])
+    assert np.all((p >= 0) & (p <= 1))
+    # only logits s and t trade places along k (the others stay): p_t(k) is monotone, and rises
+    # whenever the explained images are classified as the source
+    d = np.diff(p)
+    assert np.all(d >= -1e-6) or np.all(d <= 1e-6)
+    if s["selection"].startswith("label == source and prediction"):
+        assert p[-1] > p[0]
+    assert s["wall_s"] > 0 and s["cf_per_s"] > 0
+    for fig in ("transitions.png", "confidence_vs_k.png", "pairs_grid.png", "decoder_losses.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000, fig
+    html = (out / "report.html").read_text()
+    assert "transitions.png" in html and "Mirror-CFE" in html
+    assert (out / "models" / "mnist5k" / "mirror_decoder" / "best").is_dir()
+    assert (out / "models" / "mnist5k" / "domain_backbone" / "best").is_dir()
+
+
+def test_cli_rerun_reuses_models_and_state(smoke_run, capsys):
+    rc, out = smoke_run
+    before = json.loads((out / "summary.json").read_text())
+    # same options again (explain --method mirror routes here when the attack job is installed)
+    argv = ["mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--out", str(out), "--smoke", "--no-figures"]
+    assert cli.main(argv) == 0
+    after = json.loads((out / "summary.json").read_text())
+    for k in ("validity", "l1", "first_cf_k_mean", "converged_rate", "n_counterfactuals"):
+        assert after[k] == before[k] or (after[k] is None and before[k] is None), k
+    assert after["decoder"]["train_s"] == before["decoder"]["train_s"]  # decoder loaded, not retrained
+
+
+def test_cli_errors(tmp_path, capsys):
+    rc = cli.main(["mirror", "--data", "mnist5k", "--source", "3", "--out", str(tmp_path), "--smoke"])
+    assert rc == 2
+    assert "--source/--target" in capsys.readouterr().err
