@@ -28,7 +28,7 @@ def subcommand(name: str, help: str):
     return deco
 
 
-@subcommand("train", "train a model (classifier | vae) and write orbax checkpoints")
+@subcommand("train", "train a model (classifier | vae | mirror-decoder) and write orbax checkpoints")
 def _train_parser(p: argparse.ArgumentParser):
     p.add_argument("model", choices=["classifier", "vae"])
     p.add_argument("--data", required=True, help="dataset name (mnist5k, fashion_mnist, mnist, celeb_a)")
@@ -108,6 +108,12 @@ def _load_plugins():
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `cfjax train mirror-decoder ...` is served by the `train-mirror-decoder` subcommand
+    for i in range(len(argv) - 1):
+        if argv[i] == "train" and argv[i + 1] == "mirror-decoder":
+            argv[i : i + 2] = ["train-mirror-decoder"]
+            break
     parser = build_parser()
     a = parser.parse_args(argv)
     if a.debug_nans:
