@@ -84,7 +84,7 @@ class AttackJobConfig:
     def demo_config(cls) -> "AttackJobConfig":
         """The README's main job: 50 test images x 9 targets, 100-step budgets (a few minutes on
         2 CPU cores; XLA's CPU convolutions are the bottleneck, see BUILD_NOTES.md)."""
-        return cls(steps=100, pixel_steps=100, limit=50, chunk_size=25, record_every=20)
+        return cls(steps=100, pixel_steps=100, limit=50, batch_size=150, record_every=20)
 
     @classmethod
     def smoke_config(cls) -> "AttackJobConfig":
