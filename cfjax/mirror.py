@@ -572,12 +572,19 @@ def evaluate_mirror_decoder(
     solver: str = "exact",
 ) -> dict:
     """Quick held-out check of a decoder: flip rate at ``k = 1`` (decoded image classified as a
-    random target) with and without a Gaussian blur (sigma 1), L1 of the ``k = 0``
+    random target, among the decoder's ``cfg.pairs`` when it has them) with and without a Gaussian blur (sigma 1), L1 of the ``k = 0``
     reconstruction, and feature faithfulness at ``k = 1``."""
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(images), min(n, len(images)), replace=False)
+    if cfg.pairs is None:  # every pair: random images, random other class
+        idx = rng.choice(len(images), min(n, len(images)), replace=False)
+        t = (labels[idx] + rng.integers(1, num_classes, len(idx))) % num_classes
+    else:  # only the decoder's pairs
+        pairs = np.asarray(cfg.pairs, np.int64)
+        pool = np.flatnonzero(np.isin(labels, pairs[:, 0]))
+        idx = rng.choice(pool, min(n, len(pool)), replace=False)
+        t = np.array([rng.choice(pairs[pairs[:, 0] == c, 1]) for c in labels[idx]])
     x, s = jnp.asarray(images[idx]), jnp.asarray(labels[idx], jnp.int32)
-    t = (s + jnp.asarray(rng.integers(1, num_classes, len(idx)), jnp.int32)) % num_classes
+    t = jnp.asarray(t, jnp.int32)
     W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
 
     def build():

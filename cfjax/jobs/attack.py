@@ -88,8 +88,11 @@ class AttackJobConfig:
 
     @classmethod
     def smoke_config(cls) -> "AttackJobConfig":
-        """Tiny budgets on 16 test images with the zoo's SMOKE models."""
-        return cls(steps=20, pixel_steps=20, batch_size=64, limit=16, record_every=5, smoke=True)
+        """Plumbing check in seconds: the zoo's SMOKE models (a few training steps: the
+        classifier is near chance, p ~ 0.1 for every class), 8 test images (72
+        counterfactuals, one batch), 20 steps, and a threshold of 0.11 so that some
+        counterfactuals succeed and every code path (attribution, figures) runs."""
+        return cls(steps=20, pixel_steps=20, threshold=0.11, batch_size=72, limit=8, record_every=5, smoke=True)
 
 
 class AttackFns(NamedTuple):
@@ -343,6 +346,14 @@ def run_attack_explanation(
         raise bad_arg("config", type(cfg).__name__, "an AttackJobConfig")
     if cfg.steps % cfg.record_every:
         raise bad_arg("record_every", cfg.record_every, f"a divisor of steps={cfg.steps}")
+    if cfg.targets != "all" and not str(cfg.targets).isdigit():
+        raise bad_arg("targets", repr(cfg.targets), "'all' or a class index")
+    for name in ("steps", "pixel_steps", "batch_size", "record_every", "block"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise bad_arg(name, repr(v), "a positive integer")
+    if cfg.limit is not None and (not isinstance(cfg.limit, int) or cfg.limit <= 0):
+        raise bad_arg("limit", repr(cfg.limit), "a positive integer or None")
     out = check_writable_dir(out_dir, "out")
     t_start = time.perf_counter()
     if models is None:
@@ -354,7 +365,9 @@ def run_attack_explanation(
     vae = bind_vae(models.vae.module, models.vae.params)
     k = models.test.num_classes
     kind = "clothing" if "fashion" in dataset else "digits"
+    t_pred = time.perf_counter()
     pred, st, pred_acc = fit_predictor_for(models.train.images, vae.encode, kind, steps=300 if cfg.smoke else 2000)
+    t_pred = time.perf_counter() - t_pred
     test = models.test
     n_img = len(test) if cfg.limit is None else min(cfg.limit, len(test))
     images = np.asarray(test.images[:n_img])
@@ -384,7 +397,7 @@ def run_attack_explanation(
     glob = attr.global_finalize(attr.GlobalSums(*acc["attr"]), pred.names, test.class_names)
     dglob = attr.global_finalize(attr.GlobalSums(*acc["desc"]), pred.names, test.class_names)
 
-    pix, pix_pair_val = None, None
+    pix, pix_pair_val, pwall = None, None, 0.0
     if cfg.pixel_baseline:
         n_pix_img = n_img if cfg.pixel_limit is None else min(cfg.pixel_limit, n_img)
         sel = img_idx < n_pix_img
@@ -448,7 +461,10 @@ def run_attack_explanation(
         "backend": jax.default_backend(),
         "total_wall_s": None,
     }
+    t_fig = time.perf_counter()
     figs = _figures(out, models, clf, vae, pred, glob, dglob, cfg, _pair_rates(acc["metrics"], k), pix_pair_val, n_img)
+    summary["phase_wall_s"] = {"models": t_models, "attribute_predictor": t_pred, "latent_attack": wall, "pixel_attack": pwall,
+                               "figures": time.perf_counter() - t_fig}
     summary["total_wall_s"] = time.perf_counter() - t_start
     atomic_write_json(out / "summary.json", summary)
     report.write_report(out, summary, figs, title=f"Counterfactual Attacks on {dataset}")
@@ -475,15 +491,17 @@ def _figures(out: Path, models, clf, vae, pred, glob, dglob, cfg: AttackJobConfi
     names = test.class_names
     k = test.num_classes
     f_logits = jax.jit(jax.vmap(clf.logits))
+    f_rec = jax.jit(lambda x: jax.vmap(vae.decode)(jax.vmap(vae.encode)(x)))
     imgs, labels = test.images[:n_img], test.labels[:n_img]
     preds = np.concatenate([np.argmax(np.asarray(f_logits(imgs[s : s + 500])), -1) for s in range(0, n_img, 500)])
+    rpreds = np.concatenate([np.argmax(np.asarray(f_logits(f_rec(imgs[s : s + 500]))), -1) for s in range(0, n_img, 500)])
     pairs = [(s, t) for s, t in cfg.figure_pairs if s < k and t < k and s != t and np.any(labels == s)]
     if not pairs:
         s0 = int(labels[0])
         pairs = [(s0, (s0 + 1) % k)]
     idx = []
-    for s, _ in pairs:
-        good = np.flatnonzero((labels == s) & (preds == s))
+    for s, _ in pairs:  # an image whose original AND reconstruction the classifier puts in class s
+        good = np.flatnonzero((labels == s) & (preds == s) & (rpreds == s))
         idx.append(int(good[0]) if len(good) else int(np.flatnonzero(labels == s)[0]))
     x = jnp.asarray(imgs[idx])
     tg = jnp.asarray([t for _, t in pairs], jnp.int32)

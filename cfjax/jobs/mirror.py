@@ -284,9 +284,10 @@ def _zoo_config(dataset: str, smoke: bool) -> zoo.ZooConfig:
     return zoo.DEFAULTS.get(dataset, zoo.DEFAULTS["fashion_mnist"])
 
 
-def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None, progress: bool = True):
+def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None, progress: bool = True, backbone: bool = True):
     """Data, the classifier (same cache as :func:`cfjax.zoo.get_models`, no VAE) and the domain
-    backbone (same architecture and schedule, ``seed = cfg.backbone_seed``)."""
+    backbone (same architecture and schedule, ``seed = cfg.backbone_seed``; ``None`` with
+    ``backbone=False``)."""
     from cfjax import data as cdata
 
     zc = _zoo_config(dataset, cfg.smoke)
@@ -298,7 +299,7 @@ def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None
     bb_train = dataclasses.replace(zc.classifier_train, seed=cfg.backbone_seed)
     if cfg.backbone_epochs is not None:
         bb_train = dataclasses.replace(bb_train, epochs=cfg.backbone_epochs)
-    bb = ct.load_or_train_classifier(train, test, clf_cfg, bb_train, root / "domain_backbone", progress)
+    bb = ct.load_or_train_classifier(train, test, clf_cfg, bb_train, root / "domain_backbone", progress) if backbone else None
     return train, test, clf, bb, root
 
 
@@ -666,7 +667,7 @@ def _train_decoder_parser(p):
         cfg = dataclasses.replace(cfg, decoder=dec)
         out = check_writable_dir(a.out, "out")
         models_dir = Path(a.models_dir) if a.models_dir else out / "models"
-        train, test, clf_t, _, root = load_models(a.data, models_dir, cfg, data_dir=a.data_dir)
+        train, test, clf_t, _, root = load_models(a.data, models_dir, cfg, data_dir=a.data_dir, backbone=False)
         d, s_ = get_decoder(clf_t, train, test, root, dec)
         print(json.dumps({"data": a.data, "decoder_dir": str(decoder_dir(root, dec)), "wall_s": round(s_, 1), **d.metrics}, indent=1))
 
