@@ -41,6 +41,10 @@ Code paths:
 
 :func:`attack_pixels` runs the same loop on the image itself, projected back to [0, 1]
 after each step: the adversarial-noise baseline, with the same result type.
+
+On the CPU backend ``decode`` and ``logits`` are re-interpreted by :func:`cpu_friendly` by
+default (``rewrite_grads``): identical values and gradients, 3-5x faster attack steps on
+XLA:CPU, whose convolution input-gradients are slow inside loops (details at the function).
 """
 
 from __future__ import annotations
@@ -51,9 +55,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import jax.extend.core as jex_core
 import optax
 from jax import lax
-import jax.extend.core as jex_core
 from jaxtyping import Array, Bool, Float, Int
 
 from cfjax._checks import check_finite

@@ -235,8 +235,8 @@ def _attr_table(stats: dict, top_k: int = 10) -> str:
 def write_report(out_dir, summary: dict, figures: Sequence[tuple[str, str, str]], title: str = "cfjax report") -> Path:
     """Write ``out_dir/report.html``: the summary as tables, then the figures.
 
-    The top-level scalars of ``summary`` form the first table, each one-level dict of
-    scalars (e.g. ``baseline_pixel``, ``status_counts``) a table of its own, and
+    The top-level scalars of ``summary`` form the first table, each dict holding scalars
+    (e.g. ``baseline_pixel``, ``status_counts``, and one level inside them) a table of its own, and
     ``global_attribution`` (if present) a ranked attribute table. Figures are
     ``(title, path relative to out_dir, caption)`` shown with ``<img src=...>``; the folder
     is self-contained (move it as a whole).
@@ -256,8 +256,11 @@ def write_report(out_dir, summary: dict, figures: Sequence[tuple[str, str, str]]
         _table(summary),
     ]
     for k, v in summary.items():
-        if isinstance(v, dict) and v and not any(isinstance(x, dict) for x in v.values()):
+        if isinstance(v, dict) and v and not all(isinstance(x, dict) for x in v.values()):
             parts += [f"<h3>{html.escape(k)}</h3>", _table(v)]
+            for kk, vv in v.items():  # one level further (e.g. baseline_pixel.status_counts)
+                if isinstance(vv, dict) and vv and not any(isinstance(x, dict) for x in vv.values()):
+                    parts += [f"<h4>{html.escape(k)}.{html.escape(kk)}</h4>", _table(vv)]
     ga = summary.get("global_attribution")
     if isinstance(ga, dict) and ga and all(isinstance(v, dict) for v in ga.values()):
         parts += ["<h3>global_attribution (all pairs, successful counterfactuals)</h3>", _attr_table(ga)]

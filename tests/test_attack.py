@@ -249,3 +249,46 @@ def test_pixel_baseline_flips_a_trained_classifier_with_small_noise(tiny_classif
     ref = np.array([np.min(np.sqrt(np.sum((te.images[te.labels == t] - np.asarray(x[i])) ** 2, axis=(1, 2, 3)))) for i, t in enumerate(np.asarray(tgt)) if ok[i]])
     assert np.median(l2) < 0.6 * np.median(ref) and np.all(l2 < ref), (l2, ref)
     assert float(np.max(np.abs(np.asarray(r.x) - np.asarray(x)))) <= 1.0
+
+
+def test_cpu_friendly_rewrite_keeps_values_and_gradients():
+    """The XLA:CPU gradient rewrite: same values and input-gradients as the original function
+    for strided/grouped/dilated convolutions, transposed convs, max-pooling with odd sizes,
+    SAME padding and ties (select_and_scatter's first-max choice), nested jit."""
+    import flax.linen as nn
+
+    from cfjax.models import Classifier, bind_classifier
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Conv(4, (3, 3), strides=(2, 2))(x))
+            h = nn.Conv(4, (3, 3), feature_group_count=2, kernel_dilation=(2, 2))(h)
+            h = nn.max_pool(nn.relu(h), (2, 2), strides=(2, 2), padding="SAME")  # 7x7 -> 4x4, ties at 0
+            h = nn.ConvTranspose(3, (3, 3), strides=(2, 2))(h)
+            h = jax.jit(lambda a: nn.max_pool(a, (3, 3), strides=(1, 1)))(h)  # overlapping: left alone
+            return jnp.round(h * 4) / 4 + 0.01 * h  # plateaus: exact ties in later pools
+
+    x = jax.random.uniform(jax.random.key(0), (5, 28, 28, 1))
+    net = Net()
+    params = net.init(jax.random.key(1), x[:1])
+    f = lambda x: net.apply(params, x[None])[0]  # noqa: E731
+    clf = Classifier(num_classes=10, widths=(8, 16, 16))
+    cp = clf.init(jax.random.key(2), x[:1])
+    g = bind_classifier(clf, cp).logits
+    for fn in (f, g):
+        fast = atk.cpu_friendly(fn)
+        np.testing.assert_array_equal(jax.vmap(fast)(x), jax.vmap(fn)(x))
+        loss = lambda h: lambda x: jnp.sum(jnp.sin(h(x)))  # noqa: E731
+        a = jax.jit(jax.vmap(jax.grad(loss(fn))))(x)
+        b = jax.jit(jax.vmap(jax.grad(loss(fast))))(x)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+        # and inside a scan, where the speed-up matters
+        step = lambda h: lambda c, _: (c - 0.1 * jax.vmap(jax.grad(loss(h)))(c), None)  # noqa: E731
+        sa = jax.jit(lambda c: jax.lax.scan(step(fn), c, None, length=3)[0])(x)
+        sb = jax.jit(lambda c: jax.lax.scan(step(fast), c, None, length=3)[0])(x)
+        np.testing.assert_allclose(sb, sa, rtol=1e-4, atol=1e-5)
+    # a pooled image with exact ties: the gradient goes to the first maximum only
+    pool = lambda a: nn.max_pool(a[None], (2, 2), strides=(2, 2))[0].sum()  # noqa: E731
+    tie = jnp.ones((4, 4, 1))
+    np.testing.assert_array_equal(jax.grad(atk.cpu_friendly(pool))(tie), jax.grad(pool)(tie))

@@ -63,7 +63,7 @@ class AttackJobConfig:
     optimizer: str = "adam"
     pixel_steps: int = 200
     pixel_learning_rate: float = 0.01
-    batch_size: int = 512
+    batch_size: int = 1024
     """Counterfactuals ((image, target) pairs) per jitted step."""
     limit: int | None = None
     """Attack only the first N test images (None: the whole test split)."""
@@ -225,15 +225,15 @@ def pixel_chunk(
     return outputs, sums
 
 
-def _as_step(chunk_fn: Callable, init: dict) -> Callable:
-    """Adapt ``chunk_fn(x, source, target, mask) -> (outputs, sums)`` to explain_dataset's
-    ``(acc, batch, mask) -> (acc, outputs)``."""
+def as_explain_step(chunk_fn: Callable) -> Callable:
+    """Adapt ``chunk_fn(x, source, target, mask) -> (outputs, sums)`` (e.g. a
+    ``functools.partial`` of :func:`attack_chunk`) to :func:`cfjax.parallel.explain_dataset`'s
+    ``(acc, batch, mask) -> (acc, outputs)`` with ``batch = {"x", "source", "target"}``."""
 
     def step(acc, batch, mask):
         outs, sums = chunk_fn(batch["x"], batch["source"], batch["target"], mask)
         return jax.tree_util.tree_map(jnp.add, acc, sums), outs
 
-    del init
     return step
 
 
@@ -388,7 +388,7 @@ def run_attack_explanation(
     resumed = (out / "state" / "latent" / "accumulators").is_dir()
     t0 = time.perf_counter()
     acc = parallel.explain_dataset(
-        _as_step(lat_chunk, init), init, data, chunk_size=batch, checkpoint_dir=out / "state" / "latent",
+        as_explain_step(lat_chunk), init, data, chunk_size=batch, checkpoint_dir=out / "state" / "latent",
         checkpoint_every=cfg.checkpoint_every, run_config=run_cfg, outputs_dir=out / "per_example" / "latent",
         progress=progress, desc="latent attack",
     )
@@ -409,7 +409,7 @@ def run_attack_explanation(
         pinit = {"metrics": _metric_init(k)}
         t1 = time.perf_counter()
         pacc = parallel.explain_dataset(
-            _as_step(pchunk, pinit), pinit, pdata, chunk_size=batch, checkpoint_dir=out / "state" / "pixel",
+            as_explain_step(pchunk), pinit, pdata, chunk_size=batch, checkpoint_dir=out / "state" / "pixel",
             checkpoint_every=cfg.checkpoint_every, run_config={**run_cfg, "pixel": True, "pixel_n": n_pix_img},
             progress=progress, desc="pixel attack",
         )
@@ -417,7 +417,7 @@ def run_attack_explanation(
         p = _summ(pacc["metrics"])
         for key in ("latent_l2", "l1_vs_reconstruction"):
             p.pop(key)
-        pix = {**p, "n_examples": n_pix_img, "wall_s": pwall, "cf_per_s": p["n_counterfactuals"] / pwall,
+        pix = {**p, "n_examples": n_pix_img, "wall_s": pwall, "cf_per_s": None if resumed else p["n_counterfactuals"] / pwall,
                "steps_budget": cfg.pixel_steps, "learning_rate": cfg.pixel_learning_rate}
         pix_pair_val = _pair_rates(pacc["metrics"], k)
 
@@ -434,7 +434,7 @@ def run_attack_explanation(
         "latent_l2": lat["latent_l2"],
         "target_prob_mean": lat["target_prob_mean"],
         "wall_s": wall,
-        "cf_per_s": lat["n_counterfactuals"] / wall,
+        "cf_per_s": None if resumed else lat["n_counterfactuals"] / wall,  # a resumed run timed only what was left
         "global_attribution": glob["overall"],
         "baseline_pixel": pix,
         "global_attribution_pairs": glob["pairs"],
@@ -471,8 +471,9 @@ def run_attack_explanation(
     if progress:
         pv = f" (pixel {pix['validity']:.3f})" if pix else ""
         pl = f" (pixel {pix['l1']:.3f})" if pix else ""
+        rate = "resumed" if resumed else f"{summary['cf_per_s']:.1f} cf/s"
         print(f"validity {summary['validity']:.3f}{pv}, mean steps {summary['mean_steps']:.1f}, L1 {summary['l1']:.3f}{pl}, "
-              f"{summary['cf_per_s']:.1f} cf/s; report: {out / 'report.html'}")
+              f"{rate}; report: {out / 'report.html'}")
     return summary
 
 
