@@ -232,12 +232,24 @@ def _attr_table(stats: dict, top_k: int = 10) -> str:
     return "<table>" + head + "".join(rows) + "</table>"
 
 
+def _rows_table(rows: dict, label: str = "pair") -> str:
+    """A table with one row per key of ``rows`` (dicts of scalars sharing keys)."""
+    cols = list(dict.fromkeys(c for r in rows.values() for c, v in r.items() if not isinstance(v, dict)))
+    head = f"<tr><th>{html.escape(label)}</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"
+    body = [
+        f"<tr><td>{html.escape(str(name))}</td>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
+        for name, r in rows.items()
+    ]
+    return "<table>" + head + "".join(body) + "</table>"
+
+
 def write_report(out_dir, summary: dict, figures: Sequence[tuple[str, str, str]], title: str = "cfjax report") -> Path:
     """Write ``out_dir/report.html``: the summary as tables, then the figures.
 
     The top-level scalars of ``summary`` form the first table, each dict holding scalars
     (e.g. ``baseline_pixel``, ``status_counts``, and one level inside them) a table of its own, and
-    ``global_attribution`` (if present) a ranked attribute table. Figures are
+    ``global_attribution`` (if present) a ranked attribute table, ``pairs`` (if present: per
+    class-pair metrics) one row per pair. Figures are
     ``(title, path relative to out_dir, caption)`` shown with ``<img src=...>``; the folder
     is self-contained (move it as a whole).
 
@@ -264,6 +276,9 @@ def write_report(out_dir, summary: dict, figures: Sequence[tuple[str, str, str]]
     ga = summary.get("global_attribution")
     if isinstance(ga, dict) and ga and all(isinstance(v, dict) for v in ga.values()):
         parts += ["<h3>global_attribution (all pairs, successful counterfactuals)</h3>", _attr_table(ga)]
+    pr = summary.get("pairs")
+    if isinstance(pr, dict) and pr and all(isinstance(v, dict) for v in pr.values()):
+        parts += ["<h3>per class pair (source -> target)</h3>", _rows_table(pr)]
     parts.append("<h2>Figures</h2>")
     for t, rel, cap in figures:
         parts.append(f"<figure><h3>{html.escape(t)}</h3><img src='{html.escape(str(rel))}'><figcaption>{html.escape(cap)}</figcaption></figure>")

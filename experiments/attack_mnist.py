@@ -51,6 +51,7 @@ def parser(description: str, default_out: str) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N test images only")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--no-pixel", action="store_true")
+    p.add_argument("--pixel-limit", type=int, default=None, help="pixel baseline on the first N test images only")
     p.add_argument("--record-every", type=int, default=10, help="strip spacing (the paper: 50, for a model that flips more slowly)")
     p.add_argument("--strip-threshold", type=float, default=0.9, help="strips run until p_target >= this")
     p.add_argument("--strip-steps", type=int, default=200)
@@ -66,6 +67,8 @@ def job_config(a) -> AttackJobConfig:
     cfg = dataclasses.replace(cfg, **{k: v for k, v in over.items() if v is not None})
     if a.no_pixel:
         cfg = dataclasses.replace(cfg, pixel_baseline=False)
+    if a.pixel_limit is not None:
+        cfg = dataclasses.replace(cfg, pixel_limit=a.pixel_limit)
     if cfg.steps % cfg.record_every:
         cfg = dataclasses.replace(cfg, record_every=int(np.gcd(cfg.steps, cfg.record_every)))
     return cfg

@@ -53,7 +53,20 @@ def test_explain_cli_smoke(tmp_path):
     assert sum(next(iter(v.values()))["count"] for v in s["global_attribution_pairs"].values()) == n_ok
     if n_ok:
         assert 0 <= s["mean_steps"] <= 20 and 0 <= s["l1"] <= 1 and s["l2"] >= 0 and s["latent_l2"] >= 0
+    # per-pair metrics recombine exactly into the overall ones
+    pr = s["pairs"]
+    assert sum(v["n"] for v in pr.values()) == s["n_counterfactuals"]
+    n_ok_pairs = {p: round(v["validity"] * v["n"]) for p, v in pr.items()}
+    assert sum(n_ok_pairs.values()) == n_ok
+    if n_ok:
+        l1 = sum(n_ok_pairs[p] * v["l1"] for p, v in pr.items() if n_ok_pairs[p]) / n_ok
+        assert abs(l1 - s["l1"]) < 1e-4
+        dv = sum(n_ok_pairs[p] * v["denoised_validity"] for p, v in pr.items() if n_ok_pairs[p]) / n_ok
+        assert abs(dv - s["denoised_validity"]) < 1e-4
+    assert all(v["l1"] is None for p, v in pr.items() if not n_ok_pairs[p])
+    assert "per class pair" in (out / "report.html").read_text()
     pix = s["baseline_pixel"]
+    assert sum(v["n"] for v in pix["pairs"].values()) == pix["n_counterfactuals"]
     for k in CORE:
         assert k in pix, k
     assert pix["n_counterfactuals"] == s["n_counterfactuals"] and _in01(pix["validity"])

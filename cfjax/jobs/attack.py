@@ -109,6 +109,7 @@ def _metric_init(k: int) -> dict:
     return {
         "n": z(), "success": z(), "steps": z(), "steps_all": z(), "start_past": z(), "l1": z(), "l2": z(), "l1_recon": z(),
         "latent_l2": z(), "prob": z(), "dval": z(), "status": z(4), "pair_n": z(k * k), "pair_success": z(k * k),
+        "pair_steps": z(k * k), "pair_l1": z(k * k), "pair_l2": z(k * k), "pair_dval": z(k * k),
     }
 
 
@@ -135,6 +136,11 @@ def _metric_sums(res: AttackResult, x, x_rec, z0, source, target, mask, k: int, 
         "status": jnp.einsum("nc,n->c", jax.nn.one_hot(res.status, 4, dtype=jnp.float32), w, precision=_HI),
         "pair_n": jnp.einsum("np,n->p", oh, w, precision=_HI),
         "pair_success": jnp.einsum("np,n->p", oh, ok, precision=_HI),
+        # per (source, target) pair, over successful counterfactuals (like the scalars above)
+        "pair_steps": jnp.einsum("np,n->p", oh, jnp.where(ok > 0, res.steps_taken.astype(jnp.float32), 0.0), precision=_HI),
+        "pair_l1": jnp.einsum("np,n->p", oh, jnp.where(ok > 0, metrics.l1(res.x, x), 0.0), precision=_HI),
+        "pair_l2": jnp.einsum("np,n->p", oh, jnp.where(ok > 0, metrics.l2(res.x, x), 0.0), precision=_HI),
+        "pair_dval": jnp.einsum("np,n->p", oh, jnp.where(ok > 0, dval.astype(jnp.float32), 0.0), precision=_HI),
     }
 
 
@@ -420,6 +426,7 @@ def run_attack_explanation(
         pix = {**p, "n_examples": n_pix_img, "wall_s": pwall, "cf_per_s": None if resumed else p["n_counterfactuals"] / pwall,
                "steps_budget": cfg.pixel_steps, "learning_rate": cfg.pixel_learning_rate}
         pix_pair_val = _pair_rates(pacc["metrics"], k)
+        pix["pairs"] = pair_metrics(pacc["metrics"], test.class_names)
 
     summary = {
         "method": "attack",
@@ -438,6 +445,7 @@ def run_attack_explanation(
         "global_attribution": glob["overall"],
         "baseline_pixel": pix,
         "global_attribution_pairs": glob["pairs"],
+        "pairs": pair_metrics(acc["metrics"], test.class_names),
         "fail_rate": lat["fail_rate"],
         "status_counts": lat["status_counts"],
         "classifier_accuracy": models.classifier.metrics.get("accuracy"),
@@ -475,6 +483,26 @@ def run_attack_explanation(
         print(f"validity {summary['validity']:.3f}{pv}, mean steps {summary['mean_steps']:.1f}, L1 {summary['l1']:.3f}{pl}, "
               f"{rate}; report: {out / 'report.html'}")
     return summary
+
+
+def pair_metrics(m: dict, class_names) -> dict:
+    """Per (source, target) pair: ``"s->t" -> {n, validity, mean_steps, l1, l2,
+    denoised_validity}`` from the metric sums (distances/steps/D.Val over successful
+    counterfactuals, like the overall scalars). Pairs with no example are left out."""
+    k = len(class_names)
+    g = lambda key: np.asarray(m[key], np.float64).reshape(k, k)  # noqa: E731
+    n, s = g("pair_n"), g("pair_success")
+    out = {}
+    for a in range(k):
+        for b in range(k):
+            if n[a, b] <= 0:
+                continue
+            per_ok = lambda key: float(g(key)[a, b] / s[a, b]) if s[a, b] else None  # noqa: E731,B023
+            out[f"{class_names[a]}->{class_names[b]}"] = {
+                "n": int(round(n[a, b])), "validity": float(s[a, b] / n[a, b]), "mean_steps": per_ok("pair_steps"),
+                "l1": per_ok("pair_l1"), "l2": per_ok("pair_l2"), "denoised_validity": per_ok("pair_dval"),
+            }
+    return out
 
 
 def _pair_rates(m: dict, k: int) -> np.ndarray:
