@@ -42,6 +42,18 @@ def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
 
+def _checkpointer() -> "ocp.StandardCheckpointer":
+    """An orbax checkpointer local to this process.
+
+    cfjax checkpoints hold host (numpy) trees that every process has in full, so each process
+    reads and writes on its own: no cross-process barriers, which would otherwise deadlock a
+    multi-host run where only process 0 saves (explain accumulators) or processes load the
+    models at different moments."""
+    pi = jax.process_index()
+    mp = ocp.options.MultiprocessingOptions(primary_host=pi, active_processes={pi}, barrier_sync_key_prefix=f"cfjax-local-{pi}")
+    return ocp.StandardCheckpointer(multiprocessing_options=mp)
+
+
 def save(path: str | os.PathLike, tree, *, kind: str, config: dict | None = None, extra: dict | None = None) -> Path:
     """Atomically write ``tree`` (a pytree of arrays) to the directory ``path``.
 
@@ -60,7 +72,7 @@ def save(path: str | os.PathLike, tree, *, kind: str, config: dict | None = None
     host_tree = jax.tree_util.tree_map(np.asarray, tree)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        ckptr = ocp.StandardCheckpointer()
+        ckptr = _checkpointer()
         ckptr.save(tmp / "state", host_tree)
         ckptr.wait_until_finished()
         meta = {"kind": kind, "config": _jsonable(config or {}), "digest": tree_digest(host_tree), "extra": _jsonable(extra or {})}
@@ -136,7 +148,7 @@ def restore(
                 + "\nDelete it or point --out elsewhere to train a new one."
             )
     try:
-        ckptr = ocp.StandardCheckpointer()
+        ckptr = _checkpointer()
         if target is not None:
             target = jax.tree_util.tree_map(lambda a: np.zeros(np.shape(a), np.asarray(a).dtype), target)
             tree = ckptr.restore(path / "state", target)

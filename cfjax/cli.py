@@ -131,4 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m cfjax.cli`: run the registry of the importable module `cfjax.cli` (the
+    # subcommand modules register there), not this `__main__` copy's empty one
+    from cfjax.cli import main as _main
+
+    sys.exit(_main())

@@ -83,6 +83,20 @@ def process_slice(n: int, process_index: int | None = None, process_count: int |
     return slice(min(pi * per, n), min((pi + 1) * per, n))
 
 
+class Rows:
+    """Lazy row view ``arr[idx]`` for :func:`explain_dataset` (which slices it chunk by chunk),
+    so (image, target) pairs never materialise copies of the images on the host."""
+
+    def __init__(self, arr, idx: np.ndarray):
+        self.arr, self.idx = arr, np.asarray(idx)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, s):
+        return np.asarray(self.arr[self.idx[s]])
+
+
 def pad_to(x: np.ndarray, n: int) -> np.ndarray:
     """Pad the leading axis of ``x`` to ``n`` rows by repeating row 0 (finite, masked later)."""
     if len(x) == n:
@@ -222,6 +236,11 @@ def _max_over_processes(n: int) -> int:
     from jax.experimental import multihost_utils
 
     return int(np.max(multihost_utils.process_allgather(np.array([n]))))
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches this point (a no-op with one process)."""
+    _barrier(name)
 
 
 def _barrier(name: str) -> None:

@@ -243,18 +243,7 @@ def as_explain_step(chunk_fn: Callable) -> Callable:
     return step
 
 
-class _Rows:
-    """Lazy row view ``arr[idx]`` (explain_dataset slices it chunk by chunk), so the (image,
-    target) pairs never materialise K-1 copies of the images on the host."""
-
-    def __init__(self, arr: np.ndarray, idx: np.ndarray):
-        self.arr, self.idx = arr, idx
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, s):
-        return self.arr[self.idx[s]]
+_Rows = parallel.Rows  # the lazy (image, target) row view
 
 
 def make_pairs(labels: np.ndarray, num_classes: int, targets: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -362,10 +351,19 @@ def run_attack_explanation(
         raise bad_arg("limit", repr(cfg.limit), "a positive integer or None")
     out = check_writable_dir(out_dir, "out")
     t_start = time.perf_counter()
+    # multi-host (after cfjax.parallel.initialize_distributed): process 0 trains/loads the models
+    # first, the others then load them; every process attacks only its slice of the pairs;
+    # the accumulators are global, and only process 0 writes the summary, figures and report.
+    multi, lead = jax.process_count() > 1, jax.process_index() == 0
     if models is None:
+        if multi and not lead:
+            parallel.barrier("cfjax-models")
         models = zoo.get_models(
-            dataset, out / "models", config=zoo.SMOKE if cfg.smoke else None, limit=500 if cfg.smoke else None, data_dir=data_dir, progress=progress
+            dataset, out / "models", config=zoo.SMOKE if cfg.smoke else None, limit=500 if cfg.smoke else None, data_dir=data_dir,
+            progress=progress and lead,
         )
+        if multi and lead:
+            parallel.barrier("cfjax-models")
     t_models = time.perf_counter() - t_start
     clf = bind_classifier(models.classifier.module, models.classifier.params)
     vae = bind_vae(models.vae.module, models.vae.params)
@@ -383,7 +381,8 @@ def run_attack_explanation(
     batch = -(-cfg.batch_size // n_dev) * n_dev
     fns = AttackFns(vae.encode, vae.decode, clf.logits, pred)
     digest = {"clf": _digest(models.classifier.params), "vae": _digest(models.vae.params)}
-    data = {"x": _Rows(images, img_idx), "source": src, "target": tgt}
+    mine = parallel.process_slice(len(img_idx))  # this process's pairs (all of them with one process)
+    data = {"x": _Rows(images, img_idx[mine]), "source": src[mine], "target": tgt[mine]}
 
     lat_chunk = functools.partial(
         attack_chunk, fns, num_classes=k, steps=cfg.steps, learning_rate=cfg.learning_rate, threshold=cfg.threshold,
@@ -406,7 +405,8 @@ def run_attack_explanation(
     pix, pix_pair_val, pwall = None, None, 0.0
     if cfg.pixel_baseline:
         n_pix_img = n_img if cfg.pixel_limit is None else min(cfg.pixel_limit, n_img)
-        sel = img_idx < n_pix_img
+        sel = np.flatnonzero(img_idx < n_pix_img)
+        sel = sel[parallel.process_slice(len(sel))]
         pdata = {"x": _Rows(images, img_idx[sel]), "source": src[sel], "target": tgt[sel]}
         pchunk = functools.partial(
             pixel_chunk, clf.logits, num_classes=k, steps=cfg.pixel_steps, learning_rate=cfg.pixel_learning_rate,
@@ -434,6 +434,7 @@ def run_attack_explanation(
         "n_examples": n_img,
         "n_counterfactuals": lat["n_counterfactuals"],
         "n_devices": n_dev,
+        "n_processes": jax.process_count(),
         "validity": lat["validity"],
         "mean_steps": lat["mean_steps"],
         "l1": lat["l1"],
@@ -469,6 +470,8 @@ def run_attack_explanation(
         "backend": jax.default_backend(),
         "total_wall_s": None,
     }
+    if not lead:
+        return summary
     t_fig = time.perf_counter()
     figs = _figures(out, models, clf, vae, pred, glob, dglob, cfg, _pair_rates(acc["metrics"], k), pix_pair_val, n_img)
     summary["phase_wall_s"] = {"models": t_models, "attribute_predictor": t_pred, "latent_attack": wall, "pixel_attack": pwall,

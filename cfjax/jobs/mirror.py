@@ -6,6 +6,8 @@ CLI::
     cfjax mirror --data mnist5k --source 3 --target 8 --out runs/mirror_3_8 [--smoke]
     cfjax train-mirror-decoder --data mnist5k --out runs/mirror [--pair 3,8] [--steps N]
     (``cfjax explain --method mirror ...`` calls :func:`run_mirror_cli` with the same options)
+    cfjax global --method mirror --data mnist5k --out runs/mirror_global [--pairs all]
+    (every listed pair in ONE streamed, sharded, resumable pass: :func:`run_mirror_global`)
 
 Models are cached under ``<models_dir>/<dataset>/`` (default ``models_dir = out/models``):
 ``classifier`` (shared with the attack job), ``domain_backbone`` (the same architecture trained
@@ -26,6 +28,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 from cfjax import checkpoint as ckpt
@@ -191,8 +194,14 @@ def mirror_chunk(
         "curve_valid": jnp.sum(w[:, None] * dec_is_t, 0),
         "fid": metrics.fid_moments_update(metrics.fid_moments_init(feats.shape[-1]), feats, found & mask)._asdict(),
     }
+    # per (source, target) pair [K*K], for the multi-pair global pass
+    K = W.shape[0]
+    oh = jax.nn.one_hot(source * K + target, K * K, dtype=jnp.float32)
+    per_pair = lambda v: jnp.einsum("np,n->p", oh, v, precision=lax.Precision.HIGHEST)  # noqa: E731
+    sums.update(pair_n=per_pair(w), pair_found=per_pair(ok), pair_l1=per_pair(ok * l1), pair_l2=per_pair(ok * l2),
+                pair_dval=per_pair(ok * dval), pair_k=per_pair(ok * jnp.where(found, k_cf, 0.0)), pair_converged=per_pair(w * res.converged))
     outputs = {
-        "k_cf": k_cf, "index": idx, "found": found, "iterations": res.iterations, "converged": res.converged,
+        "source": source, "target": target, "k_cf": k_cf, "index": idx, "found": found, "iterations": res.iterations, "converged": res.converged,
         "residual": res.residual, "p_lin": p_lin, "p_dec": p_dec, "target_prob": p_cf,
     }
     if return_images:
@@ -201,11 +210,15 @@ def mirror_chunk(
     return outputs, sums
 
 
-def _sums_init(m: int, d: int) -> dict:
+PAIR_SUMS = ("pair_n", "pair_found", "pair_l1", "pair_l2", "pair_dval", "pair_k", "pair_converged")
+
+
+def _sums_init(m: int, d: int, num_classes: int) -> dict:
     z = lambda *s: jnp.zeros(s, jnp.float32)  # noqa: E731
     keys = ("n", "found", "converged", "iterations", "residual", "residual_max", "k_cf", "l1", "l2", "latent_l2", "prob", "dval",
             "lpips", "faith_all", "faith_cf", "pgap_all", "pgap_cf", "rec_l1", "l1_vs_rec", "valid_k1")
     out = {k: z() for k in keys}
+    out.update({k: z(num_classes * num_classes) for k in PAIR_SUMS})
     out.update(curve_p_lin=z(m), curve_p_dec=z(m), curve_valid=z(m), fid=metrics.fid_moments_init(d)._asdict())
     return out
 
@@ -273,6 +286,23 @@ def summarize(acc: dict, ks) -> dict:
             "decoded_is_target": (a["curve_valid"] / max(n, 1)).tolist(),
         },
     }
+
+
+def pair_table(acc: dict, class_names) -> dict:
+    """Per (source, target) pair from the accumulated sums: ``"s->t" -> {n, validity,
+    denoised_validity, l1, l2, first_cf_k_mean, converged_rate}`` (pairs without examples
+    are left out; distances, D.Val and k over found counterfactuals)."""
+    K = len(class_names)
+    g = {k: np.asarray(acc[k], np.float64).reshape(K, K) for k in PAIR_SUMS}
+    out = {}
+    for s_, t in zip(*np.nonzero(g["pair_n"] > 0)):
+        n, f = g["pair_n"][s_, t], g["pair_found"][s_, t]
+        per_f = lambda k: float(g[k][s_, t] / f) if f else None  # noqa: E731,B023
+        out[f"{class_names[s_]}->{class_names[t]}"] = {
+            "n": int(round(n)), "validity": float(f / n), "denoised_validity": per_f("pair_dval"), "l1": per_f("pair_l1"),
+            "l2": per_f("pair_l2"), "first_cf_k_mean": per_f("pair_k"), "converged_rate": float(g["pair_converged"][s_, t] / n),
+        }
+    return out
 
 
 # ------------------------------------------------------------------------------ models
@@ -373,7 +403,7 @@ def run_mirror_explanation(
     n_dev = jax.device_count()
     chunk = math.ceil(min(cfg.chunk_size, max(len(sel), 1)) / n_dev) * n_dev
     d = int(np.asarray(backbone.features(jnp.asarray(test.images[:1]))).shape[-1])
-    init = _sums_init(len(ks), d)
+    init = _sums_init(len(ks), d, K)
     step = make_mirror_step(clf, decode_batch, backbone, ks, cfg)
     job = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("figures", "n_figure_examples", "figure_pairs", "checkpoint_every")}
     run_cfg = {"method": "mirror", "dataset": dataset, "source": source, "target": target, "job": job,
@@ -467,6 +497,129 @@ def run_mirror_explanation(
         print(f"mirror {summary['pair']}: validity {summary['validity']:.3f}, denoised {summary['denoised_validity']:.3f}, "
               f"L1 {summary['l1']:.3f}, first k {summary['first_cf_k_mean']:.3f}, converged {summary['converged_rate']:.3f}, "
               f"{summary['cf_per_s']:.1f} cf/s; report: {out / 'report.html'}")
+    return summary
+
+
+def parse_pairs(spec: str | None):
+    """``None`` (the dataset's paper pairs), ``"all"`` (every ordered pair) or ``"S,T;S,T"``."""
+    if spec is None or spec == "all":
+        return spec
+    try:
+        out = tuple(tuple(int(v) for v in part.split(",")) for part in spec.split(";") if part.strip())
+    except ValueError:
+        raise bad_arg("--pairs", repr(spec), "'all' or 'S,T;S,T;...' with class indices") from None
+    if not out or any(len(p) != 2 for p in out):
+        raise bad_arg("--pairs", repr(spec), "'all' or 'S,T;S,T;...' with class indices")
+    return out
+
+
+def run_mirror_global(
+    dataset: str,
+    out_dir,
+    *,
+    config: MirrorJobConfig | None = None,
+    pairs=None,
+    models_dir=None,
+    data_dir=None,
+    progress: bool = True,
+) -> dict:
+    """Mirror-CFE over many class pairs in one pass: every test image the classifier gets right,
+    towards every target of its class's listed pairs, streamed through ONE compiled, sharded,
+    resumable step (:func:`cfjax.parallel.explain_dataset`); multi-host after
+    :func:`cfjax.parallel.initialize_distributed` (each process takes its slice of the rows,
+    process 0 writes). Uses the dataset's single decoder (all pairs).
+
+    Args:
+      dataset: ``"mnist5k"``, ``"mnist"``, ``"fashion_mnist"``.
+      out_dir: writes ``summary.json`` (overall metrics + ``pairs``: per-pair validity,
+        denoised validity, L1/L2, first-k, converged rate) and ``report.html``.
+      config: :class:`MirrorJobConfig` (``limit`` caps the test images, ``chunk_size`` the
+        rows per step).
+      pairs: ``None`` (the paper's pairs for the dataset, else all), ``"all"`` or a sequence of
+        ``(source, target)``.
+
+    FID is per target class and is left to the per-pair job (``cfjax mirror``).
+    """
+    cfg = config or MirrorJobConfig()
+    if not isinstance(cfg, MirrorJobConfig):
+        raise bad_arg("config", type(cfg).__name__, "a MirrorJobConfig")
+    if cfg.solver not in mr.SOLVERS:
+        raise bad_arg("solver", repr(cfg.solver), f"one of {mr.SOLVERS}")
+    if cfg.decoder.pairs is not None:
+        raise bad_arg("config.decoder.pairs", cfg.decoder.pairs, "None (the global pass uses the dataset's all-pairs decoder)")
+    out = check_writable_dir(out_dir, "out")
+    models_dir = Path(models_dir) if models_dir is not None else out / "models"
+    multi, lead = jax.process_count() > 1, jax.process_index() == 0
+    t_start = time.perf_counter()
+    if multi and not lead:
+        parallel.barrier("cfjax-models")
+    train, test, clf_t, bb_t, root = load_models(dataset, models_dir, cfg, data_dir=data_dir, progress=progress and lead)
+    clf = bind_classifier(clf_t.module, clf_t.params)
+    dec, dec_s = get_decoder(clf_t, train, test, root, cfg.decoder, progress and lead)
+    if multi and lead:
+        parallel.barrier("cfjax-models")
+    K = train.num_classes
+    if pairs is None:
+        pairs = MIRROR_PAIRS.get(dataset, "all")
+    if pairs == "all":
+        pairs = tuple((s_, t) for s_ in range(K) for t in range(K) if s_ != t)
+    pairs = tuple(tuple(p) for p in pairs)
+    for s_, t in pairs:
+        for name, v in (("pairs (source)", s_), ("pairs (target)", t)):
+            if not 0 <= v < K:
+                raise bad_arg(name, v, f"a class index in [0, {K - 1}] of {dataset}")
+        if s_ == t:
+            raise bad_arg("pairs", f"({s_}, {t})", "source != target")
+    decode_batch = mr.batched_decoder(dec.module, dec.params, clf.W, cfg.decoder)
+    backbone = classifier_backbone(bb_t.module, bb_t.params)
+    ks = np.asarray(mr.default_k_grid(cfg.k_step), np.float32)
+    n_img = len(test) if cfg.limit is None else min(cfg.limit, len(test))
+    preds = _batched_predict(jax.jit(lambda x: jnp.argmax(clf_t.module.apply(clf_t.params, x), -1)), test.images[:n_img])
+    labels = np.asarray(test.labels[:n_img])
+    # per source class, as the per-pair job selects: the images the classifier gets right, or
+    # (an untrained/smoke classifier that gets none of that class right) all its images
+    fallback = sorted({s_ for s_, _ in pairs if not np.any((labels == s_) & (preds == s_))})
+    keep = (labels == preds) | np.isin(labels, fallback)
+    selection = "label == source and prediction == source" + (f"; label == source only for classes {fallback}" if fallback else "")
+    rows = [(i, s_, t) for i in np.flatnonzero(keep) for s_, t in pairs if labels[i] == s_]  # image-major
+    if not rows:
+        raise bad_arg("pairs", pairs, f"pairs whose source class has test images in {dataset} (limit={cfg.limit})")
+    idx, src, tgt = (np.asarray(c) for c in zip(*rows))
+    mine = parallel.process_slice(len(idx))
+    data = {"x": parallel.Rows(test.images, idx[mine]), "source": src[mine].astype(np.int32), "target": tgt[mine].astype(np.int32)}
+    n_dev = jax.device_count()
+    chunk = math.ceil(min(cfg.chunk_size, len(idx)) / n_dev) * n_dev
+    d = int(np.asarray(backbone.features(jnp.asarray(test.images[:1]))).shape[-1])
+    step = make_mirror_step(clf, decode_batch, backbone, ks, cfg)
+    job = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("figures", "n_figure_examples", "figure_pairs", "checkpoint_every")}
+    run_cfg = {"method": "mirror-global", "dataset": dataset, "pairs": [list(p) for p in pairs], "job": job,
+               "clf": ckpt.tree_digest(clf_t.params), "decoder": ckpt.tree_digest(dec.params), "n": len(idx)}
+    resumed = (out / "state_mirror_global" / "accumulators").is_dir()
+    t0 = time.perf_counter()
+    acc = parallel.explain_dataset(step, _sums_init(len(ks), d, K), data, chunk_size=chunk, checkpoint_dir=out / "state_mirror_global",
+                                   checkpoint_every=cfg.checkpoint_every, run_config=run_cfg, outputs_dir=out / "outputs_mirror_global",
+                                   progress=progress, desc="mirror (all pairs)")
+    wall = time.perf_counter() - t0
+    res = summarize(acc, ks)
+    res.pop("curves")
+    summary = {
+        "method": "mirror", "dataset": dataset, "pairs_requested": [list(p) for p in pairs], "n_examples": int(len(np.unique(idx))),
+        "selection": selection, "n_devices": n_dev, "n_processes": jax.process_count(),
+        **res, "wall_s": wall, "cf_per_s": None if resumed else res["n_counterfactuals"] / wall, "resumed": resumed,
+        "pairs": pair_table(acc, test.class_names), "solver": cfg.solver, "maxiter": cfg.maxiter, "chunk_size": chunk,
+        "classifier_accuracy": clf_t.metrics.get("accuracy"), "decoder_load_or_train_s": dec_s, "backend": jax.default_backend(),
+    }
+    summary["total_wall_s"] = time.perf_counter() - t_start
+    if not lead:
+        return summary
+    atomic_write_json(out / "summary.json", summary)
+    from cfjax import report
+
+    report.write_report(out, summary, [], title=f"Mirror-CFE on {dataset}: {len(pairs)} pairs in one pass")
+    if progress:
+        rate = "resumed" if resumed else f"{summary['cf_per_s']:.1f} cf/s"
+        print(f"mirror global ({len(pairs)} pairs, {summary['n_counterfactuals']} rows): validity {summary['validity']:.3f}, "
+              f"denoised {summary['denoised_validity']:.3f}, L1 {summary['l1']:.3f}, {rate}; report: {out / 'report.html'}")
     return summary
 
 
@@ -684,6 +837,9 @@ __all__ = [
     "load_models",
     "make_mirror_step",
     "mirror_chunk",
+    "pair_table",
+    "parse_pairs",
+    "run_mirror_global",
     "run_mirror_cli",
     "run_mirror_explanation",
     "summarize",
