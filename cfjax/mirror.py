@@ -74,7 +74,10 @@ def reflect_map(F: Float[Array, "h w C"], w_m: Float[Array, "C"], b_m: Float[Arr
     :math:`p = f - \frac{w_m \cdot f + b_m}{\|w_m\|^2} w_m` (projection onto the plane),
     :math:`r = 2p - f`. Works for any leading shape (a vector ``z`` too).
     """
-    margin = (F @ w_m + b_m) / jnp.sum(w_m * w_m)
+    nn = jnp.sum(w_m * w_m)
+    # w_m = 0 (identical head rows): no boundary to reflect across; leave F as it is (the
+    # refinement then reports whether the swapped logits are reachable) instead of NaNs
+    margin = jnp.where(nn > 0, (F @ w_m + b_m) / jnp.where(nn > 0, nn, 1.0), 0.0)
     p = F - margin[..., None] * w_m
     return 2.0 * p - F
 
@@ -151,6 +154,12 @@ def _check_reflect_args(F, W, source, target) -> None:
             raise bad_arg(name, repr(v), f"a class index in [0, {K - 1}]")
     if int(source) == int(target):
         raise bad_arg("target", f"target == source == {int(source)}", "a target class different from the source")
+    try:
+        same_rows = bool(np.all(np.asarray(W[int(source)]) == np.asarray(W[int(target)])))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):  # W traced: no value check
+        same_rows = False
+    if same_rows:
+        raise bad_arg("W", f"identical rows for source {int(source)} and target {int(target)}", "distinct head rows (no decision boundary between the classes)")
 
 
 def reflect(

@@ -187,3 +187,18 @@ def test_input_errors_name_the_argument():
         mr.reflect(F, Wm, b, 10, 2)
     with pytest.raises(InputError, match="feature_map_F"):
         mr.reflect(F[None], Wm, b, 0, 1)
+
+
+def test_reflect_identical_head_rows_error_eagerly_and_stay_finite_under_jit():
+    """Source and target with the same head row have no boundary: a clear error on concrete
+    input; under jit (no value checks) F comes back unchanged and finite, never NaN."""
+    F = jnp.ones((2, 2, 3))
+    W = jnp.array([[1.0, 2, 3], [1, 2, 3], [0, 1, 0]])
+    with pytest.raises(InputError, match="W"):
+        mr.reflect(F, W, jnp.zeros(3), 0, 1, solver="exact")
+    r = jax.jit(lambda W: mr.reflect(F, W, jnp.zeros(3), 0, 1, solver="exact"))(W)
+    assert np.all(np.isfinite(np.asarray(r.F_r))) and np.all(np.isfinite(np.asarray(r.F_reflect)))
+    np.testing.assert_array_equal(np.asarray(r.F_reflect), np.asarray(F))
+    assert bool(r.converged)  # equal rows and biases: the swapped logits are the logits
+    r = jax.jit(lambda b: mr.reflect(F, W, b, 0, 1, solver="exact"))(jnp.array([0.0, 1.0, 0.0]))
+    assert np.all(np.isfinite(np.asarray(r.F_r))) and not bool(r.converged)  # a bias gap no shift can swap
