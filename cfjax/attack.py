@@ -60,7 +60,7 @@ import optax
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from cfjax._checks import check_finite
+from cfjax._checks import check_finite, check_images
 from cfjax.errors import bad_arg
 
 SUCCESS, BUDGET, ZERO_GRAD, NON_FINITE = 0, 1, 2, 3
@@ -566,6 +566,7 @@ def attack_pixels(
       >>> bool(r.success), float(r.x.min()) >= 0.0
       (True, True)
     """
+    check_images(x0, "x0", batched=False)
     return attack(_identity, logits, x0, target, learning_rate=learning_rate, project=_clip01, **kw)
 
 
@@ -651,4 +652,5 @@ def attack_batch(
 
 def attack_pixels_batch(logits: Callable, x0: Float[Array, "n h w c"], target: Int[Array, "n"], *, learning_rate: float = 0.01, **kw) -> AttackResult:
     """:func:`attack_pixels` on a batch (same options as :func:`attack_batch`)."""
+    check_images(x0, "x0")
     return attack_batch(_identity, logits, x0, target, learning_rate=learning_rate, project=_clip01, **kw)

@@ -226,8 +226,13 @@ def random_shift(key: jax.Array, x: jnp.ndarray, max_shift: int) -> jnp.ndarray:
     return jax.vmap(crop)(pad, off)
 
 
+def _check_same_images(train, test) -> None:
+    if tuple(test.images.shape[1:]) != tuple(train.images.shape[1:]):
+        raise bad_arg("test.images", f"image shape {tuple(test.images.shape[1:])}", f"the training images' shape {tuple(train.images.shape[1:])}")
+
+
 def _check_data(ds, name):
-    check_images(ds.images, f"{name}.images", check_range=False)
+    check_images(ds.images, f"{name}.images")  # rank, dtype, finite, [0, 1] (a 0..255 float array is refused)
     if len(ds.labels) != len(ds.images):
         raise bad_arg(f"{name}.labels", f"{len(ds.labels)} labels", f"one per image ({len(ds.images)})")
 
@@ -250,6 +255,7 @@ def train_classifier(
     train_cfg = train_cfg or TrainConfig()
     _check_data(train, "train")
     _check_data(test, "test")
+    _check_same_images(train, test)
     check_labels(train.labels, "train.labels", model_cfg.num_classes)
     check_labels(test.labels, "test.labels", model_cfg.num_classes)
     module = build_classifier(model_cfg)
@@ -315,6 +321,7 @@ def train_vae(
     train_cfg = train_cfg or TrainConfig()
     _check_data(train, "train")
     _check_data(test, "test")
+    _check_same_images(train, test)
     shape = train.images.shape[1:]
     module = build_vae(model_cfg, shape)
     params = module.init(jax.random.key(train_cfg.seed), jnp.zeros((1, *shape)), jax.random.key(1))
