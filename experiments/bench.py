@@ -30,7 +30,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cfjax import attack as atk  # noqa: E402
+import importlib  # noqa: E402
+
+atk = importlib.import_module("cfjax.attack")  # the module (the package re-exports the function attack)
 from cfjax.flops import count_flops  # noqa: E402
 from cfjax.io import atomic_write_json  # noqa: E402
 from cfjax.models import VAE, Classifier, bind_classifier, bind_vae  # noqa: E402
