@@ -114,3 +114,27 @@ def test_errors_are_value_or_file_errors():
 
     assert issubclass(InputError, ValueError) and issubclass(DataNotFoundError, FileNotFoundError)
     assert issubclass(CheckpointError, CfjaxError)
+
+
+def test_debug_nans_flag_turns_silent_nans_into_errors(monkeypatch):
+    import jax
+
+    from cfjax import cli
+
+    seen = {}
+
+    def _nan_parser(p):
+        def run(a):
+            seen["flag"] = bool(jax.config.jax_debug_nans)
+            jax.jit(lambda x: jnp.log(x))(jnp.array(-1.0)).block_until_ready()  # NaN
+
+        return run
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "nan-probe", ("test only", _nan_parser))
+    try:
+        assert main(["nan-probe"]) == 0 and seen["flag"] is False  # silent NaN without the flag
+        with pytest.raises(FloatingPointError, match="nan"):
+            main(["--debug-nans", "nan-probe"])
+        assert seen["flag"] is True
+    finally:
+        jax.config.update("jax_debug_nans", False)
