@@ -52,10 +52,15 @@ def _mean(rows, key):
     return sum(vals) / len(vals) if vals else None
 
 
-def _attack_pair(att: dict, pair: str) -> dict | None:
+def _attack_pair(att: dict, s: dict) -> dict | None:
+    """The attack summary's per-pair row for the mirror summary ``s`` (keyed by class names,
+    e.g. ``"T-shirt/top->Pullover"``, or by indices ``"0->2"``)."""
     for k in ("pairs", "per_pair"):
-        if isinstance(att.get(k), dict) and isinstance(att[k].get(pair), dict):
-            return att[k][pair]
+        rows = att.get(k)
+        if isinstance(rows, dict):
+            for key in (s.get("pair"), f"{s['source']}->{s['target']}"):
+                if key is not None and isinstance(rows.get(key), dict):
+                    return rows[key]
     return None
 
 
@@ -83,11 +88,16 @@ def table(summaries: list[dict], attack: dict | None = None) -> str:
         f"{_f(_mean(summaries, 'denoised_validity_real_target'))} |"
     )
     if attack is not None:
-        per = [(s, _attack_pair(attack, f"{s['source']}->{s['target']}")) for s in summaries]
+        per = [(s, _attack_pair(attack, s)) for s in summaries]
         if any(a for _, a in per):
             for s, a in per:
                 if a:
-                    lines.append(f"| latent attack (cfjax) | {s['source']}->{s['target']} | {_f(a.get('l1'))} | – | – | {_f(a.get('denoised_validity'))} | {_f(a.get('validity'))} | | | {a.get('n_counterfactuals', '')} | |")
+                    lines.append(f"| latent attack (cfjax) | {s['source']}->{s['target']} | {_f(a.get('l1'))} | – | – | {_f(a.get('denoised_validity'))} | {_f(a.get('validity'))} | | | {a.get('n', a.get('n_counterfactuals', ''))} | |")
+            pa = [a for _, a in per if a]
+            lines.append(
+                f"| **latent attack (cfjax), mean over these pairs** | all | {_f(_mean(pa, 'l1'))} | – | – | {_f(_mean(pa, 'denoised_validity'))} | "
+                f"{_f(_mean(pa, 'validity'))} | | | {sum(a.get('n', 0) for a in pa)} | |"
+            )
         else:
             lines.append(
                 f"| latent attack (cfjax), all pairs | all | {_f(attack.get('l1'))} | – | – | {_f(attack.get('denoised_validity'))} | "
@@ -137,12 +147,13 @@ def run_pairs(dataset: str, default_pairs, default_out: str, argv=None, backbone
     p.add_argument("--solver", default=None)
     p.add_argument("--attack", default=None, help="attack summary.json to add to the table")
     p.add_argument("--backbone-epochs", type=int, default=backbone_epochs, help="domain backbone epochs (LPIPS/FID features)")
+    p.add_argument("--classifier-blur", type=float, default=None, help="train the classifier with this fraction of blurred images")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args(argv)
     cfg = MirrorJobConfig.smoke_config() if a.smoke else MirrorJobConfig()
     if a.decoder_steps:
         cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, steps=a.decoder_steps))
-    over = {k: v for k, v in dict(limit=a.limit, solver=a.solver, backbone_epochs=a.backbone_epochs).items() if v is not None}
+    over = {k: v for k, v in dict(limit=a.limit, solver=a.solver, backbone_epochs=a.backbone_epochs, classifier_augment_blur=a.classifier_blur).items() if v is not None}
     cfg = dataclasses.replace(cfg, **over)
     pairs = [tuple(int(v) for v in s.split(",")) for s in a.pairs] if a.pairs else list(default_pairs)
     out = Path(a.out)

@@ -147,3 +147,25 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     back, _ = ckpt.restore(tmp_path / "c")
     assert np.array_equal(back["a"], np.arange(4.0))
     assert sorted(os.listdir(tmp_path)) == ["c"]
+
+
+def test_blur_augmentation_option():
+    import jax
+    import jax.numpy as jnp
+
+    from cfjax.metrics import gaussian_blur
+
+    # off by default and absent from the recorded config (old checkpoints keep matching)
+    assert "augment_blur" not in ct.TrainConfig().as_dict() and ct.TrainConfig(augment_blur=0.5).as_dict()["augment_blur"] == 0.5
+    x = jax.random.uniform(jax.random.key(0), (400, 12, 12, 1))
+    y = ct.random_blur(jax.random.key(1), x, 0.5)
+    changed = np.any(np.asarray(y != x), axis=(1, 2, 3))
+    assert 0.4 < changed.mean() < 0.6
+    # every changed image is one of the three blurs of its original
+    blurs = [np.asarray(gaussian_blur(x, s)) for s in (0.5, 1.0, 1.5)]
+    for i in np.flatnonzero(changed)[:20]:
+        assert any(np.array_equal(np.asarray(y[i]), b[i]) for b in blurs)
+    assert np.array_equal(np.asarray(ct.random_blur(jax.random.key(1), x, 0.0)), np.asarray(x))
+    with pytest.raises(InputError, match="augment_blur"):
+        ct.fit(params={"w": jnp.zeros(1)}, loss_fn=None, eval_fn=None, train_arrays=(np.zeros((4, 1)),), test_arrays=(np.zeros((4, 1)),),
+               cfg=ct.TrainConfig(augment_blur=2.0, batch_size=2), select="loss")

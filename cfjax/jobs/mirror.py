@@ -68,6 +68,9 @@ class MirrorJobConfig:
     backbone_epochs: int | None = None
     """Epochs of the domain backbone (None: the classifier's schedule)."""
     blur_sigma: float = 1.0
+    classifier_augment_blur: float = 0.0
+    """Train the classifier (and backbone) with this fraction of blurred images
+    (:attr:`cfjax.train.TrainConfig.augment_blur`); 0: the zoo's default classifier."""
     n_figure_examples: int = 6
     figure_pairs: tuple | None = None
     """Pairs shown in the grid figure (default: the dataset's paper pairs, else the job's pair)."""
@@ -321,6 +324,8 @@ def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None
     from cfjax import data as cdata
 
     zc = _zoo_config(dataset, cfg.smoke)
+    if cfg.classifier_augment_blur:
+        zc = dataclasses.replace(zc, classifier_train=dataclasses.replace(zc.classifier_train, augment_blur=cfg.classifier_augment_blur))
     train = cdata.load(dataset, "train", data_dir=data_dir, limit=cfg.data_limit)
     test = cdata.load(dataset, "test", data_dir=data_dir, limit=cfg.data_limit)
     root = Path(models_dir) / dataset
