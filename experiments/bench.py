@@ -104,6 +104,34 @@ def bench_reflect(clf, batch, solver, repeats):
     return {"compile_s": compile_s, "wall_s": wall, "cf_per_s": batch / wall}
 
 
+def bench_mirror_chunk(clf_m, cp, batch, repeats, solver="jaxopt"):
+    """The whole Mirror-CFE step per image (feature maps, reflection + L-BFGS, 21 decoded
+    transitions, first counterfactual, metrics): :func:`cfjax.jobs.mirror.mirror_chunk` with a
+    randomly initialised decoder (throughput does not depend on the weights)."""
+    from cfjax import mirror as mr
+    from cfjax.jobs.mirror import classifier_backbone, mirror_chunk
+
+    clf = bind_classifier(clf_m, cp)
+    dcfg = mr.MirrorDecoderConfig()
+    g, _ = mr.build_decoder(dcfg, (28, 28, 1))
+    x = jax.random.uniform(jax.random.key(5), (batch, 28, 28, 1))
+    maps = jax.vmap(clf.feature_maps)(x[:1])
+    gp = g.init(jax.random.key(6), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
+    dec = mr.batched_decoder(g, gp, clf.W, dcfg)
+    bb = classifier_backbone(clf_m, cp)
+    ks = mr.default_k_grid(0.05)
+    src = jnp.arange(batch, dtype=jnp.int32) % 10
+    tgt = (src + 1 + jnp.arange(batch, dtype=jnp.int32) % 9) % 10
+    mask = jnp.ones(batch, bool)
+    f = jax.jit(lambda x, s, t, m: mirror_chunk(clf, dec, bb, x, s, t, m, ks=ks, solver=solver))
+    t0 = time.perf_counter()
+    compiled = f.lower(x, src, tgt, mask).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(x, src, tgt, mask))
+    wall = _time(lambda: compiled(x, src, tgt, mask), repeats)
+    return {"compile_s": compile_s, "wall_s": wall, "cf_per_s": batch / wall, "k_grid": int(ks.shape[0])}
+
+
 def full_test_set(clf, vae, n_images=10000, k=10, steps=100, chunk=8192):
     """n_images x (k-1) targets x steps, streamed in fixed chunks: end-to-end cf/s."""
     n = n_images * (k - 1)
@@ -196,7 +224,7 @@ def main(argv=None):
     p.add_argument("--full-test-set", action="store_true")
     a = p.parse_args(argv)
     res = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-           "machine": platform.machine(), "cpus": os.cpu_count(), "attack": [], "reflect": [], "torch": []}
+           "machine": platform.machine(), "cpus": os.cpu_count(), "attack": [], "reflect": [], "mirror": [], "torch": []}
     res["matmul_peak_f32_flops"] = matmul_peak(jnp.float32)
     if jax.default_backend() == "gpu":
         res["matmul_peak_bf16_flops"] = matmul_peak(jnp.bfloat16)
@@ -222,6 +250,10 @@ def main(argv=None):
                     r.update(batch=bs, solver=solver)
                     res["reflect"].append(r)
                     print(json.dumps(r), flush=True)
+                r = bench_mirror_chunk(clf_m, cp, bs, a.repeats)
+                r.update(batch=bs, solver="jaxopt", what="full Mirror-CFE step (reflect + L-BFGS + 21 decoded transitions + metrics)")
+                res.setdefault("mirror", []).append(r)
+                print(json.dumps(r), flush=True)
         if a.full_test_set and up == a.upsample[0]:
             res["full_test_set"] = full_test_set(clf, vae)
             print(json.dumps(res["full_test_set"]), flush=True)
