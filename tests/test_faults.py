@@ -77,3 +77,61 @@ def test_unwritable_output_fails_early(tmp_path):
 def test_full_disk_fails_early(tmp_path):
     with pytest.raises(InputError, match="free disk"):
         check_writable_dir(tmp_path, "out", min_free_mb=10**12)
+
+
+def _cursor(state_dir) -> int:
+    """The chunk cursor of the latest accumulator checkpoint (0 if none yet)."""
+    for _ in range(20):
+        try:
+            meta = json.loads((state_dir / "accumulators" / "cfjax_meta.json").read_text())
+            return int(meta["extra"]["cursor"])
+        except FileNotFoundError:
+            return 0
+        except (json.JSONDecodeError, KeyError):  # pragma: no cover - racing the atomic rename
+            time.sleep(0.01)
+    return 0
+
+
+@pytest.mark.slow
+def test_sigkill_cfjax_global_at_five_points_resumes_to_the_same_summary(tmp_path):
+    """`cfjax global` itself, killed with SIGKILL at >= 5 different points (after 1, 2, 3, ...
+    checkpointed chunks, plus a random delay inside the next chunk), restarted with the same
+    command each time: the final summary equals an uninterrupted run's."""
+    import shutil
+
+    from cfjax.cli import main
+
+    args = ["global", "--method", "attack", "--data", "mnist5k", "--smoke", "--no-pixel", "--limit", "16", "--batch-size", "8",
+            "--checkpoint-every", "1"]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0  # uninterrupted (trains the smoke models)
+    ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    run = tmp_path / "run"
+    shutil.copytree(tmp_path / "ref" / "models", run / "models")
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    cmd = [sys.executable, "-m", "cfjax", *args, "--out", str(run)]
+    rng = np.random.default_rng(0)
+    kills, points = 0, []
+    for point in range(1, 8):
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while p.poll() is None and _cursor(run / "state" / "latent") < point:
+            time.sleep(0.02)
+        if p.poll() is not None:  # finished before this point
+            break
+        time.sleep(float(rng.uniform(0.0, 0.3)))  # somewhere inside the next chunk
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+        if p.returncode == -signal.SIGKILL:
+            kills += 1
+            points.append(_cursor(run / "state" / "latent"))
+            assert not (run / "summary.json").exists()
+        if kills >= 5:
+            break
+    assert kills >= 5, points
+    assert subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600).returncode == 0
+    got = json.loads((run / "summary.json").read_text())
+    assert got["resumed"] is True and got["cf_per_s"] is None  # a resumed run does not claim a rate
+    timing = {"wall_s", "cf_per_s", "phase_wall_s", "total_wall_s", "models_wall_s", "resumed"}
+    for k in ref:
+        if k not in timing:
+            assert got[k] == ref[k], k  # bitwise: JSON of the same float32 sums
+    assert len(set(points)) >= 5, points  # five different kill points
