@@ -238,9 +238,17 @@ def _max_over_processes(n: int) -> int:
     return int(np.max(multihost_utils.process_allgather(np.array([n]))))
 
 
-def barrier(name: str) -> None:
-    """Wait until every process reaches this point (a no-op with one process)."""
-    _barrier(name)
+def process0_first(fn: Callable[[], Any], name: str = "cfjax-process0-first") -> Any:
+    """Run ``fn()`` on process 0 first, then on the others (after a barrier), and return its
+    result on every process: e.g. load-or-train models, so that only process 0 trains and
+    writes them and the others load what it wrote. Just ``fn()`` with one process."""
+    multi, lead = jax.process_count() > 1, jax.process_index() == 0
+    if multi and not lead:
+        _barrier(name)
+    out = fn()
+    if multi and lead:
+        _barrier(name)
+    return out
 
 
 def _barrier(name: str) -> None:

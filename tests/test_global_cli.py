@@ -5,7 +5,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -15,12 +14,7 @@ import pytest
 from cfjax.cli import main
 from cfjax.errors import InputError
 from cfjax.jobs import mirror as mjob
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from test_parallel import _free_port
 
 
 def _outputs(d) -> dict:

@@ -244,9 +244,6 @@ def as_explain_step(chunk_fn: Callable) -> Callable:
     return step
 
 
-_Rows = parallel.Rows  # the lazy (image, target) row view
-
-
 def make_pairs(labels: np.ndarray, num_classes: int, targets: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image index, source, target) for every image and every other class (``"all"``), or
     towards one class (``"3"``; images of that class are skipped). Image-major order."""
@@ -355,16 +352,12 @@ def run_attack_explanation(
     # multi-host (after cfjax.parallel.initialize_distributed): process 0 trains/loads the models
     # first, the others then load them; every process attacks only its slice of the pairs;
     # the accumulators are global, and only process 0 writes the summary, figures and report.
-    multi, lead = jax.process_count() > 1, jax.process_index() == 0
+    lead = jax.process_index() == 0
     if models is None:
-        if multi and not lead:
-            parallel.barrier("cfjax-models")
-        models = zoo.get_models(
+        models = parallel.process0_first(lambda: zoo.get_models(
             dataset, out / "models", config=zoo.SMOKE if cfg.smoke else None, limit=500 if cfg.smoke else None, data_dir=data_dir,
             progress=progress and lead,
-        )
-        if multi and lead:
-            parallel.barrier("cfjax-models")
+        ))
     t_models = time.perf_counter() - t_start
     clf = bind_classifier(models.classifier.module, models.classifier.params)
     vae = bind_vae(models.vae.module, models.vae.params)
@@ -383,7 +376,7 @@ def run_attack_explanation(
     fns = AttackFns(vae.encode, vae.decode, clf.logits, pred)
     digest = {"clf": _digest(models.classifier.params), "vae": _digest(models.vae.params)}
     mine = parallel.process_slice(len(img_idx))  # this process's pairs (all of them with one process)
-    data = {"x": _Rows(images, img_idx[mine]), "source": src[mine], "target": tgt[mine]}
+    data = {"x": parallel.Rows(images, img_idx[mine]), "source": src[mine], "target": tgt[mine]}
 
     lat_chunk = functools.partial(
         attack_chunk, fns, num_classes=k, steps=cfg.steps, learning_rate=cfg.learning_rate, threshold=cfg.threshold,
@@ -408,7 +401,7 @@ def run_attack_explanation(
         n_pix_img = n_img if cfg.pixel_limit is None else min(cfg.pixel_limit, n_img)
         sel = np.flatnonzero(img_idx < n_pix_img)
         sel = sel[parallel.process_slice(len(sel))]
-        pdata = {"x": _Rows(images, img_idx[sel]), "source": src[sel], "target": tgt[sel]}
+        pdata = {"x": parallel.Rows(images, img_idx[sel]), "source": src[sel], "target": tgt[sel]}
         pchunk = functools.partial(
             pixel_chunk, clf.logits, num_classes=k, steps=cfg.pixel_steps, learning_rate=cfg.pixel_learning_rate,
             threshold=cfg.threshold, optimizer=cfg.optimizer, block=cfg.block,

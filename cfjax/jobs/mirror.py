@@ -353,6 +353,17 @@ def get_decoder(clf_trained, train, test, root: Path, dcfg: mr.MirrorDecoderConf
     return dec, time.perf_counter() - t0
 
 
+def _decoder_parts(clf_t, bb_t, train, test, root: Path, cfg: MirrorJobConfig, progress: bool):
+    """The bound classifier, the decoder (trained or reused) and its load/train seconds, the
+    batched CSP decoder, the backbone and the k grid: what every Mirror pass needs."""
+    clf = bind_classifier(clf_t.module, clf_t.params)
+    dec, dec_s = get_decoder(clf_t, train, test, root, cfg.decoder, progress)
+    decode_batch = mr.batched_decoder(dec.module, dec.params, clf.W, cfg.decoder)
+    backbone = classifier_backbone(bb_t.module, bb_t.params)
+    ks = np.asarray(mr.default_k_grid(cfg.k_step), np.float32)
+    return clf, dec, dec_s, decode_batch, backbone, ks
+
+
 def _batched_predict(fn, images, bs: int = 500) -> np.ndarray:
     return np.concatenate([np.asarray(fn(jnp.asarray(images[s : s + bs]))) for s in range(0, len(images), bs)])
 
@@ -387,11 +398,7 @@ def run_mirror_explanation(
             raise bad_arg(name, repr(v), f"a class index in [0, {K - 1}] of {dataset}")
     if source == target:
         raise bad_arg("target", f"{target} (== source)", "a class different from the source")
-    clf = bind_classifier(clf_t.module, clf_t.params)
-    dec, dec_s = get_decoder(clf_t, train, test, root, cfg.decoder, progress)
-    decode_batch = mr.batched_decoder(dec.module, dec.params, clf.W, cfg.decoder)
-    backbone = classifier_backbone(bb_t.module, bb_t.params)
-    ks = np.asarray(mr.default_k_grid(cfg.k_step), np.float32)
+    clf, dec, dec_s, decode_batch, backbone, ks = _decoder_parts(clf_t, bb_t, train, test, root, cfg, progress)
 
     preds = _batched_predict(jax.jit(lambda x: jnp.argmax(clf_t.module.apply(clf_t.params, x), -1)), test.images)
     sel = np.flatnonzero((test.labels == source) & (preds == source))
@@ -554,15 +561,14 @@ def run_mirror_global(
         raise bad_arg("config.decoder.pairs", cfg.decoder.pairs, "None (the global pass uses the dataset's all-pairs decoder)")
     out = check_writable_dir(out_dir, "out")
     models_dir = Path(models_dir) if models_dir is not None else out / "models"
-    multi, lead = jax.process_count() > 1, jax.process_index() == 0
+    lead = jax.process_index() == 0
     t_start = time.perf_counter()
-    if multi and not lead:
-        parallel.barrier("cfjax-models")
-    train, test, clf_t, bb_t, root = load_models(dataset, models_dir, cfg, data_dir=data_dir, progress=progress and lead)
-    clf = bind_classifier(clf_t.module, clf_t.params)
-    dec, dec_s = get_decoder(clf_t, train, test, root, cfg.decoder, progress and lead)
-    if multi and lead:
-        parallel.barrier("cfjax-models")
+
+    def load():  # process 0 trains/loads first, the others then load what it wrote
+        train, test, clf_t, bb_t, root = load_models(dataset, models_dir, cfg, data_dir=data_dir, progress=progress and lead)
+        return train, test, clf_t, _decoder_parts(clf_t, bb_t, train, test, root, cfg, progress and lead)
+
+    train, test, clf_t, (clf, dec, dec_s, decode_batch, backbone, ks) = parallel.process0_first(load)
     K = train.num_classes
     if pairs is None:
         pairs = MIRROR_PAIRS.get(dataset, "all")
@@ -575,9 +581,6 @@ def run_mirror_global(
                 raise bad_arg(name, v, f"a class index in [0, {K - 1}] of {dataset}")
         if s_ == t:
             raise bad_arg("pairs", f"({s_}, {t})", "source != target")
-    decode_batch = mr.batched_decoder(dec.module, dec.params, clf.W, cfg.decoder)
-    backbone = classifier_backbone(bb_t.module, bb_t.params)
-    ks = np.asarray(mr.default_k_grid(cfg.k_step), np.float32)
     n_img = len(test) if cfg.limit is None else min(cfg.limit, len(test))
     preds = _batched_predict(jax.jit(lambda x: jnp.argmax(clf_t.module.apply(clf_t.params, x), -1)), test.images[:n_img])
     labels = np.asarray(test.labels[:n_img])
