@@ -1,33 +1,69 @@
 """cfjax: counterfactual explanations of image classifiers in JAX.
 
-The flat public API::
+The flat public API (pure functions of plain JAX callables)::
 
     import cfjax as cf
-    cf.attack(decode, logits, z0, target, steps=..., threshold=...)      # Counterfactual Attacks
-    cf.reflect(F, W, b, source, target, solver="jaxopt")                  # Mirror-CFE
-    cf.explain_dataset(step, init, data, chunk_size=...)                  # streamed, sharded pass
+    cf.attack(decode, logits, z0, target, steps=..., threshold=...)         # Counterfactual Attacks
+    cf.mirror_cfe(feature_maps, logits, W, b, decode, x, source, target)    # Mirror-CFE, one example
+    cf.reflect(F, W, b, source, target, solver="jaxopt")                     # its L-BFGS reflection
+    cf.explain_dataset(step, init, data, chunk_size=...)                     # streamed, sharded pass
 
-Submodules: ``cfjax.data``, ``cfjax.models``, ``cfjax.train``, ``cfjax.attack``,
-``cfjax.attribution``, ``cfjax.mirror``, ``cfjax.metrics``, ``cfjax.parallel``, ``cfjax.report``.
+Layers (each imports only from the layers before it; ``docs/architecture.md``)::
+
+    utilities (errors, io, checkpoint, flops, cpu_grads, parallel)
+      -> cfjax.data -> cfjax.models -> cfjax.methods -> cfjax.eval
+      -> cfjax.training -> cfjax.jobs -> cfjax.cli
+
+``cfjax.training`` and ``cfjax.jobs`` are loaded on first attribute access (``cf.training``,
+``cf.jobs``), so ``import cfjax`` stays light and the layering holds at import time too.
 """
 
-from cfjax.attack import AttackResult, attack, attack_batch, attack_pixels, attack_pixels_batch
-from cfjax.attribution import (
+from cfjax.errors import CfjaxError, CheckpointError, DataNotFoundError, InputError
+from cfjax.eval.evaluators import Evaluator
+from cfjax.methods.attack import AttackResult, attack, attack_batch, attack_pixels, attack_pixels_batch
+from cfjax.methods.attribution import (
     AttributePredictor,
     GlobalSums,
-    fit_attribute_predictor,
     global_finalize,
     global_init,
     global_update,
     local_scores,
     predict_attributes,
 )
-from cfjax.errors import CfjaxError, CheckpointError, DataNotFoundError, InputError
-from cfjax.mirror import ReflectResult, first_counterfactual, logits_along, reflect, transitions
+from cfjax.methods.mirror import (
+    MirrorResult,
+    ReflectResult,
+    bind_mirror_decoder,
+    first_counterfactual,
+    logits_along,
+    mirror_cfe,
+    reflect,
+    transitions,
+)
 from cfjax.models import bind_classifier, bind_vae
+from cfjax.models.mirror_decoder import MirrorDecoder
 from cfjax.parallel import data_mesh, explain_dataset, initialize_distributed, process_slice
 
 __version__ = "0.1.0"
+
+_LAZY = {"training", "jobs", "cli", "data", "models", "methods", "eval"}
+_LAZY_FUNCS = {
+    "fit_attribute_predictor": ("cfjax.training.attributes", "fit_attribute_predictor"),
+    "train_mirror_decoder": ("cfjax.training.mirror_decoder", "train_mirror_decoder"),
+    "MirrorDecoderConfig": ("cfjax.training.mirror_decoder", "MirrorDecoderConfig"),
+}
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _LAZY:
+        return importlib.import_module(f"cfjax.{name}")
+    if name in _LAZY_FUNCS:
+        mod, attr = _LAZY_FUNCS[name]
+        return getattr(importlib.import_module(mod), attr)
+    raise AttributeError(f"module 'cfjax' has no attribute {name!r}")
+
 
 __all__ = [
     "AttackResult",
@@ -35,14 +71,19 @@ __all__ = [
     "CfjaxError",
     "CheckpointError",
     "DataNotFoundError",
+    "Evaluator",
     "GlobalSums",
     "InputError",
+    "MirrorDecoder",
+    "MirrorDecoderConfig",
+    "MirrorResult",
     "ReflectResult",
     "attack",
     "attack_batch",
     "attack_pixels",
     "attack_pixels_batch",
     "bind_classifier",
+    "bind_mirror_decoder",
     "bind_vae",
     "data_mesh",
     "explain_dataset",
@@ -54,8 +95,10 @@ __all__ = [
     "initialize_distributed",
     "local_scores",
     "logits_along",
+    "mirror_cfe",
     "predict_attributes",
     "process_slice",
     "reflect",
+    "train_mirror_decoder",
     "transitions",
 ]

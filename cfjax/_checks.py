@@ -91,7 +91,46 @@ def check_class_index(v, name: str, num_classes: int) -> int:
     return i
 
 
-def check_positive_int(v, name: str) -> int:
+def check_positive_int(v, name: str, *, allow_none: bool = False) -> int | None:
+    """``v`` as an int when it is a positive integer (``None`` passes when ``allow_none``)."""
+    if v is None and allow_none:
+        return None
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-        raise bad_arg(name, repr(v), "a positive integer")
+        raise bad_arg(name, repr(v), "a positive integer" + (" or None" if allow_none else ""))
     return int(v)
+
+
+def parse_pairs(spec, num_classes: int | None = None, *, name: str = "pairs"):
+    """The one syntax for class pairs: ``"S,T;S,T;..."`` (e.g. ``"3,8;8,3"``), ``"all"``, or
+    already a sequence of ``(source, target)``. Returns a tuple of int pairs (or ``"all"``).
+
+    With ``num_classes`` every index is checked to lie in ``[0, num_classes)`` and every pair to
+    have ``source != target``.
+
+    Example:
+      >>> parse_pairs("3,8;8,3")
+      ((3, 8), (8, 3))
+    """
+    if spec is None or spec == "all":
+        return spec
+    if isinstance(spec, str):
+        try:
+            pairs = tuple(tuple(int(v) for v in part.split(",")) for part in spec.split(";") if part.strip())
+        except ValueError:
+            raise bad_arg(name, repr(spec), "'all' or 'S,T;S,T;...' with class indices") from None
+    else:
+        try:
+            pairs = tuple(tuple(int(v) for v in p) for p in spec)
+        except (TypeError, ValueError):
+            raise bad_arg(name, repr(spec), "a sequence of (source, target) class indices") from None
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise bad_arg(name, repr(spec), "'all' or 'S,T;S,T;...' with class indices")
+    if num_classes is not None:
+        for s, t in pairs:
+            for v in (s, t):
+                if not 0 <= v < num_classes:
+                    raise bad_arg(name, f"class {v} in {spec!r}", f"class indices in [0, {num_classes - 1}]")
+            if s == t:
+                raise bad_arg(name, f"({s}, {t}) in {spec!r}", "source != target in every pair")
+    return pairs
+

@@ -1,9 +1,20 @@
-"""``cfjax`` command line: a thin shell over the library's public functions.
+"""``cfjax`` command line: every parser lives here; jobs never import this module.
 
-Subcommands:
-  cfjax train classifier|vae --data NAME --out DIR [--epochs N ...]
-  cfjax demo --out DIR                 the README's main job
-  (explain / global / bench are added by their modules; see ``cfjax --help``)
+::
+
+    cfjax train classifier|vae --data NAME --out DIR [--epochs N ...]
+    cfjax train mirror-decoder --data NAME --out DIR [--pair S,T] [--steps N]
+    cfjax demo --out DIR                                   the README's main job
+    cfjax explain attack --data NAME --out DIR [...]       Counterfactual Attacks + global attribution
+    cfjax explain mirror --data NAME --source S --target T --out DIR [...]
+    cfjax global attack|mirror --data NAME --out DIR [--pairs S,T;S,T] [multi-host flags]
+
+Old spellings still work: ``cfjax explain --method mirror ...``, ``cfjax global --method ...``,
+``cfjax mirror ...`` (= ``explain mirror``) and ``cfjax train-mirror-decoder ...``.
+
+Each handler builds its job config ONCE (:func:`attack_config`, :func:`mirror_config`) and the
+job validates it before loading data or training anything: a bad flag exits with status 2
+within seconds and writes nothing.
 """
 
 from __future__ import annotations
@@ -11,16 +22,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
 
 SUBCOMMANDS: dict = {}
+"""name -> (help, fn(parser) -> handler(args)); tests may register more."""
 
 
 def subcommand(name: str, help: str):
-    """Register ``fn(subparser)`` -> handler; keeps each module's CLI next to its code."""
-
     def deco(fn):
         SUBCOMMANDS[name] = (help, fn)
         return fn
@@ -28,40 +40,202 @@ def subcommand(name: str, help: str):
     return deco
 
 
+def _given(**kw) -> dict:
+    """The options the user set (``None`` means "the config's default")."""
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+# ------------------------------------------------------------------------------ shared options
+
+
+def _data_args(p, *, default="mnist5k") -> None:
+    p.add_argument("--data", default=default, help="dataset name (mnist5k, fashion_mnist, mnist, celeb_a)")
+    p.add_argument("--out", required=True, help="output directory (summary.json, figures/, report.html)")
+    p.add_argument("--data-dir", default=None, help="TFDS data directory")
+    p.add_argument("--smoke", action="store_true", help="tiny models and budgets: runs in seconds")
+
+
+def _attack_args(p) -> None:
+    from cfjax.jobs.attack import AttackJobConfig
+
+    d = AttackJobConfig()
+    g = p.add_argument_group("Counterfactual Attacks")
+    g.add_argument("--steps", type=int, default=None, help=f"attack step budget (default {d.steps}; the paper: 1000)")
+    g.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d.learning_rate})")
+    g.add_argument("--threshold", type=float, default=None, help=f"target probability to reach (default {d.threshold})")
+    g.add_argument("--optimizer", choices=["adam", "sgd-normalized"], default=None)
+    g.add_argument("--pixel-steps", type=int, default=None, help=f"pixel baseline budget (default {d.pixel_steps})")
+    g.add_argument("--pixel-lr", type=float, default=None, help=f"pixel baseline learning rate (default {d.pixel_learning_rate})")
+    g.add_argument("--no-pixel", action="store_true", help="skip the pixel baseline")
+    g.add_argument("--pixel-limit", type=int, default=None, help="pixel baseline on the first N images only")
+    g.add_argument("--limit", type=int, default=None, help="attack only the first N test images")
+    g.add_argument("--batch-size", type=int, default=None, help=f"counterfactuals per jitted step (default {d.batch_size})")
+    g.add_argument("--targets", default=None, help="'all' (every other class, default) or one class index")
+    g.add_argument("--record-every", type=int, default=None, help=f"progression figure spacing (default {d.record_every})")
+    g.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint the accumulators every N chunks")
+
+
+def attack_config(a, *, whole_split: bool = False):
+    """The attack job's config from parsed args, built once (``--smoke`` picks the preset)."""
+    from cfjax.jobs.attack import AttackJobConfig
+
+    base = AttackJobConfig.smoke() if a.smoke else AttackJobConfig()
+    over = _given(steps=a.steps, learning_rate=a.lr, threshold=a.threshold, optimizer=a.optimizer, pixel_steps=a.pixel_steps,
+                  pixel_learning_rate=a.pixel_lr, batch_size=a.batch_size, targets=a.targets, record_every=a.record_every,
+                  pixel_limit=a.pixel_limit, checkpoint_every=a.checkpoint_every, limit=a.limit)
+    if whole_split and a.limit is None and not a.smoke:
+        over["limit"] = None
+    if a.no_pixel:
+        over["pixel_baseline"] = False
+    steps, rec = over.get("steps", base.steps), over.get("record_every", base.record_every)
+    if a.record_every is None and isinstance(steps, int) and steps > 0 and steps % rec:
+        over["record_every"] = math.gcd(steps, rec)  # keep the figure working for any --steps
+    return dataclasses.replace(base, **over)
+
+
+def _mirror_args(p, *, pair: bool) -> None:
+    from cfjax.methods.mirror import SOLVERS
+
+    g = p.add_argument_group("Mirror-CFE")
+    if pair:
+        g.add_argument("--source", type=int, default=None, help="source class")
+        g.add_argument("--target", type=int, default=None, help="target class")
+        g.add_argument("--pair-decoder", action="store_true", help="train/use a decoder for this pair (both directions) only")
+    else:
+        g.add_argument("--pairs", default=None, help="'all' or 'S,T;S,T;...' (default: the dataset's paper pairs)")
+    g.add_argument("--solver", choices=list(SOLVERS), default=None, help="refinement solver (default jaxopt)")
+    g.add_argument("--maxiter", type=int, default=None, help="L-BFGS iteration cap")
+    g.add_argument("--k-step", type=float, default=None, help="transition grid step (default 0.05)")
+    g.add_argument("--decoder-steps", type=int, default=None, help="decoder training steps")
+    g.add_argument("--models-dir", default=None, help="model cache (default OUT/models)")
+    g.add_argument("--limit", type=int, default=None, help="explain at most N images")
+    g.add_argument("--chunk-size", "--batch-size", dest="chunk_size", type=int, default=None, help="images per sharded step")
+    g.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint the accumulators every N chunks")
+    g.add_argument("--classifier-blur", type=float, default=None, help="train the classifier with this fraction of blurred images")
+    g.add_argument("--no-figures", action="store_true", help="skip the figures (numbers and report only)")
+
+
+def mirror_config(a):
+    """The Mirror-CFE job's config from parsed args, built once."""
+    from cfjax.jobs.mirror import MirrorJobConfig
+
+    base = MirrorJobConfig.smoke() if a.smoke else MirrorJobConfig()
+    dec = _given(steps=getattr(a, "decoder_steps", None))
+    if "steps" in dec:
+        dec["checkpoint_every"] = max(1, min(base.decoder.checkpoint_every, dec["steps"]))
+    if getattr(a, "pair_decoder", False) and a.source is not None and a.target is not None:
+        dec["pairs"] = ((a.source, a.target), (a.target, a.source))
+    over = _given(solver=a.solver, maxiter=a.maxiter, k_step=a.k_step, limit=a.limit, chunk_size=a.chunk_size,
+                  checkpoint_every=a.checkpoint_every, classifier_augment_blur=a.classifier_blur)
+    if a.no_figures:
+        over["figures"] = False
+    return dataclasses.replace(base, decoder=dataclasses.replace(base.decoder, **dec), **over)
+
+
+def _distributed_args(p) -> None:
+    g = p.add_argument_group("multi-host (jax.distributed)")
+    g.add_argument("--distributed", action="store_true", help="initialise jax.distributed (auto-detects TPU pods / SLURM without the flags below)")
+    g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (env CFJAX_COORDINATOR)")
+    g.add_argument("--num-processes", type=int, default=None, help="number of processes (env CFJAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None, help="this process's index (env CFJAX_PROCESS_ID)")
+    g.add_argument("--cpu-collectives", choices=["gloo", "mpi"], default=None, help="cross-process collectives on the CPU backend (tests, CPU clusters)")
+
+
+def _check_distributed(a) -> bool:
+    """Validate the multi-host flags (before any work); True when they ask for jax.distributed."""
+    from cfjax.errors import bad_arg
+
+    asked = a.distributed or a.coordinator or a.num_processes is not None or a.process_id is not None or "CFJAX_COORDINATOR" in os.environ
+    if a.num_processes is not None and a.num_processes < 1:
+        raise bad_arg("--num-processes", a.num_processes, "a positive integer")
+    if a.process_id is not None and a.num_processes is not None and not 0 <= a.process_id < a.num_processes:
+        raise bad_arg("--process-id", a.process_id, f"an index in [0, {a.num_processes - 1}]")
+    return bool(asked)
+
+
+def _init_distributed(a) -> None:
+    from cfjax import parallel
+
+    parallel.initialize_distributed(a.coordinator, a.num_processes, a.process_id, cpu_collectives=a.cpu_collectives)
+
+
+# ------------------------------------------------------------------------------ subcommands
+
+
 @subcommand("train", "train a model (classifier | vae | mirror-decoder) and write orbax checkpoints")
 def _train_parser(p: argparse.ArgumentParser):
-    p.add_argument("model", choices=["classifier", "vae"])
-    p.add_argument("--data", required=True, help="dataset name (mnist5k, fashion_mnist, mnist, celeb_a)")
-    p.add_argument("--out", required=True, help="checkpoint directory (best/ and last/ go here)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--latent-dim", type=int, default=None, help="VAE latent size")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit", type=int, default=None, help="cap examples per split (smoke runs)")
+    sub = p.add_subparsers(dest="model", required=True)
+    for name in ("classifier", "vae"):
+        sp = sub.add_parser(name, help=f"train the default {name} of a dataset")
+        sp.add_argument("--data", required=True, help="dataset name (mnist5k, fashion_mnist, mnist, celeb_a)")
+        sp.add_argument("--out", required=True, help="checkpoint directory (best/ and last/ go here)")
+        sp.add_argument("--epochs", type=int, default=None)
+        sp.add_argument("--batch-size", type=int, default=None)
+        sp.add_argument("--lr", type=float, default=None)
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--latent-dim", type=int, default=None, help="VAE latent size")
+        sp.add_argument("--augment-blur", type=float, default=None, help="classifier: fraction of blurred training images")
+        sp.add_argument("--data-dir", default=None)
+        sp.add_argument("--limit", type=int, default=None, help="cap examples per split (smoke runs)")
+    sp = sub.add_parser("mirror-decoder", help="train (or reuse) the Mirror-CFE decoder of a dataset")
+    sp.add_argument("--data", default="mnist5k")
+    sp.add_argument("--out", required=True, help="run directory; models go to OUT/models/<data>/ (or --models-dir)")
+    sp.add_argument("--models-dir", default=None)
+    sp.add_argument("--pair", default=None, help="S,T: train on this pair (both directions) only; default: one decoder for all pairs")
+    sp.add_argument("--steps", type=int, default=None)
+    sp.add_argument("--batch-size", type=int, default=None)
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--classifier-blur", type=float, default=None, help="train the classifier with this fraction of blurred images")
+    sp.add_argument("--data-dir", default=None)
+    sp.add_argument("--smoke", action="store_true")
 
     def run(a):
+        if a.model == "mirror-decoder":
+            return _train_decoder(a)
         from cfjax import data as cdata
-        from cfjax import train as ct
-        from cfjax.zoo import DEFAULTS
+        from cfjax._checks import check_positive_int
+        from cfjax.training import loop as ct
+        from cfjax.training.zoo import defaults_for
 
-        zc = DEFAULTS.get(a.data, DEFAULTS["fashion_mnist"])
+        zc = defaults_for(a.data)
+        tcfg = zc.classifier_train if a.model == "classifier" else zc.vae_train
+        tcfg = dataclasses.replace(tcfg, seed=a.seed, **_given(epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.lr,
+                                                               augment_blur=a.augment_blur if a.model == "classifier" else None))
+        for name in ("epochs", "batch_size"):
+            check_positive_int(getattr(tcfg, name), f"--{name.replace('_', '-')}")
+        check_positive_int(a.limit, "--limit", allow_none=True)
+        cdata.class_names(a.data)
         tr = cdata.load(a.data, "train", data_dir=a.data_dir, limit=a.limit)
         te = cdata.load(a.data, "test", data_dir=a.data_dir, limit=a.limit)
-        tcfg = zc.classifier_train if a.model == "classifier" else zc.vae_train
-        over = {k: v for k, v in dict(epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.lr).items() if v is not None}
-        tcfg = dataclasses.replace(tcfg, seed=a.seed, **over)
         t0 = time.perf_counter()
         if a.model == "classifier":
             res = ct.train_classifier(tr, te, dataclasses.replace(zc.classifier, num_classes=tr.num_classes), tcfg, a.out)
         else:
             mc = zc.vae if a.latent_dim is None else dataclasses.replace(zc.vae, latent_dim=a.latent_dim)
             res = ct.train_vae(tr, te, mc, tcfg, a.out)
-        out = {"model": a.model, "data": a.data, "wall_s": round(time.perf_counter() - t0, 1), **res.metrics}
-        print(json.dumps(out, indent=1))
+        print(json.dumps({"model": a.model, "data": a.data, "wall_s": round(time.perf_counter() - t0, 1), **res.metrics}, indent=1))
 
     return run
+
+
+def _train_decoder(a):
+    from cfjax._checks import parse_pairs
+    from cfjax.jobs.mirror import MirrorJobConfig, train_decoder
+
+    base = MirrorJobConfig.smoke() if a.smoke else MirrorJobConfig()
+    dec = _given(steps=a.steps, batch_size=a.batch_size, seed=a.seed)
+    if a.pair:
+        from cfjax.errors import bad_arg
+
+        pairs = parse_pairs(a.pair, name="--pair")
+        if len(pairs) != 1:
+            raise bad_arg("--pair", repr(a.pair), "one pair 'S,T' (both directions are trained)")
+        (s, t), = pairs
+        dec["pairs"] = ((s, t), (t, s))
+    if "steps" in dec:
+        dec["checkpoint_every"] = max(1, min(base.decoder.checkpoint_every, dec["steps"]))
+    cfg = dataclasses.replace(base, decoder=dataclasses.replace(base.decoder, **dec), **_given(classifier_augment_blur=a.classifier_blur))
+    print(json.dumps(train_decoder(a.data, a.out, cfg, models_dir=a.models_dir, data_dir=a.data_dir), indent=1))
 
 
 @subcommand("demo", "the main job on the bundled MNIST sample (train/reuse models, explain, report)")
@@ -69,12 +243,12 @@ def _demo_parser(p: argparse.ArgumentParser):
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data", default="mnist5k")
     p.add_argument("--smoke", action="store_true", help="tiny configuration that runs in seconds")
-    p.add_argument("--limit", type=int, default=None, help="test images to explain (default 50; 0 = the whole test split)")
+    p.add_argument("--limit", type=int, default=None, help="test images to explain (default: the whole test split; 0 = the whole split)")
 
     def run(a):
         from cfjax.jobs.attack import AttackJobConfig, run_attack_explanation
 
-        cfg = AttackJobConfig.smoke_config() if a.smoke else AttackJobConfig.demo_config()
+        cfg = AttackJobConfig.smoke() if a.smoke else AttackJobConfig.demo()
         if a.limit is not None:
             cfg = dataclasses.replace(cfg, limit=a.limit if a.limit > 0 else None)
         s = run_attack_explanation(a.data, a.out, cfg)
@@ -84,8 +258,103 @@ def _demo_parser(p: argparse.ArgumentParser):
     return run
 
 
+def _method_parsers(p, attack_help: str, mirror_help: str, *, pair: bool, distributed: bool = False) -> None:
+    """``attack`` and ``mirror`` sub-subcommands, each with only its own options."""
+    sub = p.add_subparsers(dest="method", required=True)
+    for name, help_ in (("attack", attack_help), ("mirror", mirror_help)):
+        sp = sub.add_parser(name, help=help_)
+        _data_args(sp)
+        if name == "attack":
+            _attack_args(sp)
+        else:
+            _mirror_args(sp, pair=pair)
+        if distributed:
+            _distributed_args(sp)
+
+
+@subcommand("explain", "explain a classifier: 'explain attack' (latent attacks + global attribution) or 'explain mirror' (Mirror-CFE, one pair)")
+def _explain_parser(p: argparse.ArgumentParser):
+    _method_parsers(p, "Counterfactual Attacks on the test split + global attribution + pixel baseline",
+                    "Mirror-CFE counterfactuals for one class pair (reflect, L-BFGS, decode, metrics, report)", pair=True)
+
+    def run(a):
+        if a.method == "mirror":
+            return _run_mirror_pair(a)
+        from cfjax.jobs.attack import run_attack_explanation
+
+        run_attack_explanation(a.data, a.out, attack_config(a), data_dir=a.data_dir)
+
+    return run
+
+
+def _run_mirror_pair(a):
+    from cfjax.errors import bad_arg
+    from cfjax.jobs.mirror import run_mirror_explanation
+
+    if a.source is None or a.target is None:
+        raise bad_arg("--source/--target", "missing", "both a source and a target class (e.g. --source 3 --target 8)")
+    return run_mirror_explanation(a.data, a.out, source=a.source, target=a.target, config=mirror_config(a), models_dir=a.models_dir,
+                                  data_dir=a.data_dir)
+
+
+@subcommand("global", "global explanation over a whole test split (streamed, sharded, resumable, multi-host): 'global attack' | 'global mirror'")
+def _global_parser(p: argparse.ArgumentParser):
+    _method_parsers(p, "Counterfactual Attacks on every test image towards every other class", "Mirror-CFE on many class pairs in one pass",
+                    pair=False, distributed=True)
+
+    def run(a):
+        dist = _check_distributed(a)
+        if a.method == "mirror":
+            from cfjax.jobs.mirror import MirrorJob, run_mirror_global
+
+            cfg = mirror_config(a)
+            MirrorJob(a.pairs, per_pair=False, pairs_arg="--pairs").validate(a.data, cfg)  # before jax.distributed and any loading
+            if dist:
+                _init_distributed(a)
+            return run_mirror_global(a.data, a.out, config=cfg, pairs=a.pairs, models_dir=a.models_dir, data_dir=a.data_dir, pairs_arg="--pairs")
+        from cfjax.jobs.attack import AttackJob, run_attack_explanation
+
+        cfg = attack_config(a, whole_split=True)
+        AttackJob().validate(a.data, cfg)
+        if dist:
+            _init_distributed(a)
+        run_attack_explanation(a.data, a.out, cfg, data_dir=a.data_dir)
+
+    return run
+
+
+# ------------------------------------------------------------------------------ entry point
+
+_ALIASES = {"mirror": ["explain", "mirror"], "train-mirror-decoder": ["train", "mirror-decoder"]}
+
+
+def _rewrite_aliases(argv: list[str]) -> list[str]:
+    """Old spellings -> new ones: ``cfjax mirror`` -> ``cfjax explain mirror``,
+    ``cfjax train-mirror-decoder`` -> ``cfjax train mirror-decoder``,
+    ``cfjax explain|global --method M ...`` -> ``cfjax explain|global M ...`` (default attack)."""
+    i = next((j for j, v in enumerate(argv) if not v.startswith("-")), None)
+    if i is None:
+        return argv
+    cmd = argv[i]
+    if cmd in _ALIASES:
+        return argv[:i] + _ALIASES[cmd] + argv[i + 1 :]
+    if cmd in ("explain", "global") and (i + 1 >= len(argv) or argv[i + 1] not in ("attack", "mirror", "-h", "--help")):
+        rest = list(argv[i + 1 :])
+        method = "attack"
+        for j, v in enumerate(rest):
+            if v == "--method" and j + 1 < len(rest):
+                method = rest[j + 1]
+                del rest[j : j + 2]
+                break
+            if v.startswith("--method="):
+                method = v.split("=", 1)[1]
+                del rest[j]
+                break
+        return argv[: i + 1] + [method] + rest
+    return argv
+
+
 def build_parser() -> argparse.ArgumentParser:
-    _load_plugins()
     parser = argparse.ArgumentParser(prog="cfjax", description="Counterfactual explanations of image classifiers in JAX.")
     parser.add_argument("--debug-nans", action="store_true", help="turn on jax_debug_nans for this run")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,27 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_plugins():
-    """Import the modules that register further subcommands (explain, global, bench...)."""
-    import importlib
-
-    for mod in ("cfjax.jobs.attack", "cfjax.jobs.mirror", "cfjax.jobs.global_", "cfjax.jobs.bench"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod and not mod.startswith(str(e.name)):
-                raise
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # `cfjax train mirror-decoder ...` is served by the `train-mirror-decoder` subcommand
-    for i in range(len(argv) - 1):
-        if argv[i] == "train" and argv[i + 1] == "mirror-decoder":
-            argv[i : i + 2] = ["train-mirror-decoder"]
-            break
-    parser = build_parser()
-    a = parser.parse_args(argv)
+    argv = _rewrite_aliases(list(sys.argv[1:] if argv is None else argv))
+    a = build_parser().parse_args(argv)
     if a.debug_nans:
         import jax
 
@@ -131,8 +382,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m cfjax.cli`: run the registry of the importable module `cfjax.cli` (the
-    # subcommand modules register there), not this `__main__` copy's empty one
-    from cfjax.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

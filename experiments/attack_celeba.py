@@ -13,7 +13,7 @@ is replaced by a convolutional VAE trained here on CelebA 64x64):
 1. a VAE on the training images (``--latent-dim``, default 128);
 2. one 2-class GAP-CNN per explained attribute (labels = that attribute);
 3. the attribute predictors: one logistic regression per explanation attribute (CelebA's 40
-   with the paper's merges, :func:`cfjax.attribution.celeba_attributes`; class-balanced) fitted
+   with the paper's merges, :func:`cfjax.methods.attribution.celeba_attributes`; class-balanced) fitted
    on the VAE means of the training images;
 4. for each classifier, ``--n-explain`` test images attacked in latent space towards the other
    class (Adam lr 0.01, at most 500 steps, success once the target class probability is
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import sys
 import time
@@ -39,14 +38,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cfjax import attribution as attr  # noqa: E402
+from cfjax.methods import attribution as attr  # noqa: E402
+from cfjax.training.attributes import fit_attribute_predictor  # noqa: E402
 from cfjax import data as cdata  # noqa: E402
-from cfjax import report  # noqa: E402
-from cfjax import train as ct  # noqa: E402
+from cfjax.jobs import report  # noqa: E402
+from cfjax.training import loop as ct  # noqa: E402
 from cfjax.io import atomic_write_json, check_writable_dir  # noqa: E402
 from cfjax.models import bind_classifier, bind_vae  # noqa: E402
 
-atk = importlib.import_module("cfjax.attack")
+from cfjax.methods import attack as atk  # noqa: E402
 
 CLASSIFIERS = ("Young", "Attractive", "Male", "Smiling")
 # the authors' figure (their data, their StyleGAN3), for comparison in the report
@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     vae = bind_vae(vae_t.module, vae_t.params)
     lat = _encode_all(vae.encode, train.images)
     y, names = attr.celeba_attributes(train.attributes, train.attribute_names)
-    pred = attr.fit_attribute_predictor(lat, y, names, steps=200 if a.smoke else 2000, balanced=True)
+    pred = fit_attribute_predictor(lat, y, names, steps=200 if a.smoke else 2000, balanced=True)
     pred_acc = attr.attribute_accuracy(pred, _encode_all(vae.encode, test.images), attr.celeba_attributes(test.attributes, test.attribute_names)[0])
     summary = {"method": "attack", "dataset": "celeb_a", "image_size": a.image_size, "n_train": len(train), "n_test": len(test),
                "vae_mse": vae_t.metrics.get("mse"), "attributes": list(names), "attribute_predictor_accuracy": pred_acc,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -33,13 +32,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cfjax import attribution as attr  # noqa: E402
-from cfjax import report, zoo  # noqa: E402
+from cfjax.methods import attribution as attr  # noqa: E402
+from cfjax.jobs import report  # noqa: E402
+from cfjax.training import zoo  # noqa: E402
 from cfjax.io import atomic_write_json, atomic_write_text  # noqa: E402
 from cfjax.jobs.attack import PAPER_PAIRS, AttackJobConfig, run_attack_explanation  # noqa: E402
 from cfjax.models import bind_classifier, bind_vae  # noqa: E402
 
-atk = importlib.import_module("cfjax.attack")
+from cfjax.methods import attack as atk  # noqa: E402
 
 
 def parser(description: str, default_out: str) -> argparse.ArgumentParser:
@@ -62,16 +62,15 @@ def parser(description: str, default_out: str) -> argparse.ArgumentParser:
 
 
 def job_config(a) -> AttackJobConfig:
-    cfg = AttackJobConfig.smoke_config() if a.smoke else AttackJobConfig()
-    over = dict(steps=a.steps, learning_rate=a.lr, threshold=a.threshold, limit=a.limit, batch_size=a.batch_size)
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in over.items() if v is not None})
+    base = AttackJobConfig.smoke() if a.smoke else AttackJobConfig()
+    over = {k: v for k, v in dict(steps=a.steps, learning_rate=a.lr, threshold=a.threshold, limit=a.limit, batch_size=a.batch_size,
+                                  pixel_limit=a.pixel_limit).items() if v is not None}
     if a.no_pixel:
-        cfg = dataclasses.replace(cfg, pixel_baseline=False)
-    if a.pixel_limit is not None:
-        cfg = dataclasses.replace(cfg, pixel_limit=a.pixel_limit)
-    if cfg.steps % cfg.record_every:
-        cfg = dataclasses.replace(cfg, record_every=int(np.gcd(cfg.steps, cfg.record_every)))
-    return cfg
+        over["pixel_baseline"] = False
+    steps = over.get("steps", base.steps)
+    if steps % base.record_every:
+        over["record_every"] = int(np.gcd(steps, base.record_every))
+    return dataclasses.replace(base, **over)
 
 
 def pairs_markdown(summary: dict, k: int = 3) -> str:
@@ -158,8 +157,7 @@ def pair_strips(models: zoo.Models, out: Path, pairs, a, cfg: AttackJobConfig) -
 def run(dataset: str, pairs, a) -> dict:
     out = Path(a.out)
     cfg = job_config(a)
-    models = zoo.get_models(dataset, out / "models", config=zoo.SMOKE if cfg.smoke else None, limit=500 if cfg.smoke else None,
-                            data_dir=a.data_dir)
+    models = zoo.get_models(dataset, out / "models", config=cfg.models, limit=cfg.data_limit, data_dir=a.data_dir)
     summary = run_attack_explanation(dataset, out, cfg, data_dir=a.data_dir, models=models)
     fixes = misclassification_fixes(models, out, cfg)
     strips = pair_strips(models, out, pairs, a, cfg)

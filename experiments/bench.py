@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import importlib  # noqa: E402
+from cfjax.training import mirror_decoder as md  # noqa: E402
 
-atk = importlib.import_module("cfjax.attack")  # the module (the package re-exports the function attack)
+from cfjax.methods import attack as atk  # noqa: E402
 from cfjax.flops import count_flops  # noqa: E402
 from cfjax.io import atomic_write_json  # noqa: E402
 from cfjax.models import VAE, Classifier, bind_classifier, bind_vae  # noqa: E402
@@ -89,7 +89,7 @@ def bench_attack(clf, vae, batch, steps, repeats):
 
 
 def bench_reflect(clf, batch, solver, repeats):
-    from cfjax import mirror
+    from cfjax.methods import mirror
 
     x = jax.random.uniform(jax.random.key(3), (batch, 28, 28, 1))
     F = jax.vmap(clf.feature_map)(x)
@@ -106,24 +106,24 @@ def bench_reflect(clf, batch, solver, repeats):
 
 def bench_mirror_chunk(clf_m, cp, batch, repeats, solver="jaxopt"):
     """The whole Mirror-CFE step per image (feature maps, reflection + L-BFGS, 21 decoded
-    transitions, first counterfactual, metrics): :func:`cfjax.jobs.mirror.mirror_chunk` with a
+    transitions, first counterfactual, metrics): :func:`cfjax.jobs.mirror.mirror_rows` with a
     randomly initialised decoder (throughput does not depend on the weights)."""
-    from cfjax import mirror as mr
-    from cfjax.jobs.mirror import classifier_backbone, mirror_chunk
+    from cfjax.methods import mirror as mr
+    from cfjax.jobs.mirror import classifier_backbone, mirror_rows
 
     clf = bind_classifier(clf_m, cp)
-    dcfg = mr.MirrorDecoderConfig()
-    g, _ = mr.build_decoder(dcfg, (28, 28, 1))
+    dcfg = md.MirrorDecoderConfig()
+    g, _ = md.build_decoder(dcfg, (28, 28, 1))
     x = jax.random.uniform(jax.random.key(5), (batch, 28, 28, 1))
     maps = jax.vmap(clf.feature_maps)(x[:1])
     gp = g.init(jax.random.key(6), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
-    dec = mr.batched_decoder(g, gp, clf.W, dcfg)
+    dec = mr.bind_mirror_decoder(g, gp, clf.W, dcfg.rho_l, dcfg.rho_u)
     bb = classifier_backbone(clf_m, cp)
     ks = mr.default_k_grid(0.05)
     src = jnp.arange(batch, dtype=jnp.int32) % 10
     tgt = (src + 1 + jnp.arange(batch, dtype=jnp.int32) % 9) % 10
     mask = jnp.ones(batch, bool)
-    f = jax.jit(lambda x, s, t, m: mirror_chunk(clf, dec, bb, x, s, t, m, ks=ks, solver=solver))
+    f = jax.jit(lambda x, s, t, m: mirror_rows(clf, dec, bb, x, s, t, m, ks=ks, solver=solver))
     t0 = time.perf_counter()
     compiled = f.lower(x, src, tgt, mask).compile()
     compile_s = time.perf_counter() - t0

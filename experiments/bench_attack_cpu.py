@@ -16,7 +16,6 @@ average, since the machine may be shared.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import sys
@@ -28,12 +27,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from cfjax import zoo  # noqa: E402
+from cfjax.training import zoo  # noqa: E402
 from cfjax.io import atomic_write_json  # noqa: E402
 from cfjax.jobs.attack import make_pairs  # noqa: E402
 from cfjax.models import bind_classifier, bind_vae  # noqa: E402
 
-atk = importlib.import_module("cfjax.attack")
+from cfjax.methods import attack as atk  # noqa: E402
 
 VARIANTS = {
     "compact+rewrite": dict(schedule="compact", rewrite_grads=True),

@@ -1,4 +1,4 @@
-"""Mirror-CFE results beside the paper's printed table (DESIGN.md §5), as Markdown.
+"""Mirror-CFE results beside the paper's printed table (docs/mirror_cfe.md), as Markdown.
 
     python experiments/mirror_table.py --runs runs/mirror_mnist [--attack runs/attack/summary.json] [--out table.md]
 
@@ -141,7 +141,7 @@ def run_pairs(dataset: str, default_pairs, default_out: str, argv=None, backbone
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=default_out)
-    p.add_argument("--pairs", nargs="*", default=None, help="S,T pairs (default: the paper's, both directions)")
+    p.add_argument("--pairs", nargs="*", default=None, help="S,T pairs, e.g. 3,8 8,3 (default: the paper's, both directions)")
     p.add_argument("--limit", type=int, default=None, help="explain at most N images per pair")
     p.add_argument("--decoder-steps", type=int, default=None)
     p.add_argument("--solver", default=None)
@@ -150,12 +150,13 @@ def run_pairs(dataset: str, default_pairs, default_out: str, argv=None, backbone
     p.add_argument("--classifier-blur", type=float, default=None, help="train the classifier with this fraction of blurred images")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args(argv)
-    cfg = MirrorJobConfig.smoke_config() if a.smoke else MirrorJobConfig()
-    if a.decoder_steps:
-        cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, steps=a.decoder_steps))
+    from cfjax._checks import parse_pairs
+
+    base = MirrorJobConfig.smoke() if a.smoke else MirrorJobConfig()
+    dec = base.decoder if not a.decoder_steps else dataclasses.replace(base.decoder, steps=a.decoder_steps)
     over = {k: v for k, v in dict(limit=a.limit, solver=a.solver, backbone_epochs=a.backbone_epochs, classifier_augment_blur=a.classifier_blur).items() if v is not None}
-    cfg = dataclasses.replace(cfg, **over)
-    pairs = [tuple(int(v) for v in s.split(",")) for s in a.pairs] if a.pairs else list(default_pairs)
+    cfg = dataclasses.replace(base, decoder=dec, **over)
+    pairs = list(parse_pairs(";".join(a.pairs), name="--pairs")) if a.pairs else list(default_pairs)
     out = Path(a.out)
     t0 = time.perf_counter()
     res = {}

@@ -2,7 +2,6 @@
 the pixel baseline on a trained classifier."""
 
 import functools
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,7 @@ import pytest
 
 from cfjax.errors import InputError
 
-atk = importlib.import_module("cfjax.attack")  # the module (``cfjax.attack`` the attribute is the function)
+from cfjax.methods import attack as atk  # noqa: E402
 
 D, K = 6, 4
 _W1 = jax.random.normal(jax.random.key(0), (D, 12)) * 0.7
@@ -223,7 +222,7 @@ def test_bad_arguments():
 def tiny_classifier(mnist_small):
     """A small undefended GAP-CNN trained for two epochs on the 4,000 real MNIST-sample digits."""
     from cfjax import data as cdata
-    from cfjax import train as ct
+    from cfjax.training import loop as ct
     from cfjax.models import bind_classifier
 
     _, te = mnist_small

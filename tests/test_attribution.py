@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfjax import attribution as attr
+from cfjax.methods import attribution as attr
+from cfjax.training.attributes import fit_attribute_predictor  # noqa: E402
 from cfjax.errors import InputError
 
 
@@ -61,7 +62,7 @@ def test_fit_recovers_a_linear_rule():
     rng = np.random.default_rng(3)
     z = rng.normal(size=(2000, 5)).astype(np.float32) * 3 + 1
     y = np.stack([(z[:, 0] > 1), (z[:, 1] - z[:, 2] > 0)], 1).astype(np.float32)
-    p = attr.fit_attribute_predictor(z, y, ["first", "diff"], steps=500)
+    p = fit_attribute_predictor(z, y, ["first", "diff"], steps=500)
     acc = attr.attribute_accuracy(p, z, y)
     assert acc["first"] > 0.97 and acc["diff"] > 0.97
     # raw-latent weights: scoring needs no standardisation
@@ -70,9 +71,9 @@ def test_fit_recovers_a_linear_rule():
 
 def test_fit_rejects_bad_input():
     with pytest.raises(InputError, match="binary"):
-        attr.fit_attribute_predictor(np.zeros((4, 2)), np.full((4, 1), 0.5), ["x"])
+        fit_attribute_predictor(np.zeros((4, 2)), np.full((4, 1), 0.5), ["x"])
     with pytest.raises(InputError, match="names"):
-        attr.fit_attribute_predictor(np.zeros((4, 2)), np.zeros((4, 1)), ["x", "y"])
+        fit_attribute_predictor(np.zeros((4, 2)), np.zeros((4, 1)), ["x", "y"])
 
 
 def test_celeba_merges():

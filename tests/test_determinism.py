@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cfjax.attack import attack_batch
+from cfjax.methods.attack import attack_batch
 from cfjax.models import Classifier, VAE, bind_classifier, bind_vae
 from cfjax.parallel import explain_dataset
 

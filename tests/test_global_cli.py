@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from cfjax._checks import parse_pairs
 from cfjax.cli import main
 from cfjax.errors import InputError
 from cfjax.jobs import mirror as mjob
@@ -37,7 +38,7 @@ def test_mirror_global_pass_equals_the_per_pair_job(tmp_path):
     assert pairs["3->8"]["validity"] == p["validity"]
     assert pairs["3->8"]["converged_rate"] == p["converged_rate"]
     # per example: the global pass's 3->8 rows are the per-pair job's rows, in the same order
-    go, po = _outputs(tmp_path / "g" / "outputs_mirror_global"), _outputs(tmp_path / "p" / "outputs_mirror_3_8")
+    go, po = _outputs(tmp_path / "g" / "per_example" / "mirror"), _outputs(tmp_path / "p" / "per_example" / "mirror")
     sel = (go["source"] == 3) & (go["target"] == 8)
     assert sel.sum() == len(po["p_dec"])
     np.testing.assert_allclose(go["p_dec"][sel], po["p_dec"], atol=1e-4)
@@ -48,8 +49,12 @@ def test_mirror_global_pass_equals_the_per_pair_job(tmp_path):
 
 def test_global_rejects_bad_pairs_and_distributed_flags(tmp_path, capsys):
     with pytest.raises(InputError, match="--pairs"):
-        mjob.parse_pairs("3-8")
-    assert mjob.parse_pairs("3,8;8,3") == ((3, 8), (8, 3)) and mjob.parse_pairs("all") == "all"
+        parse_pairs("3-8", name="--pairs")
+    with pytest.raises(InputError, match="source != target"):
+        parse_pairs("3,3", 10)
+    with pytest.raises(InputError, match=r"\[0, 9\]"):
+        parse_pairs("3,10", 10)
+    assert parse_pairs("3,8;8,3") == ((3, 8), (8, 3)) and parse_pairs("all") == "all" and parse_pairs([[3, 8]]) == ((3, 8),)
     assert main(["global", "--method", "mirror", "--smoke", "--out", str(tmp_path / "o"), "--pairs", "3,8,1"]) == 2
     assert "--pairs" in capsys.readouterr().err
     assert main(["global", "--out", str(tmp_path / "o"), "--num-processes", "2", "--process-id", "5"]) == 2

@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 import scipy.ndimage
 
-from cfjax import metrics
+from cfjax.eval import metrics
 from cfjax.errors import InputError
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cfjax import mirror as mr
+from cfjax.methods import mirror as mr
 from cfjax.errors import InputError
 
 K, C, H, W_ = 10, 32, 4, 4
@@ -202,3 +202,69 @@ def test_reflect_identical_head_rows_error_eagerly_and_stay_finite_under_jit():
     assert bool(r.converged)  # equal rows and biases: the swapped logits are the logits
     r = jax.jit(lambda b: mr.reflect(F, W, b, 0, 1, solver="exact"))(jnp.array([0.0, 1.0, 0.0]))
     assert np.all(np.isfinite(np.asarray(r.F_r))) and not bool(r.converged)  # a bias gap no shift can swap
+
+
+# ------------------------------------------------------------------ mirror_cfe: the whole method
+
+
+def _tiny_models(seed=0):
+    from cfjax.models import Classifier, bind_classifier
+    from cfjax.models.mirror_decoder import MirrorDecoder
+
+    clf_m = Classifier(num_classes=10, widths=(8, 16, 16))
+    x = jax.random.uniform(jax.random.key(seed), (6, 28, 28, 1))
+    cp = clf_m.init(jax.random.key(seed + 1), x[:1])
+    clf = bind_classifier(clf_m, cp)
+    g = MirrorDecoder(image_shape=(28, 28, 1), widths=(8, 8), editor_width=4, fk_channels=4)
+    maps = jax.vmap(clf.feature_maps)(x[:1])
+    gp = g.init(jax.random.key(seed + 2), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
+    return clf, mr.bind_mirror_decoder(g, gp, clf.W, 0.1, 0.5), x
+
+
+def test_mirror_cfe_vmapped_equals_per_example_and_is_self_consistent():
+    clf, decode, x = _tiny_models()
+    ks = mr.default_k_grid(0.1)
+    src = jnp.argmax(jax.vmap(clf.logits)(x), -1).astype(jnp.int32)
+    tgt = (src + 1 + jnp.arange(6, dtype=jnp.int32) % 9) % 10
+    run = lambda xi, s, t: mr.mirror_cfe(clf.feature_maps, clf.W, clf.b, decode, xi, s, t, ks=ks, solver="exact")  # noqa: E731
+    batched = jax.jit(jax.vmap(run))(x, src, tgt)
+    for i in range(6):
+        one = jax.jit(run)(x[i], src[i], tgt[i])
+        for name in ("x_cf", "logits_path", "logits_features", "z_decoded", "x_path"):
+            np.testing.assert_allclose(np.asarray(getattr(batched, name)[i]), np.asarray(getattr(one, name)), rtol=2e-4, atol=2e-4, err_msg=name)
+        for name in ("index", "found", "status", "converged"):
+            assert np.asarray(getattr(batched, name)[i]) == np.asarray(getattr(one, name)), name
+    # the pieces agree with the public functions they compose
+    r = jax.tree_util.tree_map(lambda a: a[0], batched)
+    F = clf.feature_map(x[0])
+    ref = mr.reflect(F, clf.W, clf.b, int(src[0]), int(tgt[0]), solver="exact")
+    np.testing.assert_allclose(r.logits_features, mr.logits_along(clf.W, clf.b, F, ref.F_r, ks), rtol=1e-4, atol=1e-4)
+    logits_dec = jax.vmap(clf.logits)(r.x_path)
+    np.testing.assert_allclose(r.logits_path, logits_dec, rtol=1e-4, atol=1e-4)
+    k, idx, found = mr.first_counterfactual(logits_dec, ks, int(tgt[0]))
+    assert int(idx) == int(r.index) and bool(found) == bool(r.found)
+    np.testing.assert_allclose(r.x_cf, r.x_path[int(r.index)], atol=1e-6)
+    # status: found & converged -> 0, no flip -> 1
+    assert (np.asarray(batched.status) == np.where(np.asarray(batched.found), 0, 1)).all()
+
+
+def test_mirror_cfe_with_a_plain_feature_function_and_no_skips():
+    """The contract for a user's own model: ``feature_maps(x) -> [F]`` and any decoder."""
+    Wm = jax.random.normal(jax.random.key(3), (4, 6))
+    b = jnp.zeros(4)
+    enc = jax.random.normal(jax.random.key(4), (6, 6))
+    fmaps = lambda x: [jnp.tanh(x @ enc)]  # noqa: E731  x: [2, 2, 6] "image"
+    decode = lambda F, skips, s, t, k: jnp.arctanh(jnp.clip(F, -0.999, 0.999)) @ jnp.linalg.inv(enc)  # noqa: E731  exact inverse
+    x = 0.3 * jax.random.normal(jax.random.key(5), (2, 2, 6))
+    s = int(jnp.argmax(Wm @ jnp.tanh(x @ enc).mean((0, 1)) + b))
+    ks = jnp.linspace(0, 1, 11)
+    r = mr.mirror_cfe(fmaps, Wm, b, decode, x, s, (s + 1) % 4, solver="exact", ks=ks)
+    assert r.x_path.shape == (11, 2, 2, 6) and r.logits_path.shape == (11, 4) and r.z_path.shape == (11, 6)
+    # a perfect decoder follows the features wherever tanh is invertible on the whole map
+    F = fmaps(x)[0]
+    F_k = mr.transitions(F, mr.reflect(F, Wm, b, s, (s + 1) % 4, solver="exact").F_r, ks)
+    inside = np.all(np.abs(np.asarray(F_k)) < 0.99, axis=(1, 2, 3))
+    assert inside[0]
+    np.testing.assert_allclose(np.asarray(r.logits_path)[inside], np.asarray(r.logits_features)[inside], atol=2e-2)
+    with pytest.raises(InputError, match="target"):
+        mr.mirror_cfe(fmaps, Wm, b, decode, x, s, s)

@@ -8,13 +8,14 @@ import numpy as np
 import optax
 import pytest
 
-from cfjax import mirror as mr
-from cfjax import train as ct
+from cfjax.methods import mirror as mr
+from cfjax.training import loop as ct
+from cfjax.training import mirror_decoder as md
 from cfjax.errors import CheckpointError
 from cfjax.models import Classifier, bind_classifier
 from cfjax.models.mirror_decoder import MirrorDecoder, PatchDiscriminator
 
-TINY = mr.MirrorDecoderConfig(widths=(16, 8), editor_width=4, fk_channels=4, disc_widths=(8, 8), batch_size=16,
+TINY = md.MirrorDecoderConfig(widths=(16, 8), editor_width=4, fk_channels=4, disc_widths=(8, 8), batch_size=16,
                               steps=12, log_every=4, checkpoint_every=6, eval_examples=32)
 
 
@@ -51,10 +52,10 @@ def test_sample_batch_references_and_determinism(mnist_small):
     labels = np.asarray(tr.labels)
     by_class = [np.flatnonzero(labels == c) for c in range(10)]
     cfg = dataclasses.replace(TINY, batch_size=64, rec_fraction=0.25)
-    pairs = mr._pair_table(cfg, labels, 10)
+    pairs = md._pair_table(cfg, labels, 10)
     assert len(pairs) == 90
-    a = mr.sample_batch(3, cfg, tr.images, labels, by_class, pairs)
-    b = mr.sample_batch(3, cfg, tr.images, labels, by_class, pairs)
+    a = md.sample_batch(3, cfg, tr.images, labels, by_class, pairs)
+    b = md.sample_batch(3, cfg, tr.images, labels, by_class, pairs)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])  # a pure function of (seed, step): resumable
     assert np.all(a["source"] != a["target"])
@@ -74,8 +75,8 @@ def test_sample_batch_references_and_determinism(mnist_small):
             assert labels[ri] == a["target"][i]
         else:
             assert labels[ri] == a["source"][i] and ri != xi
-    restricted = mr._pair_table(dataclasses.replace(cfg, pairs=((3, 8), (8, 3))), labels, 10)
-    c = mr.sample_batch(0, dataclasses.replace(cfg, pairs=((3, 8), (8, 3))), tr.images, labels, by_class, restricted)
+    restricted = md._pair_table(dataclasses.replace(cfg, pairs=((3, 8), (8, 3))), labels, 10)
+    c = md.sample_batch(0, dataclasses.replace(cfg, pairs=((3, 8), (8, 3))), tr.images, labels, by_class, restricted)
     assert set(map(tuple, np.stack([c["source"], c["target"]], 1).tolist())) <= {(3, 8), (8, 3)}
 
 
@@ -91,9 +92,9 @@ def test_each_loss_term_decreases_when_trained(tiny_clf, mnist_small):
     labels = np.asarray(tr.labels)
     by_class = [np.flatnonzero(labels == c) for c in range(10)]
     cfg = TINY
-    pairs = mr._pair_table(cfg, labels, 10)
-    batches = [{k: jnp.asarray(v) for k, v in mr.sample_batch(i, cfg, tr.images, labels, by_class, pairs).items()} for i in range(4)]
-    g, d = mr.build_decoder(cfg, tr.images.shape[1:])
+    pairs = md._pair_table(cfg, labels, 10)
+    batches = [{k: jnp.asarray(v) for k, v in md.sample_batch(i, cfg, tr.images, labels, by_class, pairs).items()} for i in range(4)]
+    g, d = md.build_decoder(cfg, tr.images.shape[1:])
     maps = jax.vmap(clf.feature_maps)(batches[0]["x"][:1])
     gp0 = jax.jit(g.init)(jax.random.key(0, impl="rbg"), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
     dp = jax.jit(d.init)(jax.random.key(1, impl="rbg"), batches[0]["x"][:1])
@@ -102,7 +103,7 @@ def test_each_loss_term_decreases_when_trained(tiny_clf, mnist_small):
     @jax.jit
     def step(gp, opt, batch, w):
         def f(p):
-            _, terms, _ = mr.mirror_decoder_losses(p, dp, g, d, clf, batch, cfg)
+            _, terms, _ = md.mirror_decoder_losses(p, dp, g, d, clf, batch, cfg)
             return sum(w[i] * terms[t] for i, t in enumerate(TERMS)), terms
 
         (_, terms), gr = jax.value_and_grad(f, has_aux=True)(gp)
@@ -125,33 +126,33 @@ def test_train_history_checkpoints_resume_and_reuse(tiny_clf, mnist_small, tmp_p
     res, clf = tiny_clf
     tr, te = mnist_small
     digest = "tiny"
-    full = mr.train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "a", classifier_digest=digest, progress=False)
+    full = md.train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "a", classifier_digest=digest, progress=False)
     assert [h["step"] for h in full.history] == [4, 8, 12]
     assert set(full.history[0]) == {"step", "cls", "adv", "rec", "fea", "tri", "total", "d"}
     assert all(np.isfinite(v) for h in full.history for v in h.values())
     assert {"flip_rate_k1", "denoised_flip_rate_k1", "rec_l1_k0", "faithfulness_l1_k1", "train_s"} <= set(full.metrics)
     assert (tmp_path / "a" / "best").is_dir() and (tmp_path / "a" / "last").is_dir()
     # a crash after 6 steps, then a restart with the same arguments: the same decoder
-    part = mr.train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "b", classifier_digest=digest, progress=False, stop_after=6)
+    part = md.train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "b", classifier_digest=digest, progress=False, stop_after=6)
     assert part.metrics == {} and not (tmp_path / "b" / "best").exists()
-    resumed = mr.train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "b", classifier_digest=digest, progress=False)
+    resumed = md.train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "b", classifier_digest=digest, progress=False)
     assert resumed.metrics["steps_run"] == 6
     for x, y in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     # reuse: same config -> loaded from best (no training), bit-identical
-    again = mr.load_or_train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "a", classifier_digest=digest, progress=False)
+    again = md.load_or_train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "a", classifier_digest=digest, progress=False)
     assert again.disc_params is None and again.history == full.history
     for x, y in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(again.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # another classifier (digest) with the same workdir: the resume path refuses it
     with pytest.raises(CheckpointError, match="classifier_digest"):
-        mr.train_mirror_decoder(clf, tr, TINY, workdir=tmp_path / "a", classifier_digest="other", progress=False)
+        md.train_mirror_decoder(clf, tr, TINY, workdir=tmp_path / "a", classifier_digest="other", progress=False)
     # the single-example decode callable agrees with the batched one
     x = jnp.asarray(te.images[:2])
     maps = jax.vmap(clf.feature_maps)(x)
     r = jax.vmap(lambda F: mr.reflect(F, clf.W, clf.b, 1, 2, solver="exact"))(maps[-1])
     one = mr.bind_mirror_decoder(full.module, full.params, clf.W, TINY.rho_l, TINY.rho_u)
-    bat = mr.batched_decoder(full.module, full.params, clf.W, TINY)
+    bat = mr.batched_decoder(full.module, full.params, clf.W, TINY.rho_l, TINY.rho_u)
     k = jnp.array([0.3, 0.9])
     yb = bat(r.F_r, maps[:-1], jnp.array([1, 1]), jnp.array([2, 2]), k)
     y0 = one(r.F_r[0], [m[0] for m in maps[:-1]], 1, 2, k[0])

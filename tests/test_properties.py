@@ -8,7 +8,6 @@ small sets); the settings are derandomized so the file is reproducible and fast.
 """
 
 import functools
-import importlib
 import math
 import tempfile
 from pathlib import Path
@@ -19,10 +18,10 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cfjax import mirror as mr
+from cfjax.methods import mirror as mr
 from cfjax import parallel
 
-atk = importlib.import_module("cfjax.attack")  # the module (``cfjax.attack`` the attribute is the function)
+from cfjax.methods import attack as atk  # noqa: E402
 
 K = 4  # classes of the toy classifier
 IMG = (3, 4, 1)  # toy image shape

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cfjax import checkpoint as ckpt
-from cfjax import train as ct
+from cfjax.training import loop as ct
 from cfjax.errors import CheckpointError, InputError
 
 
@@ -153,7 +153,7 @@ def test_blur_augmentation_option():
     import jax
     import jax.numpy as jnp
 
-    from cfjax.metrics import gaussian_blur
+    from cfjax.eval.metrics import gaussian_blur
 
     # off by default and absent from the recorded config (old checkpoints keep matching)
     assert "augment_blur" not in ct.TrainConfig().as_dict() and ct.TrainConfig(augment_blur=0.5).as_dict()["augment_blur"] == 0.5

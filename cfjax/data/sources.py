@@ -32,6 +32,13 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 DIGITS = tuple(str(i) for i in range(10))
 _CLASS_NAMES = {"mnist5k": DIGITS, "mnist": DIGITS, "fashion_mnist": FASHION_CLASSES, "celeb_a": ()}
+
+
+def class_names(name: str) -> tuple[str, ...]:
+    """The class names of dataset ``name`` without loading it (for argument checks)."""
+    if name not in DATASETS:
+        raise bad_arg("data", repr(name), f"one of {DATASETS}")
+    return _CLASS_NAMES[name]
 _BATCH = 1024  # records per random-access read
 
 

@@ -1,44 +1,46 @@
-"""The Mirror-CFE job: classifier (+ domain backbone) -> decoder -> reflect/transition/decode
+"""The Mirror-CFE job: classifier (+ domain backbone) -> decoder -> :func:`cfjax.mirror_cfe` on
 every correctly classified source image -> first counterfactuals, metrics, figures, report.
 
-CLI::
+One :class:`~cfjax.jobs.skeleton.Method` (:class:`MirrorJob`) serves both shapes of the job:
 
-    cfjax mirror --data mnist5k --source 3 --target 8 --out runs/mirror_3_8 [--smoke]
-    cfjax train-mirror-decoder --data mnist5k --out runs/mirror [--pair 3,8] [--steps N]
-    (``cfjax explain --method mirror ...`` calls :func:`run_mirror_cli` with the same options)
-    cfjax global --method mirror --data mnist5k --out runs/mirror_global [--pairs all]
-    (every listed pair in ONE streamed, sharded, resumable pass: :func:`run_mirror_global`)
+* one class pair (``cfjax explain mirror --source S --target T``, :func:`run_mirror_explanation`):
+  FID against real target-class images, the D.Val ceiling, transition strips;
+* many pairs in ONE streamed, sharded, resumable pass (``cfjax global mirror --pairs ...``,
+  :func:`run_mirror_global`) with a per-pair table.
 
-Models are cached under ``<models_dir>/<dataset>/`` (default ``models_dir = out/models``):
-``classifier`` (shared with the attack job), ``domain_backbone`` (the same architecture trained
-with seed 1: LPIPS/FID features, *not* ImageNet) and ``mirror_decoder``.
-
-The per-example work is one pure batched function, :func:`mirror_chunk`; :func:`make_mirror_step`
-wraps it into the ``(acc, batch, mask) -> (acc, outputs)`` step streamed and sharded by
-:func:`cfjax.parallel.explain_dataset`.
+This module contributes the per-chunk step (:func:`mirror_rows`: ``jax.vmap`` of
+:func:`cfjax.mirror_cfe` plus per-example metrics), the evaluator set
+(:func:`mirror_evaluators`) and the figures. Models are cached under
+``<models_dir>/<dataset>/`` (default ``models_dir = out/models``): ``classifier`` (shared with
+the attack job), ``domain_backbone`` (the same architecture trained with seed 1: LPIPS/FID
+features, *not* ImageNet) and ``mirror_decoder``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
 
 from cfjax import checkpoint as ckpt
-from cfjax import metrics, parallel, zoo
-from cfjax import mirror as mr
-from cfjax import train as ct
-from cfjax.cli import subcommand
+from cfjax import parallel
+from cfjax._checks import check_positive_int, parse_pairs
 from cfjax.errors import bad_arg
-from cfjax.io import atomic_savefig, atomic_write_json, check_writable_dir
+from cfjax.eval import evaluators as E
+from cfjax.eval import metrics
+from cfjax.io import atomic_savefig
+from cfjax.jobs import report
+from cfjax.jobs.skeleton import Context, Pass, PassResult, batched_predict, global_chunk, run_job
+from cfjax.methods import mirror as mr
 from cfjax.models import Classifier, bind_classifier
+from cfjax.training import loop as ct
+from cfjax.training import mirror_decoder as md
+from cfjax.training import zoo
 
 MIRROR_PAIRS = {
     "mnist5k": ((3, 8), (8, 3), (4, 9), (9, 4), (5, 6), (6, 5)),
@@ -52,7 +54,7 @@ BACKBONE_LABEL = "domain backbone, not ImageNet (in-project GAP-CNN, seed 1)"
 
 @dataclasses.dataclass(frozen=True)
 class MirrorJobConfig:
-    """Options of the Mirror-CFE job (``smoke_config()`` runs in seconds)."""
+    """Options of the Mirror-CFE job (presets: :meth:`smoke`; built once, never branched on)."""
 
     solver: str = "jaxopt"
     maxiter: int = 100
@@ -62,15 +64,15 @@ class MirrorJobConfig:
     chunk_size: int = 32
     """Images per sharded step (each decodes ``1/k_step + 1`` transitions)."""
     limit: int | None = None
-    """Cap the number of explained images (None: every correctly classified source image)."""
-    decoder: mr.MirrorDecoderConfig = mr.MirrorDecoderConfig()
+    """Pair job: explain at most N source images; global pass: the first N test images (None: all)."""
+    decoder: md.MirrorDecoderConfig = md.MirrorDecoderConfig()
     backbone_seed: int = 1
     backbone_epochs: int | None = None
     """Epochs of the domain backbone (None: the classifier's schedule)."""
     blur_sigma: float = 1.0
     classifier_augment_blur: float = 0.0
     """Train the classifier (and backbone) with this fraction of blurred images
-    (:attr:`cfjax.train.TrainConfig.augment_blur`); 0: the zoo's default classifier."""
+    (:attr:`cfjax.training.loop.TrainConfig.augment_blur`); 0: the zoo's default classifier."""
     n_figure_examples: int = 6
     figure_pairs: tuple | None = None
     """Pairs shown in the grid figure (default: the dataset's paper pairs, else the job's pair)."""
@@ -78,11 +80,35 @@ class MirrorJobConfig:
     figures: bool = True
     data_limit: int | None = None
     """Cap train/test examples when loading the dataset (smoke runs)."""
-    smoke: bool = False
+    models: zoo.ZooConfig | None = None
+    """Classifier configs (None: the dataset's defaults, :func:`cfjax.training.zoo.defaults_for`)."""
 
     @classmethod
-    def smoke_config(cls) -> "MirrorJobConfig":
-        return cls(maxiter=30, chunk_size=8, limit=16, decoder=mr.MirrorDecoderConfig.smoke(), n_figure_examples=3, data_limit=500, smoke=True)
+    def smoke(cls) -> "MirrorJobConfig":
+        """Runs in seconds: the zoo's SMOKE classifier on 500 examples, a 20-step decoder, 16 images."""
+        return cls(maxiter=30, chunk_size=8, limit=16, decoder=md.MirrorDecoderConfig.smoke(), n_figure_examples=3, data_limit=500,
+                   models=zoo.SMOKE)
+
+    smoke_config = smoke  # the previous spelling
+
+    def validate(self) -> None:
+        """Every check that needs no data (raises :class:`cfjax.InputError` naming the field)."""
+        if self.solver not in mr.SOLVERS:
+            raise bad_arg("solver", repr(self.solver), f"one of {mr.SOLVERS}")
+        for name in ("maxiter", "chunk_size", "checkpoint_every", "n_figure_examples"):
+            check_positive_int(getattr(self, name), name)
+        for name in ("limit", "data_limit", "backbone_epochs"):
+            check_positive_int(getattr(self, name), name, allow_none=True)
+        check_positive_int(self.decoder.steps, "decoder.steps")
+        check_positive_int(self.decoder.batch_size, "decoder.batch_size")
+        if not 0.0 < self.k_step <= 0.5 or abs(round(1.0 / self.k_step) * self.k_step - 1.0) > 1e-6:
+            raise bad_arg("k_step", self.k_step, "a step in (0, 0.5] that divides 1 (e.g. 0.05)")
+        if not self.tol > 0:
+            raise bad_arg("tol", self.tol, "a positive tolerance")
+        if not 0.0 <= self.classifier_augment_blur <= 1.0:
+            raise bad_arg("classifier_augment_blur", self.classifier_augment_blur, "a fraction in [0, 1]")
+        if self.decoder.train_solver not in mr.SOLVERS:
+            raise bad_arg("decoder.train_solver", repr(self.decoder.train_solver), f"one of {mr.SOLVERS}")
 
 
 class Backbone(NamedTuple):
@@ -103,12 +129,12 @@ def classifier_backbone(module, params, label: str = BACKBONE_LABEL) -> Backbone
     )
 
 
-# ------------------------------------------------------------------------------ the chunk
+# ------------------------------------------------------------------------------ the per-chunk step
 
 
-def mirror_chunk(
+def mirror_rows(
     clf,
-    decode_batch: Callable,
+    decode: Callable,
     backbone: Backbone,
     x,
     source,
@@ -121,209 +147,94 @@ def mirror_chunk(
     tol: float = 1e-5,
     blur_sigma: float = 1.0,
     return_images: bool = False,
-):
-    """Mirror-CFE on a batch (pure; jit/shard it).
+) -> dict:
+    """:func:`cfjax.mirror_cfe` on a batch (vmapped) and its per-example metric rows (pure).
 
     Args:
-      clf: :class:`cfjax.models.ClassifierFns` (single-example callables; vmapped here).
-      decode_batch: ``(F_k [n,h,w,C], skips, source [n], target [n], k [n]) -> x [n,H,W,c]``
-        (CSP masks inside; see :func:`cfjax.mirror.batched_decoder`).
-      backbone: LPIPS/FID feature functions.
+      clf: :class:`cfjax.models.ClassifierFns` (single-example ``feature_maps``/``features``/
+        ``logits`` and the head ``W``, ``b``).
+      decode: single-example ``(F_k, skips, source, target, k) -> x`` (see
+        :func:`cfjax.bind_mirror_decoder`).
+      backbone: LPIPS/FID feature functions (batched).
       x: [n, H, W, c] source images; source, target: [n] int; mask: [n] bool (padding off).
-      ks: the transition grid [m] (static shape).
+      ks: the transition grid [m] (static shape; ``ks[0] = 0``).
 
     Returns:
-      ``(outputs, sums)``: per-example arrays (``k_cf, index, found, iterations, converged,
-      residual, p_lin [n, m], p_dec [n, m]``, plus ``x_k`` [n, m, H, W, c] and ``x_cf`` with
-      ``return_images``) and masked metric sums (``n, found, ...``, ``fid`` moments of the
-      counterfactuals' backbone features).
+      rows ``[n, ...]``: ``source, target, w, ok, k_cf, index, found, status, iterations,
+      converged, residual, p_lin [n, m], p_dec [n, m], target_prob, valid_path [n, m], l1, l2,
+      latent_l2, dval, lpips, faith_mean, faith_cf, pgap_mean, pgap_cf, rec_l1, l1_vs_rec,
+      valid_k1, feats`` (+ ``x_k`` [n, m, H, W, c] and ``x_cf`` with ``return_images``).
     """
     W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
     ks = jnp.asarray(ks, jnp.float32)
-    n, m = x.shape[0], ks.shape[0]
-    maps = jax.vmap(clf.feature_maps)(x)
-    skips, F_s = list(maps[:-1]), maps[-1]
-    res = jax.vmap(lambda F, s, t: mr.reflect(F, W, b, s, t, solver=solver, maxiter=maxiter, tol=tol))(F_s, source, target)
-    F_k = jax.vmap(mr.transitions, in_axes=(0, 0, None))(F_s, res.F_r, ks)  # [n, m, h, w, C]
-    flat = lambda a: a.reshape(n * m, *a.shape[2:])  # noqa: E731
-    rep = lambda a: jnp.repeat(a, m, axis=0)  # noqa: E731
-    x_k = decode_batch(flat(F_k), [rep(s) for s in skips], rep(source), rep(target), jnp.tile(ks, n))
-    z_dec = jax.vmap(clf.features)(x_k)
-    logits_dec = (z_dec @ W.T + b).reshape(n, m, -1)
-    z_k = mr.gap(F_k)  # [n, m, C]
-    logits_lin = z_k @ W.T + b
-    k_cf, idx, found = jax.vmap(mr.first_counterfactual, in_axes=(0, None, 0))(logits_dec, ks, target)
-    x_k = x_k.reshape(n, m, *x.shape[1:])
-    take = lambda a: jnp.take_along_axis(a, idx.reshape(n, *([1] * (a.ndim - 1))), axis=1)[:, 0]  # noqa: E731
-    x_cf, z_cf = take(x_k), take(z_k)
+    r = jax.vmap(lambda xi, s, t: mr.mirror_cfe(clf.feature_maps, W, b, decode, xi, s, t, ks=ks, solver=solver, maxiter=maxiter, tol=tol))(
+        x, source, target)
+    n = x.shape[0]
+    take = lambda a: jnp.take_along_axis(a, r.index.reshape(n, *([1] * (a.ndim - 1))), axis=1)[:, 0]  # noqa: E731
     onehot_t = jax.nn.one_hot(target, W.shape[0])
-    p_lin = jnp.sum(jax.nn.softmax(logits_lin) * onehot_t[:, None], -1)  # [n, m]
-    p_dec = jnp.sum(jax.nn.softmax(logits_dec) * onehot_t[:, None], -1)
-    dec_is_t = (jnp.argmax(logits_dec, -1) == target[:, None]).astype(jnp.float32)
-    faith = jnp.sum(jnp.abs(z_k - z_dec.reshape(n, m, -1)), -1)  # [n, m]
-    gap_p = jnp.abs(p_lin - p_dec)
-    p_cf = take(p_dec[..., None])[:, 0]
-    bclf = jax.vmap(clf.logits)
-    dval = metrics.denoised_validity(bclf, x_cf, target, blur_sigma)
-    l1, l2 = metrics.l1(x, x_cf), metrics.l2(x, x_cf)
-    lat = jnp.linalg.norm(z_cf - mr.gap(F_s), axis=-1)
-    lp = metrics.perceptual_distance(backbone.feature_maps, x, x_cf)
+    p_lin = jnp.sum(jax.nn.softmax(r.logits_features) * onehot_t[:, None], -1)  # [n, m]
+    p_dec = jnp.sum(jax.nn.softmax(r.logits_path) * onehot_t[:, None], -1)
+    valid_path = (jnp.argmax(r.logits_path, -1) == target[:, None]).astype(jnp.float32)
+    faith = jnp.sum(jnp.abs(r.z_path - r.z_decoded), -1)  # [n, m]
+    pgap = jnp.abs(p_lin - p_dec)
+    z_s = jax.vmap(clf.features)(x)
     w = mask.astype(jnp.float32)
-    ok = (found & mask).astype(jnp.float32)
-    feats = backbone.features(x_cf)
-    sums = {
-        "n": w.sum(),
-        "found": ok.sum(),
-        "converged": jnp.sum(w * res.converged),
-        "iterations": jnp.sum(w * res.iterations),
-        "residual": jnp.sum(w * res.residual),
-        "residual_max": jnp.max(jnp.where(mask, res.residual, 0.0)),
-        "k_cf": jnp.sum(ok * jnp.where(found, k_cf, 0.0)),
-        "l1": jnp.sum(ok * l1),
-        "l2": jnp.sum(ok * l2),
-        "latent_l2": jnp.sum(ok * lat),
-        "prob": jnp.sum(w * p_cf),
-        "dval": jnp.sum(ok * dval),
-        "lpips": jnp.sum(ok * lp),
-        "faith_all": jnp.sum(w[:, None] * faith),
-        "faith_cf": jnp.sum(ok * take(faith[..., None])[:, 0]),
-        "pgap_all": jnp.sum(w[:, None] * gap_p),
-        "pgap_cf": jnp.sum(ok * take(gap_p[..., None])[:, 0]),
-        "rec_l1": jnp.sum(w * metrics.l1(x, x_k[:, 0])),
-        "l1_vs_rec": jnp.sum(ok * metrics.l1(x_k[:, 0], x_cf)),
-        "valid_k1": jnp.sum(w * dec_is_t[:, -1]),
-        "curve_p_lin": jnp.sum(w[:, None] * p_lin, 0),
-        "curve_p_dec": jnp.sum(w[:, None] * p_dec, 0),
-        "curve_valid": jnp.sum(w[:, None] * dec_is_t, 0),
-        "fid": metrics.fid_moments_update(metrics.fid_moments_init(feats.shape[-1]), feats, found & mask)._asdict(),
-    }
-    # per (source, target) pair [K*K], for the multi-pair global pass
-    K = W.shape[0]
-    oh = jax.nn.one_hot(source * K + target, K * K, dtype=jnp.float32)
-    per_pair = lambda v: jnp.einsum("np,n->p", oh, v, precision=lax.Precision.HIGHEST)  # noqa: E731
-    sums.update(pair_n=per_pair(w), pair_found=per_pair(ok), pair_l1=per_pair(ok * l1), pair_l2=per_pair(ok * l2),
-                pair_dval=per_pair(ok * dval), pair_k=per_pair(ok * jnp.where(found, k_cf, 0.0)), pair_converged=per_pair(w * res.converged))
-    outputs = {
-        "source": source, "target": target, "k_cf": k_cf, "index": idx, "found": found, "iterations": res.iterations, "converged": res.converged,
-        "residual": res.residual, "p_lin": p_lin, "p_dec": p_dec, "target_prob": p_cf,
+    rows = {
+        "source": source, "target": target, "w": w, "ok": (r.found & mask).astype(jnp.float32),
+        "k_cf": r.k_cf, "k_cf_found": jnp.where(r.found, r.k_cf, 0.0), "index": r.index, "found": r.found, "status": r.status,
+        "iterations": r.iterations, "converged": r.converged, "converged_f": r.converged.astype(jnp.float32), "residual": r.residual,
+        "p_lin": p_lin, "p_dec": p_dec, "target_prob": take(p_dec[..., None])[:, 0], "valid_path": valid_path, "valid_k1": valid_path[:, -1],
+        "l1": metrics.l1(x, r.x_cf), "l2": metrics.l2(x, r.x_cf), "latent_l2": jnp.linalg.norm(take(r.z_path) - z_s, axis=-1),
+        "dval": metrics.denoised_validity(jax.vmap(clf.logits), r.x_cf, target, blur_sigma),
+        "lpips": metrics.perceptual_distance(backbone.feature_maps, x, r.x_cf),
+        "faith_mean": faith.mean(-1), "faith_cf": take(faith[..., None])[:, 0], "pgap_mean": pgap.mean(-1), "pgap_cf": take(pgap[..., None])[:, 0],
+        "rec_l1": metrics.l1(x, r.x_path[:, 0]), "l1_vs_rec": metrics.l1(r.x_path[:, 0], r.x_cf), "feats": backbone.features(r.x_cf),
     }
     if return_images:
-        outputs["x_k"] = x_k
-        outputs["x_cf"] = x_cf
-    return outputs, sums
+        rows["x_k"] = r.x_path
+        rows["x_cf"] = r.x_cf
+    return rows
 
 
-PAIR_SUMS = ("pair_n", "pair_found", "pair_l1", "pair_l2", "pair_dval", "pair_k", "pair_converged")
+PER_EXAMPLE = ("source", "target", "k_cf", "index", "found", "status", "iterations", "converged", "residual", "p_lin", "p_dec", "target_prob")
+"""Row keys written per example (``out/per_example/mirror/chunk_*.npz``)."""
 
 
-def _sums_init(m: int, d: int, num_classes: int) -> dict:
-    z = lambda *s: jnp.zeros(s, jnp.float32)  # noqa: E731
-    keys = ("n", "found", "converged", "iterations", "residual", "residual_max", "k_cf", "l1", "l2", "latent_l2", "prob", "dval",
-            "lpips", "faith_all", "faith_cf", "pgap_all", "pgap_cf", "rec_l1", "l1_vs_rec", "valid_k1")
-    out = {k: z() for k in keys}
-    out.update({k: z(num_classes * num_classes) for k in PAIR_SUMS})
-    out.update(curve_p_lin=z(m), curve_p_dec=z(m), curve_valid=z(m), fid=metrics.fid_moments_init(d)._asdict())
-    return out
-
-
-def _sums_add(acc: dict, new: dict) -> dict:
-    out = {}
-    for k, v in acc.items():
-        if k == "residual_max":
-            out[k] = jnp.maximum(v, new[k])
-        elif k == "fid":
-            out[k] = metrics.fid_moments_merge(metrics.FidMoments(**v), metrics.FidMoments(**new[k]))._asdict()
-        else:
-            out[k] = v + new[k]
-    return out
-
-
-def make_mirror_step(clf, decode_batch, backbone: Backbone, ks, cfg: MirrorJobConfig) -> Callable:
-    """``(acc, batch, mask) -> (acc, outputs)`` for :func:`cfjax.parallel.explain_dataset`;
-    ``batch = {"x", "source", "target"}``."""
-
-    def step(acc, batch, mask):
-        outs, sums = mirror_chunk(clf, decode_batch, backbone, batch["x"], batch["source"], batch["target"], mask,
-                                  ks=ks, solver=cfg.solver, maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma)
-        return _sums_add(acc, sums), outs
-
-    return step
-
-
-def summarize(acc: dict, ks) -> dict:
-    """Turn accumulated sums into the summary's metric fields."""
-    a = jax.tree_util.tree_map(np.asarray, acc)
-    n, f = float(a["n"]), float(a["found"])
-    m = len(np.asarray(ks))
-    per_n = lambda v: float(v) / n if n else float("nan")  # noqa: E731
-    per_f = lambda v: float(v) / f if f else float("nan")  # noqa: E731
-    return {
-        "n_counterfactuals": int(n),
-        "n_found": int(f),
-        "validity": per_n(f),
-        "fail_rate": 1.0 - per_n(f) if n else float("nan"),
-        "validity_k1": per_n(a["valid_k1"]),
-        "denoised_validity": per_f(a["dval"]),
-        "converged_rate": per_n(a["converged"]),
-        "mean_steps": per_n(a["iterations"]),
-        "residual_mean": per_n(a["residual"]),
-        "residual_max": float(a["residual_max"]),
-        "first_cf_k_mean": per_f(a["k_cf"]),
-        "l1": per_f(a["l1"]),
-        "l2": per_f(a["l2"]),
-        "l1_vs_reconstruction": per_f(a["l1_vs_rec"]),
-        "reconstruction_l1": per_n(a["rec_l1"]),
-        "latent_l2": per_f(a["latent_l2"]),
-        "target_prob_mean": per_n(a["prob"]),
-        "lpips_domain": per_f(a["lpips"]),
-        "faithfulness": {
-            "feature_l1_mean": float(a["faith_all"]) / (n * m) if n else float("nan"),
-            "feature_l1_at_cf": per_f(a["faith_cf"]),
-            "target_prob_gap_mean": float(a["pgap_all"]) / (n * m) if n else float("nan"),
-            "target_prob_gap_at_cf": per_f(a["pgap_cf"]),
-        },
-        "curves": {
-            "k": [float(k) for k in np.asarray(ks)],
-            "p_target_logits": (a["curve_p_lin"] / max(n, 1)).tolist(),
-            "p_target_decoded": (a["curve_p_dec"] / max(n, 1)).tolist(),
-            "decoded_is_target": (a["curve_valid"] / max(n, 1)).tolist(),
-        },
-    }
-
-
-def pair_table(acc: dict, class_names) -> dict:
-    """Per (source, target) pair from the accumulated sums: ``"s->t" -> {n, validity,
-    denoised_validity, l1, l2, first_cf_k_mean, converged_rate}`` (pairs without examples
-    are left out; distances, D.Val and k over found counterfactuals)."""
-    K = len(class_names)
-    g = {k: np.asarray(acc[k], np.float64).reshape(K, K) for k in PAIR_SUMS}
-    out = {}
-    for s_, t in zip(*np.nonzero(g["pair_n"] > 0)):
-        n, f = g["pair_n"][s_, t], g["pair_found"][s_, t]
-        per_f = lambda k: float(g[k][s_, t] / f) if f else None  # noqa: E731,B023
-        out[f"{class_names[s_]}->{class_names[t]}"] = {
-            "n": int(round(n)), "validity": float(f / n), "denoised_validity": per_f("pair_dval"), "l1": per_f("pair_l1"),
-            "l2": per_f("pair_l2"), "first_cf_k_mean": per_f("pair_k"), "converged_rate": float(g["pair_converged"][s_, t] / n),
-        }
-    return out
+def mirror_evaluators(num_classes: int, class_names, m: int, feature_dim: int) -> list:
+    """The Mirror-CFE job's metrics (sums only; ``m`` grid points, backbone features of size
+    ``feature_dim`` for FID)."""
+    return [
+        E.counts("counts", {"n_counterfactuals": "w", "n_found": "ok"}),
+        E.weighted_means("means", {
+            "validity": ("ok", "w"), "validity_k1": ("valid_k1", "w"), "denoised_validity": ("dval", "ok"),
+            "converged_rate": ("converged_f", "w"), "mean_steps": ("iterations", "w"), "residual_mean": ("residual", "w"),
+            "first_cf_k_mean": ("k_cf_found", "ok"), "l1": ("l1", "ok"), "l2": ("l2", "ok"), "l1_vs_reconstruction": ("l1_vs_rec", "ok"),
+            "reconstruction_l1": ("rec_l1", "w"), "latent_l2": ("latent_l2", "ok"), "target_prob_mean": ("target_prob", "w"),
+            "lpips_domain": ("lpips", "ok"),
+        }, complements={"fail_rate": "validity"}),
+        E.grouped("faithfulness", E.weighted_means("faith", {
+            "feature_l1_mean": ("faith_mean", "w"), "feature_l1_at_cf": ("faith_cf", "ok"),
+            "target_prob_gap_mean": ("pgap_mean", "w"), "target_prob_gap_at_cf": ("pgap_cf", "ok")})),
+        E.grouped("curves", E.weighted_means("curve", {
+            "p_target_logits": ("p_lin", "w"), "p_target_decoded": ("p_dec", "w"), "decoded_is_target": ("valid_path", "w")},
+            shapes={"p_target_logits": (m,), "p_target_decoded": (m,), "decoded_is_target": (m,)})),
+        E.log_histogram("residual", "residual", "w", out_max="residual_max", out="residual_histogram"),
+        E.pair_table("pairs", num_classes, class_names, count="w", rates={"validity": "ok", "converged_rate": "converged_f"},
+                     means={"denoised_validity": ("dval", "ok"), "l1": ("l1", "ok"), "l2": ("l2", "ok"), "first_cf_k_mean": ("k_cf_found", "ok")}),
+        E.fid_moments("fid", "feats", "ok", feature_dim, out="fid"),
+    ]
 
 
 # ------------------------------------------------------------------------------ models
 
 
-def _zoo_config(dataset: str, smoke: bool) -> zoo.ZooConfig:
-    if smoke:
-        return zoo.SMOKE
-    return zoo.DEFAULTS.get(dataset, zoo.DEFAULTS["fashion_mnist"])
-
-
 def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None, progress: bool = True, backbone: bool = True):
-    """Data, the classifier (same cache as :func:`cfjax.zoo.get_models`, no VAE) and the domain
-    backbone (same architecture and schedule, ``seed = cfg.backbone_seed``; ``None`` with
+    """Data, the classifier (same cache as :func:`cfjax.training.zoo.get_models`, no VAE) and the
+    domain backbone (same architecture and schedule, ``seed = cfg.backbone_seed``; ``None`` with
     ``backbone=False``)."""
     from cfjax import data as cdata
 
-    zc = _zoo_config(dataset, cfg.smoke)
+    zc = cfg.models or zoo.defaults_for(dataset)
     if cfg.classifier_augment_blur:
         zc = dataclasses.replace(zc, classifier_train=dataclasses.replace(zc.classifier_train, augment_blur=cfg.classifier_augment_blur))
     train = cdata.load(dataset, "train", data_dir=data_dir, limit=cfg.data_limit)
@@ -338,314 +249,269 @@ def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None
     return train, test, clf, bb, root
 
 
-def decoder_dir(root: Path, dcfg: mr.MirrorDecoderConfig) -> Path:
-    """``root/mirror_decoder`` (all pairs) or ``root/mirror_decoder_<s>_<t>[...]`` (restricted)."""
+def decoder_dir(root: Path, dcfg: md.MirrorDecoderConfig) -> Path:
+    """``root/mirror_decoder`` (all pairs) or ``root/mirror_decoder_<s>-<t>_...`` (restricted)."""
     if dcfg.pairs is None:
         return root / "mirror_decoder"
     return root / ("mirror_decoder_" + "_".join(f"{s}-{t}" for s, t in dcfg.pairs))
 
 
-def get_decoder(clf_trained, train, test, root: Path, dcfg: mr.MirrorDecoderConfig, progress: bool = True):
+def get_decoder(clf_trained, train, test, root: Path, dcfg: md.MirrorDecoderConfig, progress: bool = True):
+    """Train (or reuse) the decoder for ``clf_trained``: ``(DecoderTrained, seconds)``."""
     clf = bind_classifier(clf_trained.module, clf_trained.params)
     digest = ckpt.tree_digest(clf_trained.params)
     t0 = time.perf_counter()
-    dec = mr.load_or_train_mirror_decoder(clf, train, dcfg, test=test, workdir=decoder_dir(root, dcfg), classifier_digest=digest, progress=progress)
+    dec = md.load_or_train_mirror_decoder(clf, train, dcfg, test=test, workdir=decoder_dir(root, dcfg), classifier_digest=digest, progress=progress)
     return dec, time.perf_counter() - t0
 
 
-def _decoder_parts(clf_t, bb_t, train, test, root: Path, cfg: MirrorJobConfig, progress: bool):
-    """The bound classifier, the decoder (trained or reused) and its load/train seconds, the
-    batched CSP decoder, the backbone and the k grid: what every Mirror pass needs."""
-    clf = bind_classifier(clf_t.module, clf_t.params)
-    dec, dec_s = get_decoder(clf_t, train, test, root, cfg.decoder, progress)
-    decode_batch = mr.batched_decoder(dec.module, dec.params, clf.W, cfg.decoder)
-    backbone = classifier_backbone(bb_t.module, bb_t.params)
-    ks = np.asarray(mr.default_k_grid(cfg.k_step), np.float32)
-    return clf, dec, dec_s, decode_batch, backbone, ks
+class MirrorModels(NamedTuple):
+    """What :meth:`MirrorJob.load` returns."""
+
+    train: object
+    test: object
+    classifier: ct.Trained
+    backbone: ct.Trained
+    decoder: md.DecoderTrained
+    decoder_wall_s: float
+    preds: np.ndarray
+    """The classifier's predictions on the test split."""
 
 
-def _batched_predict(fn, images, bs: int = 500) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(jnp.asarray(images[s : s + bs]))) for s in range(0, len(images), bs)])
+class MirrorJob:
+    """Mirror-CFE as a :class:`~cfjax.jobs.skeleton.Method`: one pair (``pairs=((s, t),)``,
+    ``per_pair=True``) or many in one pass (``per_pair=False``)."""
+
+    def __init__(self, pairs, *, per_pair: bool, models_dir=None, pairs_arg: str = "pairs"):
+        self.pairs_spec, self.per_pair, self.models_dir, self.pairs_arg = pairs, per_pair, models_dir, pairs_arg
+
+    def pairs(self, dataset: str, K: int) -> tuple:
+        p = self.pairs_spec
+        if p is None:
+            p = MIRROR_PAIRS.get(dataset, "all")
+        if p == "all":
+            return tuple((s, t) for s in range(K) for t in range(K) if s != t)
+        return parse_pairs(p, K, name=self.pairs_arg)
+
+    def validate(self, dataset: str, cfg: MirrorJobConfig) -> None:
+        from cfjax.data import class_names
+
+        if not isinstance(cfg, MirrorJobConfig):
+            raise bad_arg("config", type(cfg).__name__, "a MirrorJobConfig")
+        cfg.validate()
+        K = len(class_names(dataset))
+        if K < 2:
+            raise bad_arg("data", repr(dataset), "a classification dataset (mnist5k, mnist, fashion_mnist)")
+        if self.per_pair:
+            (s, t), = self.pairs_spec
+            for name, v in (("source", s), ("target", t)):
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < K:
+                    raise bad_arg(name, repr(v), f"a class index in [0, {K - 1}] of {dataset}")
+            if s == t:
+                raise bad_arg("target", f"{t} (== source)", "a class different from the source")
+        else:
+            if cfg.decoder.pairs is not None:
+                raise bad_arg("config.decoder.pairs", cfg.decoder.pairs, "None (the global pass uses the dataset's all-pairs decoder)")
+            self.pairs(dataset, K)
+        if cfg.decoder.pairs is not None:
+            parse_pairs(cfg.decoder.pairs, K, name="decoder pairs")
+
+    def checkpoint_every(self, cfg: MirrorJobConfig) -> int:
+        return cfg.checkpoint_every
+
+    def load(self, ctx: Context) -> MirrorModels:
+        cfg = ctx.config
+        models_dir = Path(self.models_dir) if self.models_dir is not None else ctx.out / "models"
+        prog = ctx.progress and ctx.lead
+        train, test, clf_t, bb_t, root = load_models(ctx.dataset, models_dir, cfg, data_dir=ctx.data_dir, progress=prog)
+        dec, dec_s = get_decoder(clf_t, train, test, root, cfg.decoder, prog)
+        preds = batched_predict(jax.jit(lambda x: jnp.argmax(clf_t.module.apply(clf_t.params, x), -1)), test.images)
+        return MirrorModels(train, test, clf_t, bb_t, dec, dec_s, preds)
+
+    def parts(self, ctx: Context, models: MirrorModels):
+        """The bound classifier, single-example decoder, backbone and k grid."""
+        clf = bind_classifier(models.classifier.module, models.classifier.params)
+        decode = mr.bind_mirror_decoder(models.decoder.module, models.decoder.params, clf.W, ctx.config.decoder.rho_l, ctx.config.decoder.rho_u)
+        backbone = classifier_backbone(models.backbone.module, models.backbone.params)
+        ks = np.asarray(mr.default_k_grid(ctx.config.k_step), np.float32)
+        return clf, decode, backbone, ks
+
+    def rows(self, ctx: Context, models: MirrorModels):
+        """``(image index, source, target)`` of every row, and the selection rule."""
+        cfg, test = ctx.config, models.test
+        labels, preds = np.asarray(test.labels), models.preds
+        pairs = self.pairs(ctx.dataset, test.num_classes)
+        if self.per_pair:
+            (s, t), = pairs
+            sel = np.flatnonzero((labels == s) & (preds == s))
+            selection = "label == source and prediction == source"
+            if len(sel) == 0:
+                sel = np.flatnonzero(labels == s)
+                selection = "label == source (the classifier predicts no test image of the source class correctly)"
+            if len(sel) == 0:
+                raise bad_arg("source", s, f"a class with test images in {ctx.dataset} (data_limit={cfg.data_limit})")
+            sel = sel[: cfg.limit] if cfg.limit is not None else sel
+            return sel, np.full(len(sel), s, np.int32), np.full(len(sel), t, np.int32), selection
+        n_img = len(test) if cfg.limit is None else min(cfg.limit, len(test))
+        labels, preds = labels[:n_img], preds[:n_img]
+        # per source class, as the per-pair job selects: the images the classifier gets right, or
+        # (an untrained/smoke classifier that gets none of that class right) all its images
+        fallback = sorted({s for s, _ in pairs if not np.any((labels == s) & (preds == s))})
+        keep = (labels == preds) | np.isin(labels, fallback)
+        selection = "label == source and prediction == source" + (f"; label == source only for classes {fallback}" if fallback else "")
+        rows = [(i, s, t) for i in np.flatnonzero(keep) for s, t in pairs if labels[i] == s]  # image-major
+        if not rows:
+            raise bad_arg("pairs", pairs, f"pairs whose source class has test images in {ctx.dataset} (limit={cfg.limit})")
+        idx, src, tgt = (np.asarray(c) for c in zip(*rows))
+        return idx, src.astype(np.int32), tgt.astype(np.int32), selection
+
+    def passes(self, ctx: Context, models: MirrorModels) -> list:
+        cfg, test = ctx.config, models.test
+        clf, decode, backbone, ks = self.parts(ctx, models)
+        idx, src, tgt, _ = self.rows(ctx, models)
+        mine = parallel.process_slice(len(idx))
+        data = {"x": parallel.Rows(test.images, idx[mine]), "source": src[mine], "target": tgt[mine]}
+        d = int(np.asarray(backbone.features(jnp.asarray(test.images[:1]))).shape[-1])
+        job = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("figures", "n_figure_examples", "figure_pairs", "checkpoint_every")}
+        run_cfg = {"method": "mirror", "dataset": ctx.dataset, "pairs": [list(p) for p in self.pairs(ctx.dataset, test.num_classes)], "job": job,
+                   "clf": ckpt.tree_digest(models.classifier.params), "decoder": ckpt.tree_digest(models.decoder.params), "n": len(idx)}
+
+        def rows_fn(batch, mask):
+            return mirror_rows(clf, decode, backbone, batch["x"], batch["source"], batch["target"], mask, ks=ks, solver=cfg.solver,
+                               maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma)
+
+        desc = f"mirror {src[0]}->{tgt[0]}" if self.per_pair else "mirror (all pairs)"
+        return [Pass("mirror", rows_fn, mirror_evaluators(test.num_classes, test.class_names, len(ks), d), data,
+                     global_chunk(cfg.chunk_size, len(idx)), run_cfg, outputs=PER_EXAMPLE, desc=desc)]
+
+    def summarize(self, ctx: Context, models: MirrorModels, results: dict[str, PassResult]) -> dict:
+        cfg, test = ctx.config, models.test
+        r = results["mirror"]
+        res = dict(r.fields)
+        idx, src, tgt, selection = self.rows(ctx, models)
+        ks = np.asarray(mr.default_k_grid(cfg.k_step), np.float32)
+        res["curves"] = {"k": [float(k) for k in ks], **res["curves"]}
+        cf_m = res.pop("fid")
+        if not self.per_pair:
+            res.pop("curves")
+            res.pop("residual_histogram")
+            return {
+                "method": "mirror", "dataset": ctx.dataset, "pairs_requested": [list(p) for p in self.pairs(ctx.dataset, test.num_classes)],
+                "n_examples": int(len(np.unique(idx))), "selection": selection, "n_devices": jax.device_count(),
+                "n_processes": jax.process_count(), **res, "wall_s": r.wall_s,
+                "cf_per_s": None if r.resumed else res["n_counterfactuals"] / r.wall_s, "resumed": r.resumed,
+                "solver": cfg.solver, "maxiter": cfg.maxiter, "chunk_size": global_chunk(cfg.chunk_size, len(idx)),
+                "classifier_accuracy": models.classifier.metrics.get("accuracy"), "decoder_load_or_train_s": models.decoder_wall_s,
+                "backend": jax.default_backend(), "total_wall_s": None,
+            }
+        s, t = int(src[0]), int(tgt[0])
+        clf, _, backbone, _ = self.parts(ctx, models)
+        # FID: counterfactuals vs real target-class test images (backbone features)
+        real = test.images[test.labels == t]
+        real_m = metrics.fid_moments_init(int(cf_m.sum.shape[0]), jnp.float32)
+        fb = jax.jit(backbone.features)
+        for i in range(0, len(real), 500):
+            real_m = metrics.fid_moments_update(real_m, fb(jnp.asarray(real[i : i + 500])))
+        fid = metrics.fid_from_moments(cf_m, real_m) if float(cf_m.n) >= 2 and float(real_m.n) >= 2 else float("nan")
+        # the ceiling of denoised validity: how often the classifier still calls REAL target-class
+        # images the target after the same blur (a classifier that is not blur-robust caps D.Val)
+        ct_ = models.classifier
+        fblur = jax.jit(lambda x: jnp.argmax(ct_.module.apply(ct_.params, metrics.gaussian_blur(x, cfg.blur_sigma)), -1))
+        real_dval = float(np.mean(batched_predict(fblur, real) == t)) if len(real) else float("nan")
+        names = test.class_names
+        dec = models.decoder
+        res.pop("pairs")
+        res.pop("residual_histogram")
+        return {
+            "method": "mirror", "dataset": ctx.dataset, "source": s, "target": t, "pair": f"{names[s]}->{names[t]}",
+            "n_examples": int(len(idx)), "selection": selection, "n_devices": jax.device_count(), **res, "wall_s": r.wall_s,
+            "cf_per_s": res["n_counterfactuals"] / r.wall_s if r.wall_s > 0 else float("nan"),
+            "denoised_validity_real_target": real_dval, "fid_domain": fid, "fid_n": [int(float(cf_m.n)), int(float(real_m.n))],
+            "perceptual_backbone": BACKBONE_LABEL, "solver": cfg.solver, "maxiter": cfg.maxiter, "tol": cfg.tol,
+            "k_grid": {"step": cfg.k_step, "first_cf_search": "k > 0.5"},
+            "csp_rho": {"rho_l": cfg.decoder.rho_l, "rho_u": cfg.decoder.rho_u},
+            "decoder": {
+                "pairs": "all ordered pairs (one decoder per dataset)" if cfg.decoder.pairs is None else [list(p) for p in cfg.decoder.pairs],
+                "steps": cfg.decoder.steps, "batch_size": cfg.decoder.batch_size, "train_solver": cfg.decoder.train_solver,
+                "loss_weights": {k: getattr(cfg.decoder, f"w_{k}") for k in ("cls", "adv", "rec", "fea", "tri")},
+                "train_s": dec.metrics.get("train_s"), "load_or_train_s": models.decoder_wall_s,
+                **{k: v for k, v in dec.metrics.items() if k != "train_s"},
+            },
+            "classifier_accuracy": models.classifier.metrics.get("accuracy"), "backbone_accuracy": models.backbone.metrics.get("accuracy"),
+            "backbone_epochs": models.backbone.config.get("train", {}).get("epochs"), "total_wall_s": None,
+        }
+
+    def figures(self, ctx: Context, models: MirrorModels, summary: dict) -> list:
+        if not ctx.config.figures or not self.per_pair:
+            return []
+        clf, decode, backbone, ks = self.parts(ctx, models)
+        idx, src, tgt, _ = self.rows(ctx, models)
+        n = min(ctx.config.n_figure_examples, len(idx))
+        data = {"x": models.test.images[idx[:n]], "source": src[:n], "target": tgt[:n]}
+        return _figures(ctx.out, models.test, models.preds, clf, decode, backbone, ks, ctx.config, data, summary, models.decoder.history, ctx.dataset)
+
+    def title(self, ctx: Context, summary: dict) -> str:
+        if self.per_pair:
+            return f"Mirror-CFE on {ctx.dataset}: {summary['pair']}"
+        return f"Mirror-CFE on {ctx.dataset}: {len(summary['pairs_requested'])} pairs in one pass"
 
 
-# ------------------------------------------------------------------------------ the job
-
-
-def run_mirror_explanation(
-    dataset: str,
-    out_dir,
-    *,
-    source: int,
-    target: int,
-    config: MirrorJobConfig | None = None,
-    models_dir=None,
-    data_dir=None,
-    progress: bool = True,
-) -> dict:
+def run_mirror_explanation(dataset: str, out_dir, *, source: int, target: int, config: MirrorJobConfig | None = None, models_dir=None,
+                           data_dir=None, progress: bool = True) -> dict:
     """Mirror-CFE for every test image of class ``source`` that the classifier predicts as
     ``source``, towards ``target``; writes ``summary.json``, figures and ``report.html`` to
     ``out_dir`` and returns the summary."""
-    cfg = config or MirrorJobConfig()
-    if cfg.solver not in mr.SOLVERS:
-        raise bad_arg("solver", repr(cfg.solver), f"one of {mr.SOLVERS}")
-    out = check_writable_dir(out_dir, "out")
-    models_dir = Path(models_dir) if models_dir is not None else out / "models"
-    t_start = time.perf_counter()
-    train, test, clf_t, bb_t, root = load_models(dataset, models_dir, cfg, data_dir=data_dir, progress=progress)
-    K = train.num_classes
-    for name, v in (("source", source), ("target", target)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < K:
-            raise bad_arg(name, repr(v), f"a class index in [0, {K - 1}] of {dataset}")
-    if source == target:
-        raise bad_arg("target", f"{target} (== source)", "a class different from the source")
-    clf, dec, dec_s, decode_batch, backbone, ks = _decoder_parts(clf_t, bb_t, train, test, root, cfg, progress)
-
-    preds = _batched_predict(jax.jit(lambda x: jnp.argmax(clf_t.module.apply(clf_t.params, x), -1)), test.images)
-    sel = np.flatnonzero((test.labels == source) & (preds == source))
-    selection = "label == source and prediction == source"
-    if len(sel) == 0:
-        sel = np.flatnonzero(test.labels == source)
-        selection = "label == source (the classifier predicts no test image of the source class correctly)"
-    if len(sel) == 0:
-        raise bad_arg("source", source, f"a class with test images in {dataset} (limit={cfg.data_limit})")
-    if cfg.limit is not None:
-        sel = sel[: cfg.limit]
-    data = {"x": test.images[sel], "source": np.full(len(sel), source, np.int32), "target": np.full(len(sel), target, np.int32)}
-
-    n_dev = jax.device_count()
-    chunk = math.ceil(min(cfg.chunk_size, max(len(sel), 1)) / n_dev) * n_dev
-    d = int(np.asarray(backbone.features(jnp.asarray(test.images[:1]))).shape[-1])
-    init = _sums_init(len(ks), d, K)
-    step = make_mirror_step(clf, decode_batch, backbone, ks, cfg)
-    job = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("figures", "n_figure_examples", "figure_pairs", "checkpoint_every")}
-    run_cfg = {"method": "mirror", "dataset": dataset, "source": source, "target": target, "job": job,
-               "clf": ckpt.tree_digest(clf_t.params), "decoder": ckpt.tree_digest(dec.params), "n": len(sel)}
-    t0 = time.perf_counter()
-    acc = parallel.explain_dataset(step, init, data, chunk_size=chunk, checkpoint_dir=out / f"state_mirror_{source}_{target}",
-                                   checkpoint_every=cfg.checkpoint_every, run_config=run_cfg,
-                                   outputs_dir=out / f"outputs_mirror_{source}_{target}", progress=progress, desc=f"mirror {source}->{target}")
-    wall = time.perf_counter() - t0
-    res = summarize(acc, ks)
-
-    # FID: counterfactuals vs real target-class test images (backbone features)
-    real = test.images[test.labels == target]
-    real_m = metrics.fid_moments_init(d)
-    fb = jax.jit(backbone.features)
-    for s in range(0, len(real), 500):
-        real_m = metrics.fid_moments_update(real_m, fb(jnp.asarray(real[s : s + 500])))
-    cf_m = metrics.FidMoments(**acc["fid"])
-    fid = metrics.fid_from_moments(cf_m, real_m) if float(cf_m.n) >= 2 and float(real_m.n) >= 2 else float("nan")
-
-    # the ceiling of denoised validity: how often the classifier still calls REAL target-class
-    # images the target after the same blur (a classifier that is not blur-robust caps D.Val)
-    fblur = jax.jit(lambda x: jnp.argmax(clf_t.module.apply(clf_t.params, metrics.gaussian_blur(x, cfg.blur_sigma)), -1))
-    real_dval = float(np.mean(_batched_predict(fblur, real) == target)) if len(real) else float("nan")
-    names = test.class_names
-    summary = {
-        "method": "mirror",
-        "dataset": dataset,
-        "source": int(source),
-        "target": int(target),
-        "pair": f"{names[source]}->{names[target]}",
-        "n_examples": int(len(sel)),
-        "selection": selection,
-        "n_counterfactuals": res["n_counterfactuals"],
-        "n_found": res["n_found"],
-        "n_devices": n_dev,
-        "validity": res["validity"],
-        "mean_steps": res["mean_steps"],
-        "l1": res["l1"],
-        "l2": res["l2"],
-        "latent_l2": res["latent_l2"],
-        "target_prob_mean": res["target_prob_mean"],
-        "wall_s": wall,
-        "cf_per_s": res["n_counterfactuals"] / wall if wall > 0 else float("nan"),
-        "denoised_validity": res["denoised_validity"],
-        "denoised_validity_real_target": real_dval,
-        "fail_rate": res["fail_rate"],
-        "converged_rate": res["converged_rate"],
-        "first_cf_k_mean": res["first_cf_k_mean"],
-        "faithfulness": res["faithfulness"],
-        "lpips_domain": res["lpips_domain"],
-        "fid_domain": fid,
-        "fid_n": [int(float(cf_m.n)), int(float(real_m.n))],
-        "perceptual_backbone": BACKBONE_LABEL,
-        "validity_k1": res["validity_k1"],
-        "l1_vs_reconstruction": res["l1_vs_reconstruction"],
-        "reconstruction_l1": res["reconstruction_l1"],
-        "residual_mean": res["residual_mean"],
-        "residual_max": res["residual_max"],
-        "solver": cfg.solver,
-        "maxiter": cfg.maxiter,
-        "tol": cfg.tol,
-        "k_grid": {"step": cfg.k_step, "first_cf_search": "k > 0.5"},
-        "csp_rho": {"rho_l": cfg.decoder.rho_l, "rho_u": cfg.decoder.rho_u},
-        "decoder": {
-            "pairs": "all ordered pairs (one decoder per dataset)" if cfg.decoder.pairs is None else [list(p) for p in cfg.decoder.pairs],
-            "steps": cfg.decoder.steps,
-            "batch_size": cfg.decoder.batch_size,
-            "train_solver": cfg.decoder.train_solver,
-            "loss_weights": {k: getattr(cfg.decoder, f"w_{k}") for k in ("cls", "adv", "rec", "fea", "tri")},
-            "train_s": dec.metrics.get("train_s"),
-            "load_or_train_s": dec_s,
-            **{k: v for k, v in dec.metrics.items() if k != "train_s"},
-        },
-        "classifier_accuracy": clf_t.metrics.get("accuracy"),
-        "backbone_accuracy": bb_t.metrics.get("accuracy"),
-        "backbone_epochs": bb_t.config.get("train", {}).get("epochs"),
-        "curves": res["curves"],
-        "total_wall_s": None,
-    }
-    figs = _figures(out, test, preds, clf, decode_batch, backbone, ks, cfg, data, summary, dec.history, dataset) if cfg.figures else []
-    summary["total_wall_s"] = time.perf_counter() - t_start
-    atomic_write_json(out / "summary.json", summary)
-    try:
-        from cfjax import report
-
-        report.write_report(out, summary, figs, title=f"Mirror-CFE on {dataset}: {summary['pair']}")
-    except ImportError:  # pragma: no cover - report module is optional here
-        pass
-    if progress:
-        print(f"mirror {summary['pair']}: validity {summary['validity']:.3f}, denoised {summary['denoised_validity']:.3f}, "
-              f"L1 {summary['l1']:.3f}, first k {summary['first_cf_k_mean']:.3f}, converged {summary['converged_rate']:.3f}, "
-              f"{summary['cf_per_s']:.1f} cf/s; report: {out / 'report.html'}")
-    return summary
+    s = run_job(MirrorJob(((source, target),), per_pair=True, models_dir=models_dir), dataset, out_dir, config or MirrorJobConfig(),
+                data_dir=data_dir, progress=progress)
+    if progress and jax.process_index() == 0:
+        print(f"mirror {s['pair']}: validity {s['validity']:.3f}, denoised {s['denoised_validity']:.3f}, L1 {s['l1']:.3f}, "
+              f"first k {s['first_cf_k_mean']:.3f}, converged {s['converged_rate']:.3f}, {s['cf_per_s']:.1f} cf/s; "
+              f"report: {Path(out_dir) / 'report.html'}")
+    return s
 
 
-def parse_pairs(spec: str | None):
-    """``None`` (the dataset's paper pairs), ``"all"`` (every ordered pair) or ``"S,T;S,T"``."""
-    if spec is None or spec == "all":
-        return spec
-    try:
-        out = tuple(tuple(int(v) for v in part.split(",")) for part in spec.split(";") if part.strip())
-    except ValueError:
-        raise bad_arg("--pairs", repr(spec), "'all' or 'S,T;S,T;...' with class indices") from None
-    if not out or any(len(p) != 2 for p in out):
-        raise bad_arg("--pairs", repr(spec), "'all' or 'S,T;S,T;...' with class indices")
-    return out
-
-
-def run_mirror_global(
-    dataset: str,
-    out_dir,
-    *,
-    config: MirrorJobConfig | None = None,
-    pairs=None,
-    models_dir=None,
-    data_dir=None,
-    progress: bool = True,
-) -> dict:
+def run_mirror_global(dataset: str, out_dir, *, config: MirrorJobConfig | None = None, pairs=None, models_dir=None, data_dir=None,
+                      progress: bool = True, pairs_arg: str = "pairs") -> dict:
     """Mirror-CFE over many class pairs in one pass: every test image the classifier gets right,
     towards every target of its class's listed pairs, streamed through ONE compiled, sharded,
-    resumable step (:func:`cfjax.parallel.explain_dataset`); multi-host after
-    :func:`cfjax.parallel.initialize_distributed` (each process takes its slice of the rows,
-    process 0 writes). Uses the dataset's single decoder (all pairs).
+    resumable step; multi-host after :func:`cfjax.parallel.initialize_distributed` (each
+    process takes its slice of the rows, process 0 writes). Uses the dataset's single decoder.
 
     Args:
-      dataset: ``"mnist5k"``, ``"mnist"``, ``"fashion_mnist"``.
-      out_dir: writes ``summary.json`` (overall metrics + ``pairs``: per-pair validity,
-        denoised validity, L1/L2, first-k, converged rate) and ``report.html``.
-      config: :class:`MirrorJobConfig` (``limit`` caps the test images, ``chunk_size`` the
-        rows per step).
-      pairs: ``None`` (the paper's pairs for the dataset, else all), ``"all"`` or a sequence of
-        ``(source, target)``.
+      pairs: ``None`` (the paper's pairs for the dataset, else all), ``"all"``, ``"S,T;S,T"`` or
+        a sequence of ``(source, target)``.
 
-    FID is per target class and is left to the per-pair job (``cfjax mirror``).
+    FID is per target class and is left to the per-pair job.
     """
-    cfg = config or MirrorJobConfig()
-    if not isinstance(cfg, MirrorJobConfig):
-        raise bad_arg("config", type(cfg).__name__, "a MirrorJobConfig")
-    if cfg.solver not in mr.SOLVERS:
-        raise bad_arg("solver", repr(cfg.solver), f"one of {mr.SOLVERS}")
-    if cfg.decoder.pairs is not None:
-        raise bad_arg("config.decoder.pairs", cfg.decoder.pairs, "None (the global pass uses the dataset's all-pairs decoder)")
+    s = run_job(MirrorJob(pairs, per_pair=False, models_dir=models_dir, pairs_arg=pairs_arg), dataset, out_dir, config or MirrorJobConfig(), data_dir=data_dir,
+                progress=progress)
+    if progress and jax.process_index() == 0:
+        rate = "resumed" if s["resumed"] else f"{s['cf_per_s']:.1f} cf/s"
+        print(f"mirror global ({len(s['pairs_requested'])} pairs, {s['n_counterfactuals']} rows): validity {s['validity']:.3f}, "
+              f"denoised {s['denoised_validity']:.3f}, L1 {s['l1']:.3f}, {rate}; report: {Path(out_dir) / 'report.html'}")
+    return s
+
+
+def train_decoder(dataset: str, out_dir, config: MirrorJobConfig, *, models_dir=None, data_dir=None, progress: bool = True) -> dict:
+    """Train (or reuse) the Mirror-CFE decoder of ``dataset`` (``cfjax train mirror-decoder``)."""
+    from cfjax.io import check_writable_dir
+
+    MirrorJob(None, per_pair=False).validate(dataset, dataclasses.replace(config, decoder=dataclasses.replace(config.decoder, pairs=None)))
+    if config.decoder.pairs is not None:
+        from cfjax.data import class_names
+
+        parse_pairs(config.decoder.pairs, len(class_names(dataset)), name="--pair")
     out = check_writable_dir(out_dir, "out")
-    models_dir = Path(models_dir) if models_dir is not None else out / "models"
-    lead = jax.process_index() == 0
-    t_start = time.perf_counter()
-
-    def load():  # process 0 trains/loads first, the others then load what it wrote
-        train, test, clf_t, bb_t, root = load_models(dataset, models_dir, cfg, data_dir=data_dir, progress=progress and lead)
-        return train, test, clf_t, _decoder_parts(clf_t, bb_t, train, test, root, cfg, progress and lead)
-
-    train, test, clf_t, (clf, dec, dec_s, decode_batch, backbone, ks) = parallel.process0_first(load)
-    K = train.num_classes
-    if pairs is None:
-        pairs = MIRROR_PAIRS.get(dataset, "all")
-    if pairs == "all":
-        pairs = tuple((s_, t) for s_ in range(K) for t in range(K) if s_ != t)
-    pairs = tuple(tuple(p) for p in pairs)
-    for s_, t in pairs:
-        for name, v in (("pairs (source)", s_), ("pairs (target)", t)):
-            if not 0 <= v < K:
-                raise bad_arg(name, v, f"a class index in [0, {K - 1}] of {dataset}")
-        if s_ == t:
-            raise bad_arg("pairs", f"({s_}, {t})", "source != target")
-    n_img = len(test) if cfg.limit is None else min(cfg.limit, len(test))
-    preds = _batched_predict(jax.jit(lambda x: jnp.argmax(clf_t.module.apply(clf_t.params, x), -1)), test.images[:n_img])
-    labels = np.asarray(test.labels[:n_img])
-    # per source class, as the per-pair job selects: the images the classifier gets right, or
-    # (an untrained/smoke classifier that gets none of that class right) all its images
-    fallback = sorted({s_ for s_, _ in pairs if not np.any((labels == s_) & (preds == s_))})
-    keep = (labels == preds) | np.isin(labels, fallback)
-    selection = "label == source and prediction == source" + (f"; label == source only for classes {fallback}" if fallback else "")
-    rows = [(i, s_, t) for i in np.flatnonzero(keep) for s_, t in pairs if labels[i] == s_]  # image-major
-    if not rows:
-        raise bad_arg("pairs", pairs, f"pairs whose source class has test images in {dataset} (limit={cfg.limit})")
-    idx, src, tgt = (np.asarray(c) for c in zip(*rows))
-    mine = parallel.process_slice(len(idx))
-    data = {"x": parallel.Rows(test.images, idx[mine]), "source": src[mine].astype(np.int32), "target": tgt[mine].astype(np.int32)}
-    n_dev = jax.device_count()
-    chunk = math.ceil(min(cfg.chunk_size, len(idx)) / n_dev) * n_dev
-    d = int(np.asarray(backbone.features(jnp.asarray(test.images[:1]))).shape[-1])
-    step = make_mirror_step(clf, decode_batch, backbone, ks, cfg)
-    job = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("figures", "n_figure_examples", "figure_pairs", "checkpoint_every")}
-    run_cfg = {"method": "mirror-global", "dataset": dataset, "pairs": [list(p) for p in pairs], "job": job,
-               "clf": ckpt.tree_digest(clf_t.params), "decoder": ckpt.tree_digest(dec.params), "n": len(idx)}
-    resumed = (out / "state_mirror_global" / "accumulators").is_dir()
-    t0 = time.perf_counter()
-    acc = parallel.explain_dataset(step, _sums_init(len(ks), d, K), data, chunk_size=chunk, checkpoint_dir=out / "state_mirror_global",
-                                   checkpoint_every=cfg.checkpoint_every, run_config=run_cfg, outputs_dir=out / "outputs_mirror_global",
-                                   progress=progress, desc="mirror (all pairs)")
-    wall = time.perf_counter() - t0
-    res = summarize(acc, ks)
-    res.pop("curves")
-    summary = {
-        "method": "mirror", "dataset": dataset, "pairs_requested": [list(p) for p in pairs], "n_examples": int(len(np.unique(idx))),
-        "selection": selection, "n_devices": n_dev, "n_processes": jax.process_count(),
-        **res, "wall_s": wall, "cf_per_s": None if resumed else res["n_counterfactuals"] / wall, "resumed": resumed,
-        "pairs": pair_table(acc, test.class_names), "solver": cfg.solver, "maxiter": cfg.maxiter, "chunk_size": chunk,
-        "classifier_accuracy": clf_t.metrics.get("accuracy"), "decoder_load_or_train_s": dec_s, "backend": jax.default_backend(),
-    }
-    summary["total_wall_s"] = time.perf_counter() - t_start
-    if not lead:
-        return summary
-    atomic_write_json(out / "summary.json", summary)
-    from cfjax import report
-
-    report.write_report(out, summary, [], title=f"Mirror-CFE on {dataset}: {len(pairs)} pairs in one pass")
-    if progress:
-        rate = "resumed" if resumed else f"{summary['cf_per_s']:.1f} cf/s"
-        print(f"mirror global ({len(pairs)} pairs, {summary['n_counterfactuals']} rows): validity {summary['validity']:.3f}, "
-              f"denoised {summary['denoised_validity']:.3f}, L1 {summary['l1']:.3f}, {rate}; report: {out / 'report.html'}")
-    return summary
+    models_dir = Path(models_dir) if models_dir else out / "models"
+    train, test, clf_t, _, root = load_models(dataset, models_dir, config, data_dir=data_dir, progress=progress, backbone=False)
+    d, s_ = get_decoder(clf_t, train, test, root, config.decoder, progress)
+    return {"data": dataset, "decoder_dir": str(decoder_dir(root, config.decoder)), "wall_s": round(s_, 1), **d.metrics}
 
 
 # ------------------------------------------------------------------------------ figures
 
 
-def _show(ax, img, title=None, cmap="gray", vmin=0.0, vmax=1.0):
-    img = np.asarray(img)
-    if img.ndim == 3 and img.shape[-1] == 1:
-        img = img[..., 0]
-    ax.imshow(img, cmap=cmap if img.ndim == 2 else None, vmin=vmin, vmax=vmax)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=6)
-
-
-def _figures(out: Path, test, preds, clf, decode_batch, backbone, ks, cfg: MirrorJobConfig, data, summary, history, dataset) -> list:
+def _figures(out: Path, test, preds, clf, decode, backbone, ks, cfg: MirrorJobConfig, data, summary, history, dataset) -> list:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -660,8 +526,8 @@ def _figures(out: Path, test, preds, clf, decode_batch, backbone, ks, cfg: Mirro
         pairs = ((s, t), *pairs)
     ne = min(cfg.n_figure_examples, len(data["x"]))
     nb = max(ne, len(pairs))  # both figure batches padded to one size: one compile
-    jrun = jax.jit(lambda x, so, ta: mirror_chunk(clf, decode_batch, backbone, x, so, ta, jnp.ones(x.shape[0], bool), ks=ks,
-                                                  solver=cfg.solver, maxiter=cfg.maxiter, tol=cfg.tol, return_images=True)[0])
+    jrun = jax.jit(lambda x, so, ta: mirror_rows(clf, decode, backbone, x, so, ta, jnp.ones(x.shape[0], bool), ks=ks, solver=cfg.solver,
+                                                 maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, return_images=True))
 
     def run(x, so, ta):
         n = len(x)
@@ -673,15 +539,15 @@ def _figures(out: Path, test, preds, clf, decode_batch, backbone, ks, cfg: Mirro
     cols = list(range(0, len(ks), 2)) if len(ks) > 11 else list(range(len(ks)))
     fig, axes = plt.subplots(ne, len(cols) + 3, figsize=((len(cols) + 3) * 0.85, ne * 1.0), squeeze=False)
     for i in range(ne):
-        _show(axes[i, 0], data["x"][i], "source" if i == 0 else None)
+        report.show(axes[i, 0], data["x"][i], "source" if i == 0 else None)
         for j, c in enumerate(cols):
-            _show(axes[i, j + 1], o["x_k"][i, c], f"k={ks[c]:.2f}\np={o['p_dec'][i, c]:.2f}")
+            report.show(axes[i, j + 1], o["x_k"][i, c], f"k={ks[c]:.2f}\np={o['p_dec'][i, c]:.2f}")
         kc = o["k_cf"][i]
-        _show(axes[i, -2], o["x_cf"][i], f"first CF\nk={kc:.2f}" if o["found"][i] else "no CF\n(k=1)")
+        report.show(axes[i, -2], o["x_cf"][i], f"first CF\nk={kc:.2f}" if o["found"][i] else "no CF\n(k=1)")
         for sp in axes[i, -2].spines.values():
             sp.set_color("tab:red" if o["found"][i] else "gray")
             sp.set_linewidth(2)
-        _show(axes[i, -1], np.mean(o["x_cf"][i] - data["x"][i], -1), "CF - source" if i == 0 else None, cmap="RdBu_r", vmin=-1, vmax=1)
+        report.show(axes[i, -1], np.mean(o["x_cf"][i] - data["x"][i], -1), "CF - source" if i == 0 else None, cmap="RdBu_r", vmin=-1, vmax=1)
     atomic_savefig(fig, figdir / "transitions.png")
     figs.append(("Transition strips", "figures/transitions.png",
                  f"{names[s]} -> {names[t]}: source, decoded G(F_k) along k with the classifier's target probability, the first counterfactual (smallest k > 0.5 classified as target), difference"))
@@ -716,10 +582,10 @@ def _figures(out: Path, test, preds, clf, decode_batch, backbone, ks, cfg: Mirro
         og = run(xr, np.asarray([r[0] for r in rows], np.int32), np.asarray([r[1] for r in rows], np.int32))
         fig, axes = plt.subplots(len(rows), 4, figsize=(4 * 1.1, len(rows) * 1.15), squeeze=False)
         for i, (ps, pt, _) in enumerate(rows):
-            _show(axes[i, 0], xr[i], "source" if i == 0 else None)
-            _show(axes[i, 1], og["x_k"][i, 0], "G(F_s), k=0" if i == 0 else None)
-            _show(axes[i, 2], og["x_cf"][i], f"k={og['k_cf'][i]:.2f} p={og['target_prob'][i]:.2f}" if og["found"][i] else "no CF")
-            _show(axes[i, 3], np.mean(og["x_cf"][i] - xr[i], -1), "CF - source" if i == 0 else None, cmap="RdBu_r", vmin=-1, vmax=1)
+            report.show(axes[i, 0], xr[i], "source" if i == 0 else None)
+            report.show(axes[i, 1], og["x_k"][i, 0], "G(F_s), k=0" if i == 0 else None)
+            report.show(axes[i, 2], og["x_cf"][i], f"k={og['k_cf'][i]:.2f} p={og['target_prob'][i]:.2f}" if og["found"][i] else "no CF")
+            report.show(axes[i, 3], np.mean(og["x_cf"][i] - xr[i], -1), "CF - source" if i == 0 else None, cmap="RdBu_r", vmin=-1, vmax=1)
             axes[i, 0].set_ylabel(f"{names[ps]}->{names[pt]}", fontsize=6)
         atomic_savefig(fig, figdir / "pairs_grid.png")
         figs.append(("Grid over pairs", "figures/pairs_grid.png", "one correctly classified test image per pair: source | reconstruction | first counterfactual | difference (one decoder serves every pair)"))
@@ -739,116 +605,19 @@ def _figures(out: Path, test, preds, clf, decode_batch, backbone, ks, cfg: Mirro
     return figs
 
 
-# ------------------------------------------------------------------------------ CLI
-
-
-def _add(p, *names, **kw) -> None:
-    """Add an option unless the parser already has it (the ``explain`` parser shares some)."""
-    if any(n in p._option_string_actions for n in names):
-        return
-    p.add_argument(*names, **kw)
-
-
-def add_mirror_args(p) -> None:
-    """Mirror-CFE options; those the parser already has (``--data``, ``--out``, ``--smoke``,
-    ``--limit``, ``--chunk-size``, ``--data-dir`` in ``explain``) are left as they are."""
-    _add(p, "--data", default="mnist5k", help="dataset name (mnist5k, fashion_mnist, mnist)")
-    _add(p, "--out", required=True, help="output directory (summary.json, figures, report.html)")
-    _add(p, "--source", type=int, default=None, help="[mirror] source class")
-    _add(p, "--target", type=int, default=None, help="[mirror] target class")
-    _add(p, "--solver", choices=list(mr.SOLVERS), default=None, help="[mirror] refinement solver (default jaxopt)")
-    _add(p, "--maxiter", type=int, default=None, help="[mirror] L-BFGS iteration cap")
-    _add(p, "--k-step", type=float, default=None, help="[mirror] transition grid step (default 0.05)")
-    _add(p, "--decoder-steps", type=int, default=None, help="[mirror] decoder training steps")
-    _add(p, "--pair-decoder", action="store_true", help="[mirror] train/use a decoder for this pair (both directions) only")
-    _add(p, "--models-dir", default=None, help="[mirror] model cache (default OUT/models)")
-    _add(p, "--limit", type=int, default=None, help="explain at most N images")
-    _add(p, "--chunk-size", type=int, default=None)
-    _add(p, "--data-dir", default=None)
-    _add(p, "--smoke", action="store_true", help="tiny models and budgets: runs in seconds")
-    _add(p, "--no-figures", action="store_true", help="[mirror] skip the figures (numbers and report only)")
-
-
-def config_from_args(a) -> MirrorJobConfig:
-    smoke = bool(getattr(a, "smoke", False))
-    cfg = MirrorJobConfig.smoke_config() if smoke else MirrorJobConfig()
-    dec = cfg.decoder
-    if getattr(a, "decoder_steps", None) is not None:
-        dec = dataclasses.replace(dec, steps=a.decoder_steps, checkpoint_every=min(dec.checkpoint_every, a.decoder_steps))
-    if getattr(a, "pair_decoder", False) and getattr(a, "source", None) is not None and getattr(a, "target", None) is not None:
-        dec = dataclasses.replace(dec, pairs=((a.source, a.target), (a.target, a.source)))
-    if getattr(a, "no_figures", False):
-        cfg = dataclasses.replace(cfg, figures=False)
-    over = {"solver": getattr(a, "solver", None), "maxiter": getattr(a, "maxiter", None), "k_step": getattr(a, "k_step", None),
-            "limit": getattr(a, "limit", None), "chunk_size": getattr(a, "chunk_size", None)}
-    return dataclasses.replace(cfg, decoder=dec, **{k: v for k, v in over.items() if v is not None})
-
-
-def run_mirror_cli(a) -> dict:
-    """Run the job from parsed CLI args (``cfjax mirror`` and ``cfjax explain --method mirror``)."""
-    if getattr(a, "source", None) is None or getattr(a, "target", None) is None:
-        raise bad_arg("--source/--target", "missing", "both a source and a target class (e.g. --source 3 --target 8)")
-    return run_mirror_explanation(a.data, a.out, source=a.source, target=a.target, config=config_from_args(a),
-                                  models_dir=getattr(a, "models_dir", None), data_dir=getattr(a, "data_dir", None))
-
-
-@subcommand("mirror", "Mirror-CFE counterfactuals for one class pair (reflect, L-BFGS, decode, metrics, report)")
-def _mirror_parser(p):
-    add_mirror_args(p)
-    return run_mirror_cli
-
-
-@subcommand("train-mirror-decoder", "train (or reuse) the Mirror-CFE decoder of a dataset")
-def _train_decoder_parser(p):
-    p.add_argument("--data", default="mnist5k")
-    p.add_argument("--out", required=True, help="run directory; models go to OUT/models/<data>/ (or --models-dir)")
-    p.add_argument("--models-dir", default=None)
-    p.add_argument("--pair", default=None, help="S,T: train on this pair (both directions) only; default: one decoder for all pairs")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--smoke", action="store_true")
-
-    def run(a):
-        import json
-
-        cfg = MirrorJobConfig.smoke_config() if a.smoke else MirrorJobConfig()
-        dec = cfg.decoder
-        over = {k: v for k, v in dict(steps=a.steps, batch_size=a.batch_size, seed=a.seed).items() if v is not None}
-        if a.pair:
-            try:
-                s, t = (int(v) for v in a.pair.split(","))
-            except ValueError:
-                raise bad_arg("--pair", repr(a.pair), "two class indices 'S,T'") from None
-            over["pairs"] = ((s, t), (t, s))
-        if "steps" in over:
-            over["checkpoint_every"] = min(dec.checkpoint_every, over["steps"])
-        dec = dataclasses.replace(dec, **over)
-        cfg = dataclasses.replace(cfg, decoder=dec)
-        out = check_writable_dir(a.out, "out")
-        models_dir = Path(a.models_dir) if a.models_dir else out / "models"
-        train, test, clf_t, _, root = load_models(a.data, models_dir, cfg, data_dir=a.data_dir, backbone=False)
-        d, s_ = get_decoder(clf_t, train, test, root, dec)
-        print(json.dumps({"data": a.data, "decoder_dir": str(decoder_dir(root, dec)), "wall_s": round(s_, 1), **d.metrics}, indent=1))
-
-    return run
-
-
 __all__ = [
     "MIRROR_PAIRS",
+    "PER_EXAMPLE",
     "Backbone",
+    "MirrorJob",
     "MirrorJobConfig",
-    "add_mirror_args",
     "classifier_backbone",
-    "config_from_args",
+    "decoder_dir",
+    "get_decoder",
     "load_models",
-    "make_mirror_step",
-    "mirror_chunk",
-    "pair_table",
-    "parse_pairs",
-    "run_mirror_global",
-    "run_mirror_cli",
+    "mirror_evaluators",
+    "mirror_rows",
     "run_mirror_explanation",
-    "summarize",
+    "run_mirror_global",
+    "train_decoder",
 ]

@@ -242,7 +242,7 @@ def random_shift(key: jax.Array, x: jnp.ndarray, max_shift: int) -> jnp.ndarray:
 
 def random_blur(key: jax.Array, x: jax.Array, fraction: float) -> jax.Array:
     """Blur a random ``fraction`` of the images in ``x`` [n, h, w, c] with sigma 0.5, 1 or 1.5."""
-    from cfjax.metrics import gaussian_blur
+    from cfjax.eval.metrics import gaussian_blur
 
     kb, ks = jax.random.split(key)
     n = x.shape[0]

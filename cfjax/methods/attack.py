@@ -61,6 +61,8 @@ from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 from cfjax._checks import check_finite, check_images
+from cfjax.cpu_grads import cpu_friendly
+from cfjax.cpu_grads import maybe_rewrite as _maybe_rewrite
 from cfjax.errors import bad_arg
 
 SUCCESS, BUDGET, ZERO_GRAD, NON_FINITE = 0, 1, 2, 3
@@ -137,146 +139,6 @@ def target_probability(l: Float[Array, "k"], target, objective: str) -> Float[Ar
     s = jax.nn.sigmoid(jnp.reshape(l, ()))
     return jnp.where(target == 1, s, 1.0 - s)
 
-
-# --- Gradient rewrite for XLA:CPU ------------------------------------------------------
-# XLA:CPU runs the input-gradient of a convolution ~3-10x slower INSIDE a loop body than in
-# straight-line code: JAX's transpose rule emits a conv whose kernel is labelled (out, in)
-# swapped ("01oi"), which the fast CPU conv paths only accept after a layout fix-up that does
-# not happen in while bodies (measured: 16x16x32->16 conv grad, 13.7k/s straight vs 1.1k/s in
-# a scan). And max-pooling's gradient (select_and_scatter) is slow everywhere on CPU. The
-# rewrite re-interprets the user's function with (a) every conv_general_dilated given a
-# custom VJP whose input-gradient is JAX's own rule applied to the same conv written with a
-# physically transposed kernel (so the emitted backward conv has the canonical layout), and
-# (b) non-overlapping max-pooling windows given a first-argmax VJP (select_and_scatter's
-# choice). Values and gradients are unchanged up to float rounding (tested).
-
-
-def _conv_fast_vjp(lhs, rhs, params):
-    bind = lambda l, r, **kw: lax.conv_general_dilated_p.bind(l, r, **{**params, **kw})  # noqa: E731
-
-    @jax.custom_vjp
-    def conv(l, r):
-        return bind(l, r)
-
-    def fwd(l, r):
-        return bind(l, r), (l, r)
-
-    def bwd(res, g):
-        l, r = res
-        dn = params["dimension_numbers"]
-        o, i = dn.rhs_spec[0], dn.rhs_spec[1]
-        perm = list(range(r.ndim))
-        perm[o], perm[i] = perm[i], perm[o]
-        r_t = jnp.transpose(r, perm)  # same logical kernel, (in, out) physically swapped
-        dn_t = lax.ConvDimensionNumbers(dn.lhs_spec, (i, o) + tuple(dn.rhs_spec[2:]), dn.out_spec)
-        gl = jax.vjp(lambda l_: bind(l_, r_t, dimension_numbers=dn_t), l)[1](g)[0]
-        gr = jax.vjp(lambda r_: bind(l, r_), r)[1](g)[0]
-        return gl, gr
-
-    conv.defvjp(fwd, bwd)
-    return conv(lhs, rhs)
-
-
-def _pool_fast_vjp(x, params):
-    """reduce_window_max with non-overlapping windows (window == strides, no dilation)."""
-    win, pad = params["window_dimensions"], params["padding"]
-    neg = jnp.array(-jnp.inf, x.dtype)
-    xp = jnp.pad(x, pad, constant_values=neg) if any(lo or hi for lo, hi in pad) else x
-    if any(s % w for s, w in zip(xp.shape, win)):
-        return lax.reduce_window_max_p.bind(x, **params)
-    split = [d for s, w in zip(xp.shape, win) for d in (s // w, w)]
-    inner = tuple(range(1, 2 * x.ndim, 2))
-    outer = tuple(range(0, 2 * x.ndim, 2))
-
-    def windows(a):  # [..., out_k, ..., w] -> [out..., prod(w)]
-        return jnp.transpose(a.reshape(split), outer + inner).reshape(*(s // w for s, w in zip(xp.shape, win)), -1)
-
-    @jax.custom_vjp
-    def pool(a):
-        return lax.reduce_window_max_p.bind(a, **params)
-
-    def fwd(a):
-        return pool(a), a
-
-    def bwd(a, g):
-        ap = jnp.pad(a, pad, constant_values=neg) if a.shape != xp.shape else a
-        w = windows(ap)
-        pick = jax.nn.one_hot(jnp.argmax(w, axis=-1), w.shape[-1], dtype=g.dtype) * g[..., None]  # first max, as select_and_scatter
-        back = pick.reshape(*w.shape[:-1], *win)
-        nd = x.ndim
-        back = jnp.transpose(back, [j for k in range(nd) for j in (k, nd + k)]).reshape(xp.shape)
-        sl = tuple(slice(lo, lo + n) for (lo, _), n in zip(pad, a.shape))
-        return (back[sl],)
-
-    pool.defvjp(fwd, bwd)
-    return pool(x)
-
-
-def _eval_rewritten(jaxpr, consts, *args):
-    env = {}
-
-    def read(v):
-        return v.val if isinstance(v, jex_core.Literal) else env[v]
-
-    for v, c in zip(jaxpr.constvars, consts):
-        env[v] = c
-    for v, a in zip(jaxpr.invars, args):
-        env[v] = a
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        name = eqn.primitive.name
-        if eqn.primitive is lax.conv_general_dilated_p:
-            outs = [_conv_fast_vjp(*invals, eqn.params)]
-        elif (
-            eqn.primitive is lax.reduce_window_max_p
-            and tuple(eqn.params["window_dimensions"]) == tuple(eqn.params["window_strides"])
-            and all(d == 1 for d in eqn.params["base_dilation"])
-            and all(d == 1 for d in eqn.params["window_dilation"])
-            and jnp.issubdtype(invals[0].dtype, jnp.floating)
-        ):
-            outs = [_pool_fast_vjp(invals[0], eqn.params)]
-        elif name in ("jit", "pjit") and "jaxpr" in eqn.params:
-            sub = eqn.params["jaxpr"]
-            outs = _eval_rewritten(sub.jaxpr, sub.consts, *invals)
-        else:
-            bp = eqn.primitive.get_bind_params(eqn.params)
-            subfuns, bp = bp if isinstance(bp, tuple) else ((), bp)  # (subfuns, params) in older JAX
-            ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
-            if ctx is not None:
-                with ctx:
-                    outs = eqn.primitive.bind(*subfuns, *invals, **bp)
-            else:
-                outs = eqn.primitive.bind(*subfuns, *invals, **bp)
-            if not eqn.primitive.multiple_results:
-                outs = [outs]
-        for v, val in zip(eqn.outvars, outs):
-            if not isinstance(v, jex_core.DropVar):
-                env[v] = val
-    return [read(v) for v in jaxpr.outvars]
-
-
-def cpu_friendly(fn: Callable) -> Callable:
-    """``fn`` with the same values and gradients, re-expressed so that its reverse-mode
-    gradient runs fast on XLA:CPU inside loops (see the comment above). Any JAX callable
-    of array arguments; falls back to ``fn`` if its program cannot be re-interpreted."""
-
-    @functools.wraps(fn)
-    def wrapped(*args):
-        try:
-            closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-        except Exception:  # noqa: BLE001 - e.g. non-array arguments: leave fn alone
-            return fn(*args)
-        flat_args = jax.tree_util.tree_leaves(args)
-        outs = _eval_rewritten(closed.jaxpr, closed.consts, *flat_args)
-        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), outs)
-
-    return wrapped
-
-
-def _maybe_rewrite(fn: Callable, rewrite) -> Callable:
-    if rewrite is None:
-        rewrite = jax.default_backend() == "cpu"
-    return cpu_friendly(fn) if rewrite else fn
 
 
 def _is_int(v) -> bool:

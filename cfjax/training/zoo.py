@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from cfjax import data as cdata
-from cfjax import train as ct
+from cfjax.training import loop as ct
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,12 @@ SMOKE = ZooConfig(
 )
 
 
+def defaults_for(dataset: str) -> ZooConfig:
+    """The default models' configs of ``dataset`` (datasets without their own entry, e.g.
+    ``celeb_a``, get Fashion-MNIST's: the one place this fallback lives)."""
+    return DEFAULTS.get(dataset, DEFAULTS["fashion_mnist"])
+
+
 class Models(NamedTuple):
     """A dataset's train/test splits and its trained classifier and VAE."""
 
@@ -82,10 +88,7 @@ def get_models(
       limit: cap the number of train/test examples (smoke runs).
     """
     if config is None:
-        if dataset not in DEFAULTS:
-            config = DEFAULTS["fashion_mnist"]
-        else:
-            config = DEFAULTS[dataset]
+        config = defaults_for(dataset)
     train = cdata.load(dataset, "train", data_dir=data_dir, limit=limit)
     test = cdata.load(dataset, "test", data_dir=data_dir, limit=limit)
     root = Path(cache_dir) / dataset

@@ -29,7 +29,7 @@ def _img(a):
     return a
 
 
-def _show(ax, img, title=None, cmap="gray", vmin=0.0, vmax=1.0):
+def show(ax, img, title=None, cmap="gray", vmin=0.0, vmax=1.0):
     img = _img(img)
     ax.imshow(np.clip(img, vmin, vmax) if img.ndim == 3 else img, cmap=cmap if img.ndim == 2 else None, vmin=vmin, vmax=vmax)
     ax.set_xticks([])
@@ -60,10 +60,10 @@ def grid_figure(original, reconstruction, counterfactual, path, row_titles: Sequ
     n = len(original)
     fig, axes = plt.subplots(n, 4, figsize=(4 * 1.3, n * 1.35), squeeze=False)
     for i in range(n):
-        _show(axes[i, 0], original[i], "original" if i == 0 else None)
-        _show(axes[i, 1], reconstruction[i], "reconstruction" if i == 0 else None)
-        _show(axes[i, 2], counterfactual[i], "counterfactual" if i == 0 else None)
-        _show(axes[i, 3], _diff(counterfactual[i], reconstruction[i]), "difference" if i == 0 else None, cmap=DIFF_CMAP, vmin=-1, vmax=1)
+        show(axes[i, 0], original[i], "original" if i == 0 else None)
+        show(axes[i, 1], reconstruction[i], "reconstruction" if i == 0 else None)
+        show(axes[i, 2], counterfactual[i], "counterfactual" if i == 0 else None)
+        show(axes[i, 3], _diff(counterfactual[i], reconstruction[i]), "difference" if i == 0 else None, cmap=DIFF_CMAP, vmin=-1, vmax=1)
         if row_titles:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=7)
     return atomic_savefig(fig, path)
@@ -110,7 +110,7 @@ def progression_strip(
     for i in range(n):
         for jj, j in enumerate(cols):
             step = f"{j * every}: " if every else ""
-            _show(axes[i, jj], trajectories[i, j], f"{step}{probs[i, j]:.2f}")
+            show(axes[i, jj], trajectories[i, j], f"{step}{probs[i, j]:.2f}")
         if row_titles:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=7)
     return atomic_savefig(fig, path)
@@ -137,7 +137,7 @@ def attribution_bars(stats: dict, path, title: str = "", top_k: int = 10, pairs:
 
     Args:
       stats: either one stats dict ``{attr: {mean, mean_abs, std, count}}`` (one panel) or a
-        whole :func:`cfjax.attribution.global_finalize` result (a panel for ``"overall"`` and
+        whole :func:`cfjax.methods.attribution.global_finalize` result (a panel for ``"overall"`` and
         one per pair in ``pairs``; default: every pair present, at most 12).
       path: output file.
       title: figure title (one panel) or prefix.
@@ -199,11 +199,11 @@ def side_by_side(original, latent, pixel, path, row_titles: Sequence[str] | None
     n = len(original)
     fig, axes = plt.subplots(n, 5, figsize=(5 * 1.3, n * 1.35), squeeze=False)
     for i in range(n):
-        _show(axes[i, 0], original[i], "original" if i == 0 else None)
-        _show(axes[i, 1], lx[i], "latent CF" if i == 0 else None)
-        _show(axes[i, 2], _diff(lx[i], original[i]), "latent diff" if i == 0 else None, cmap=DIFF_CMAP, vmin=-1, vmax=1)
-        _show(axes[i, 3], px[i], "pixel CF" if i == 0 else None)
-        _show(axes[i, 4], _diff(px[i], original[i]), "pixel diff" if i == 0 else None, cmap=DIFF_CMAP, vmin=-1, vmax=1)
+        show(axes[i, 0], original[i], "original" if i == 0 else None)
+        show(axes[i, 1], lx[i], "latent CF" if i == 0 else None)
+        show(axes[i, 2], _diff(lx[i], original[i]), "latent diff" if i == 0 else None, cmap=DIFF_CMAP, vmin=-1, vmax=1)
+        show(axes[i, 3], px[i], "pixel CF" if i == 0 else None)
+        show(axes[i, 4], _diff(px[i], original[i]), "pixel diff" if i == 0 else None, cmap=DIFF_CMAP, vmin=-1, vmax=1)
         if row_titles:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=7)
     return atomic_savefig(fig, path)

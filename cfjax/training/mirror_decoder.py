@@ -1,41 +1,9 @@
-r"""Mirror-CFE core: feature-map reflection, L-BFGS refinement, transitions, class spatial prior.
+"""Training of the Mirror-CFE decoder ``G`` (feature map -> image) against a frozen classifier.
 
-The classifier is a GAP-CNN: its last conv map :math:`F \in \mathbb{R}^{h \times w \times C}`
-is averaged to :math:`z = \mathrm{GAP}(F)` and read by one linear head
-:math:`\ell = W z + b` (``W`` [K, C]). For a source class ``s`` and target ``t`` the
-decision boundary between them is the hyperplane :math:`w_m \cdot x + b_m = 0` with
-:math:`w_m = W_t - W_s`, :math:`b_m = b_t - b_s` (the **mirror**).
-
-* :func:`reflect_map` reflects every spatial position of ``F`` across the mirror:
-  :math:`r = x - 2 \frac{w_m \cdot x + b_m}{\|w_m\|^2} w_m` (squared norm: ``w_m`` is not a
-  unit vector). GAP is linear, so ``GAP(F_r)`` is the exact reflection of ``z`` and the
-  s/t margin is negated. No non-negativity is imposed.
-* :func:`reflect` refines the reflection so that the logits become exactly the source logits
-  with entries ``s`` and ``t`` swapped (``q``): it minimises :math:`\|W\,\mathrm{GAP}(F') + b -
-  q\|^2` over the whole map ``F'`` starting at ``F_r``, with ``jaxopt.LBFGS`` (default),
-  ``optax.lbfgs`` or the closed form (``"exact"``: the minimum-norm uniform per-channel shift
-  :math:`\delta = W^+ (q - W\,\mathrm{GAP}(F_r) - b)`, :math:`W^+ = W^\top (W W^\top)^{-1}`
-  for full-row-rank ``W``). The loss depends on ``F'`` only through its GAP and its gradient
-  is the same at every position, so gradient-based solvers started at ``F_r`` also move ``F``
-  by uniform shifts in the row space of ``W``: at convergence all three give the same map.
-* :func:`transition` / :func:`logits_along`: :math:`F_k = F_s + k (F' - F_s)`; the logits
-  interpolate exactly (``k = 0.5`` lies on the s/t boundary, ``k = 1`` swaps the
-  confidences). :func:`first_counterfactual` picks the smallest ``k > 0.5`` whose *decoded*
-  image the classifier assigns to ``t``.
-* :func:`class_activation_maps` / :func:`csp_mask`: the class spatial prior that tells the
-  decoder where it may edit the source's skip features.
-
-Everything here is pure, works on ONE example and is ``jax.vmap``-able; ``source``/``target``
-may be traced integers.
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-  >>> F = jax.random.normal(k1, (4, 4, 16)); W = jax.random.normal(k2, (5, 16)); b = jnp.zeros(5)
-  >>> res = reflect(F, W, b, 0, 1, solver="exact")
-  >>> l_s = W @ F.mean((0, 1)) + b; l_r = W @ res.F_r.mean((0, 1)) + b
-  >>> bool(jnp.allclose(l_r[jnp.array([1, 0, 2, 3, 4])], l_s, atol=1e-3))
-  True
+The method itself (reflection, refinement, transitions, first counterfactual, the class
+spatial prior) lives in :mod:`cfjax.methods.mirror`; the decoder architecture in
+:mod:`cfjax.models.mirror_decoder`. This module holds the decoder's config, losses, batch
+sampler, training loop (orbax-checkpointed, resumable) and a quick held-out evaluation.
 """
 
 from __future__ import annotations
@@ -47,308 +15,19 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import jaxopt
 import numpy as np
 import optax
-import optax.tree_utils as otu
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float
 
-SOLVERS = ("jaxopt", "optax", "exact")
+from cfjax.methods.mirror import SOLVERS, batched_decoder, gap, reflect, skip_masks
 
-
-def gap(F: Float[Array, "h w C"]) -> Float[Array, "C"]:
-    """Global average pooling of one feature map."""
-    return jnp.mean(F, axis=(-3, -2))
-
-
-def mirror_plane(W: Float[Array, "K C"], b: Float[Array, "K"], source, target) -> tuple[Float[Array, "C"], Float[Array, ""]]:
-    """The s/t decision hyperplane ``w_m . x + b_m = 0`` with ``w_m = W_t - W_s``, ``b_m = b_t - b_s``
-    (positive on the target side)."""
-    W, b = jnp.asarray(W), jnp.asarray(b)
-    return W[target] - W[source], b[target] - b[source]
-
-
-def reflect_map(F: Float[Array, "h w C"], w_m: Float[Array, "C"], b_m: Float[Array, ""]) -> Float[Array, "h w C"]:
-    r"""Reflect every position ``f`` of ``F`` across the plane ``w_m . x + b_m = 0``.
-
-    :math:`p = f - \frac{w_m \cdot f + b_m}{\|w_m\|^2} w_m` (projection onto the plane),
-    :math:`r = 2p - f`. Works for any leading shape (a vector ``z`` too).
-    """
-    nn = jnp.sum(w_m * w_m)
-    # w_m = 0 (identical head rows): no boundary to reflect across; leave F as it is (the
-    # refinement then reports whether the swapped logits are reachable) instead of NaNs
-    margin = jnp.where(nn > 0, (F @ w_m + b_m) / jnp.where(nn > 0, nn, 1.0), 0.0)
-    p = F - margin[..., None] * w_m
-    return 2.0 * p - F
-
-
-def swapped_logits(logits: Float[Array, "K"], source, target) -> Float[Array, "K"]:
-    """``logits`` with entries ``source`` and ``target`` exchanged (the refinement's goal ``q``)."""
-    logits = jnp.asarray(logits)
-    ls, lt = logits[source], logits[target]
-    return logits.at[source].set(lt).at[target].set(ls)
-
-
-class ReflectResult(NamedTuple):
-    """Result of :func:`reflect` for one example.
-
-    Attributes:
-      F_r: [h, w, C] the refined reflected map ``F'`` (what transitions end at).
-      F_reflect: [h, w, C] the plain per-position reflection (before refinement).
-      residual: [] ``||W GAP(F_r) + b - q||_2``.
-      iterations: int [] solver iterations (0 for ``"exact"``).
-      converged: bool [] the solver met its stopping criterion within ``maxiter``
-        (``"exact"``: the residual is within float32 round-off of zero, i.e. ``q`` is reachable).
-      target_logits: [K] ``q``, the source logits with ``s`` and ``t`` swapped.
-    """
-
-    F_r: Float[Array, "h w C"]
-    F_reflect: Float[Array, "h w C"]
-    residual: Float[Array, ""]
-    iterations: Int[Array, ""]
-    converged: Bool[Array, ""]
-    target_logits: Float[Array, "K"]
-
-
-def exact_shift(W: Float[Array, "K C"], r: Float[Array, "K"]) -> Float[Array, "C"]:
-    r"""Minimum-norm ``delta`` with ``W delta = r``: :math:`W^\top (W W^\top)^{-1} r` (via ``pinv``,
-    so a rank-deficient head gives the least-squares solution instead of NaNs)."""
-    return jnp.linalg.pinv(W) @ r
-
-
-def _lbfgs_optax(fun, x0, maxiter: int, tol: float):
-    """``optax.lbfgs`` in a ``lax.while_loop``; returns ``(x, iterations, grad_norm)``."""
-    opt = optax.lbfgs()
-    vag = optax.value_and_grad_from_state(fun)
-
-    def step(carry):
-        x, state = carry
-        value, grad = vag(x, state=state)
-        updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=fun)
-        return optax.apply_updates(x, updates), state
-
-    def cont(carry):
-        _, state = carry
-        it = otu.tree_get(state, "count")
-        err = otu.tree_norm(otu.tree_get(state, "grad"))
-        return (it == 0) | ((it < maxiter) & (err >= tol))
-
-    x, state = jax.lax.while_loop(cont, step, (x0, opt.init(x0)))
-    # the linesearch state holds the gradient at the accepted x: the loop's own stopping test
-    return x, otu.tree_get(state, "count"), otu.tree_norm(otu.tree_get(state, "grad"))
-
-
-def _check_reflect_args(F, W, source, target) -> None:
-    """Shape checks always; class-index checks when ``source``/``target`` are concrete."""
-    from cfjax.errors import bad_arg
-
-    if W.ndim != 2:
-        raise bad_arg("W", f"shape {tuple(W.shape)}", "a [K, C] head matrix")
-    if F.ndim != 3 or F.shape[-1] != W.shape[1]:
-        raise bad_arg("feature_map_F", f"shape {tuple(F.shape)}", f"a single [h, w, {W.shape[1]}] feature map matching W [K, C] (vmap for batches)")
-    if isinstance(source, jax.core.Tracer) or isinstance(target, jax.core.Tracer):
-        return
-    K = W.shape[0]
-    for name, v in (("source", source), ("target", target)):
-        if not 0 <= int(v) < K:
-            raise bad_arg(name, repr(v), f"a class index in [0, {K - 1}]")
-    if int(source) == int(target):
-        raise bad_arg("target", f"target == source == {int(source)}", "a target class different from the source")
-    try:
-        same_rows = bool(np.all(np.asarray(W[int(source)]) == np.asarray(W[int(target)])))
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):  # W traced: no value check
-        same_rows = False
-    if same_rows:
-        raise bad_arg("W", f"identical rows for source {int(source)} and target {int(target)}", "distinct head rows (no decision boundary between the classes)")
-
-
-def reflect(
-    feature_map_F: Float[Array, "h w C"],
-    W: Float[Array, "K C"],
-    b: Float[Array, "K"],
-    source,
-    target,
-    *,
-    solver: str = "jaxopt",
-    maxiter: int = 100,
-    tol: float = 1e-5,
-) -> ReflectResult:
-    r"""Mirror a feature map from ``source`` to ``target`` and refine it to the swapped logits.
-
-    Args:
-      feature_map_F: ``F`` [h, w, C] of one image (the classifier's last conv map).
-      W, b: the linear head (``logits = W GAP(F) + b``), ``W`` [K, C].
-      source, target: class indices (Python or traced ints).
-      solver: ``"jaxopt"`` (``jaxopt.LBFGS``, default), ``"optax"`` (``optax.lbfgs`` in a
-        ``while_loop``) or ``"exact"`` (closed-form per-channel shift, the test oracle).
-        jaxopt runs with ``unroll=False``: its default (``"auto"``) unrolls the loop under
-        ``vmap`` and is ~60x slower on CPU.
-      maxiter: L-BFGS iteration cap.
-      tol: stopping tolerance on the gradient norm of :math:`\|W\,\mathrm{GAP}(F') + b - q\|^2`.
-
-    Returns:
-      :class:`ReflectResult`. Non-convergence is reported in ``converged`` (never raised
-      inside ``jit``); check it and ``residual``.
-    """
-    if solver not in SOLVERS:
-        from cfjax.errors import bad_arg
-
-        raise bad_arg("solver", repr(solver), f"one of {SOLVERS}")
-    F, W, b = jnp.asarray(feature_map_F), jnp.asarray(W), jnp.asarray(b)
-    _check_reflect_args(F, W, source, target)
-    w_m, b_m = mirror_plane(W, b, source, target)
-    F_reflect = reflect_map(F, w_m, b_m)
-    q = swapped_logits(W @ gap(F) + b, source, target)
-
-    def loss(Fp):
-        r = W @ gap(Fp) + b - q
-        return jnp.sum(r * r)
-
-    if solver == "exact":
-        delta = exact_shift(W, q - W @ gap(F_reflect) - b)
-        F_r = F_reflect + delta
-        iterations = jnp.zeros((), jnp.int32)
-        res = jnp.linalg.norm(W @ gap(F_r) + b - q)
-        converged = res <= 1e-4 * (1.0 + jnp.linalg.norm(q))
-    elif solver == "jaxopt":
-        F_r, state = jaxopt.LBFGS(fun=loss, maxiter=maxiter, tol=tol, implicit_diff=False, unroll=False).run(F_reflect)
-        iterations = jnp.asarray(state.iter_num, jnp.int32)
-        converged = state.error <= tol
-        res = jnp.linalg.norm(W @ gap(F_r) + b - q)
-    else:
-        F_r, iterations, err = _lbfgs_optax(loss, F_reflect, maxiter, tol)
-        iterations = jnp.asarray(iterations, jnp.int32)
-        converged = err <= tol
-        res = jnp.linalg.norm(W @ gap(F_r) + b - q)
-    return ReflectResult(F_r, F_reflect, res, iterations, jnp.asarray(converged), q)
-
-
-def transition(F_s: Float[Array, "h w C"], F_r: Float[Array, "h w C"], k) -> Float[Array, "h w C"]:
-    """``F_k = F_s + k (F_r - F_s)``: ``k = 0`` is the source, ``k = 1`` the refined mirror."""
-    return F_s + k * (F_r - F_s)
-
-
-def transitions(F_s: Float[Array, "h w C"], F_r: Float[Array, "h w C"], ks: Float[Array, "m"]) -> Float[Array, "m h w C"]:
-    """:func:`transition` at every ``k`` of ``ks``."""
-    ks = jnp.asarray(ks, F_s.dtype)
-    return F_s[None] + ks[:, None, None, None] * (F_r - F_s)[None]
-
-
-def logits_along(W: Float[Array, "K C"], b: Float[Array, "K"], F_s, F_r, ks: Float[Array, "m"]) -> Float[Array, "m K"]:
-    """Head logits of ``GAP(F_k)`` along ``ks`` (exactly linear in ``k``)."""
-    W, b = jnp.asarray(W), jnp.asarray(b)
-    l_s = W @ gap(F_s) + b
-    l_r = W @ gap(F_r) + b
-    ks = jnp.asarray(ks, l_s.dtype)
-    return l_s[None] + ks[:, None] * (l_r - l_s)[None]
-
-
-def default_k_grid(step: float = 0.05) -> Float[Array, "m"]:
-    """``0, step, ..., 1`` (21 points for ``step = 0.05``)."""
-    n = int(round(1.0 / step))
-    return jnp.linspace(0.0, 1.0, n + 1)
-
-
-def first_counterfactual(
-    decoded_logits: Float[Array, "m K"],
-    ks: Float[Array, "m"],
-    target,
-    *,
-    k_min: float = 0.5,
-) -> tuple[Float[Array, ""], Int[Array, ""], Bool[Array, ""]]:
-    """The first counterfactual along a transition.
-
-    Args:
-      decoded_logits: the classifier's logits on the decoded images ``G(F_k)`` for each ``k``.
-      ks: the grid, increasing (e.g. :func:`default_k_grid`).
-      target: the target class.
-      k_min: only ``k > k_min`` count (the logits cross the boundary at 0.5).
-
-    Returns:
-      ``(k, index, found)``: the smallest grid ``k > k_min`` whose decoded image is classified
-      as ``target``; when none is, ``found`` is False, ``index`` the last grid point and ``k``
-      NaN.
-    """
-    ks = jnp.asarray(ks)
-    ok = (jnp.argmax(decoded_logits, -1) == target) & (ks > k_min + 1e-6)
-    found = jnp.any(ok)
-    idx = jnp.where(found, jnp.argmax(ok), ks.shape[0] - 1)
-    return jnp.where(found, ks[idx], jnp.nan), idx.astype(jnp.int32), found
-
-
-def class_activation_maps(F: Float[Array, "h w C"], W: Float[Array, "K C"]) -> Float[Array, "h w K"]:
-    """CAMs ``U[i, j, c] = W_c . F[i, j]`` (no bias)."""
-    return F @ jnp.asarray(W).T
-
-
-def normalized_cam(F: Float[Array, "h w C"], w_c: Float[Array, "C"]) -> Float[Array, "h w"]:
-    """``ReLU(U_c) / max ReLU(U_c)`` in [0, 1] (all zeros when the class has no positive evidence)."""
-    u = jax.nn.relu(F @ w_c)
-    return u / jnp.maximum(jnp.max(u), 1e-8)
-
-
-def csp_rho(k, rho_l: float, rho_u: float):
-    """The CSP threshold ``clip(1 - k, rho_l, rho_u)``: a large ``k`` opens a wider region."""
-    return jnp.clip(1.0 - jnp.asarray(k, jnp.float32), rho_l, rho_u)
-
-
-def csp_mask(
-    F_k: Float[Array, "h w C"],
-    W: Float[Array, "K C"],
-    source,
-    target,
-    k,
-    rho_l: float = 0.1,
-    rho_u: float = 0.5,
-    out_hw: tuple[int, int] | None = None,
-) -> Float[Array, "H W 1"]:
-    """Class spatial prior: where the decoder may edit the source's skip features.
-
-    The normalised CAMs of ``source`` and ``target`` on ``F_k`` are resized (bilinear) to
-    ``out_hw`` and thresholded at ``rho = clip(1 - k, rho_l, rho_u)``:
-    ``M = (CAM_s > rho) OR (CAM_t > rho)``, a {0, 1} float mask [H, W, 1].
-    """
-    W = jnp.asarray(W)
-    out_hw = tuple(F_k.shape[:2]) if out_hw is None else tuple(out_hw)
-    cams = jnp.stack([normalized_cam(F_k, W[source]), normalized_cam(F_k, W[target])], -1)
-    if cams.shape[:2] != out_hw:
-        cams = jax.image.resize(cams, (*out_hw, 2), "bilinear")
-    rho = csp_rho(k, rho_l, rho_u)
-    return jnp.any(cams > rho, axis=-1, keepdims=True).astype(F_k.dtype)
-
-
-__all__ = [
-    "SOLVERS",
-    "ReflectResult",
-    "class_activation_maps",
-    "csp_mask",
-    "csp_rho",
-    "default_k_grid",
-    "exact_shift",
-    "first_counterfactual",
-    "gap",
-    "logits_along",
-    "mirror_plane",
-    "normalized_cam",
-    "reflect",
-    "reflect_map",
-    "swapped_logits",
-    "transition",
-    "transitions",
-]
-
-
-# ============================================================================ decoder training
-#
 # The decoder G maps F_k back to an image; it is trained with the classifier frozen
-# (DESIGN.md §5). The method functions above stay free of Flax/optax; everything below
-# builds on them.
-
+# (the losses are documented in docs/mirror_cfe.md).
 
 
 @dataclasses.dataclass(frozen=True)
 class MirrorDecoderConfig:
-    """Decoder architecture, losses and optimisation (DESIGN.md §5).
+    """Decoder architecture, losses and optimisation (docs/mirror_cfe.md).
 
     One decoder per dataset serves every (source, target) pair unless ``pairs`` restricts
     training to some directed pairs. Each training sample: a real image, ``source`` = its
@@ -421,19 +100,6 @@ class DecoderTrained(NamedTuple):
     config: dict
 
 
-def skip_masks(
-    F_k: Float[Array, "h w C"],
-    W: Float[Array, "K C"],
-    source,
-    target,
-    k,
-    skip_hws: Sequence[tuple[int, int]],
-    rho_l: float,
-    rho_u: float,
-) -> list:
-    """One :func:`csp_mask` per skip resolution (one example)."""
-    return [csp_mask(F_k, W, source, target, k, rho_l, rho_u, hw) for hw in skip_hws]
-
 
 def build_decoder(cfg: MirrorDecoderConfig, image_shape):
     from cfjax.models.mirror_decoder import MirrorDecoder, PatchDiscriminator
@@ -441,17 +107,6 @@ def build_decoder(cfg: MirrorDecoderConfig, image_shape):
     g = MirrorDecoder(image_shape=tuple(image_shape), widths=tuple(cfg.widths), editor_width=cfg.editor_width, fk_channels=cfg.fk_channels)
     return g, PatchDiscriminator(widths=tuple(cfg.disc_widths))
 
-
-def bind_mirror_decoder(module, params, W, rho_l: float, rho_u: float) -> Callable:
-    """Single-example ``decode(F_k, skips, source, target, k) -> x`` [H, W, c] that computes the
-    CSP masks itself (``skips``: the source image's earlier block maps, unbatched)."""
-    W = jnp.asarray(W)
-
-    def decode(F_k, skips, source, target, k):
-        masks = skip_masks(F_k, W, source, target, k, [s.shape[:2] for s in skips], rho_l, rho_u)
-        return module.apply(params, F_k[None], [s[None] for s in skips], [m[None] for m in masks])[0]
-
-    return decode
 
 
 def mirror_decoder_losses(
@@ -548,7 +203,7 @@ def sample_batch(step: int, cfg: MirrorDecoderConfig, images: np.ndarray, labels
 
 
 def _blur(x, sigma: float = 1.0):
-    from cfjax.metrics import gaussian_blur
+    from cfjax.eval.metrics import gaussian_blur
 
     return gaussian_blur(x, sigma)
 
@@ -598,7 +253,7 @@ def evaluate_mirror_decoder(
 
     def build():
         def run(params, x, s, t):
-            decode_batch = batched_decoder(module, params, W, cfg)
+            decode_batch = batched_decoder(module, params, W, cfg.rho_l, cfg.rho_u)
             maps = jax.vmap(clf.feature_maps)(x)
             F_s = maps[-1]
             res = jax.vmap(lambda F, ss, tt: reflect(F, W, b, ss, tt, solver=solver))(F_s, s, t)
@@ -618,18 +273,6 @@ def evaluate_mirror_decoder(
     run = _cached_jit(("eval", id(clf), cfg, solver, tuple(images.shape[1:])), clf, build)
     return {k: float(v) for k, v in run(params, x, s, t).items()}
 
-
-def batched_decoder(module, params, W, cfg: MirrorDecoderConfig) -> Callable:
-    """Batched ``decode(F_k [n,h,w,C], skips [list of n,hi,wi,ci], source [n], target [n], k [n])
-    -> x [n, H, W, c]`` computing the CSP masks (``cfg.rho_l``/``rho_u``) itself."""
-    W = jnp.asarray(W)
-
-    def decode_batch(F_k, skips, s, t, k):
-        hws = [sk.shape[1:3] for sk in skips]
-        masks = jax.vmap(lambda f, ss, tt, kk: skip_masks(f, W, ss, tt, kk, hws, cfg.rho_l, cfg.rho_u))(F_k, s, t, k)
-        return module.apply(params, F_k, list(skips), masks)
-
-    return decode_batch
 
 
 def _decoder_config(cfg: MirrorDecoderConfig, image_shape, num_classes: int, data_name: str, classifier_digest: str) -> dict:
@@ -796,17 +439,14 @@ def load_or_train_mirror_decoder(
     return train_mirror_decoder(clf, train, cfg, test=test, workdir=workdir, classifier_digest=classifier_digest, progress=progress)
 
 
-__all__ += [
+__all__ = [
     "DecoderTrained",
     "MirrorDecoderConfig",
-    "batched_decoder",
-    "bind_mirror_decoder",
     "build_decoder",
     "discriminator_loss",
     "evaluate_mirror_decoder",
     "load_or_train_mirror_decoder",
     "mirror_decoder_losses",
     "sample_batch",
-    "skip_masks",
     "train_mirror_decoder",
 ]

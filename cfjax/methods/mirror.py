@@ -1,0 +1,501 @@
+r"""Mirror-CFE core: feature-map reflection, L-BFGS refinement, transitions, class spatial prior.
+
+The classifier is a GAP-CNN: its last conv map :math:`F \in \mathbb{R}^{h \times w \times C}`
+is averaged to :math:`z = \mathrm{GAP}(F)` and read by one linear head
+:math:`\ell = W z + b` (``W`` [K, C]). For a source class ``s`` and target ``t`` the
+decision boundary between them is the hyperplane :math:`w_m \cdot x + b_m = 0` with
+:math:`w_m = W_t - W_s`, :math:`b_m = b_t - b_s` (the **mirror**).
+
+* :func:`reflect_map` reflects every spatial position of ``F`` across the mirror:
+  :math:`r = x - 2 \frac{w_m \cdot x + b_m}{\|w_m\|^2} w_m` (squared norm: ``w_m`` is not a
+  unit vector). GAP is linear, so ``GAP(F_r)`` is the exact reflection of ``z`` and the
+  s/t margin is negated. No non-negativity is imposed.
+* :func:`reflect` refines the reflection so that the logits become exactly the source logits
+  with entries ``s`` and ``t`` swapped (``q``): it minimises :math:`\|W\,\mathrm{GAP}(F') + b -
+  q\|^2` over the whole map ``F'`` starting at ``F_r``, with ``jaxopt.LBFGS`` (default),
+  ``optax.lbfgs`` or the closed form (``"exact"``: the minimum-norm uniform per-channel shift
+  :math:`\delta = W^+ (q - W\,\mathrm{GAP}(F_r) - b)`, :math:`W^+ = W^\top (W W^\top)^{-1}`
+  for full-row-rank ``W``). The loss depends on ``F'`` only through its GAP and its gradient
+  is the same at every position, so gradient-based solvers started at ``F_r`` also move ``F``
+  by uniform shifts in the row space of ``W``: at convergence all three give the same map.
+* :func:`transition` / :func:`logits_along`: :math:`F_k = F_s + k (F' - F_s)`; the logits
+  interpolate exactly (``k = 0.5`` lies on the s/t boundary, ``k = 1`` swaps the
+  confidences). :func:`first_counterfactual` picks the smallest ``k > 0.5`` whose *decoded*
+  image the classifier assigns to ``t``.
+* :func:`class_activation_maps` / :func:`csp_mask`: the class spatial prior that tells the
+  decoder where it may edit the source's skip features.
+
+Everything here is pure, works on ONE example and is ``jax.vmap``-able; ``source``/``target``
+may be traced integers.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  >>> F = jax.random.normal(k1, (4, 4, 16)); W = jax.random.normal(k2, (5, 16)); b = jnp.zeros(5)
+  >>> res = reflect(F, W, b, 0, 1, solver="exact")
+  >>> l_s = W @ F.mean((0, 1)) + b; l_r = W @ res.F_r.mean((0, 1)) + b
+  >>> bool(jnp.allclose(l_r[jnp.array([1, 0, 2, 3, 4])], l_s, atol=1e-3))
+  True
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import jaxopt
+import numpy as np
+import optax
+import optax.tree_utils as otu
+from jaxtyping import Array, Bool, Float, Int
+
+SOLVERS = ("jaxopt", "optax", "exact")
+
+
+def gap(F: Float[Array, "h w C"]) -> Float[Array, "C"]:
+    """Global average pooling of one feature map."""
+    return jnp.mean(F, axis=(-3, -2))
+
+
+def mirror_plane(W: Float[Array, "K C"], b: Float[Array, "K"], source, target) -> tuple[Float[Array, "C"], Float[Array, ""]]:
+    """The s/t decision hyperplane ``w_m . x + b_m = 0`` with ``w_m = W_t - W_s``, ``b_m = b_t - b_s``
+    (positive on the target side)."""
+    W, b = jnp.asarray(W), jnp.asarray(b)
+    return W[target] - W[source], b[target] - b[source]
+
+
+def reflect_map(F: Float[Array, "h w C"], w_m: Float[Array, "C"], b_m: Float[Array, ""]) -> Float[Array, "h w C"]:
+    r"""Reflect every position ``f`` of ``F`` across the plane ``w_m . x + b_m = 0``.
+
+    :math:`p = f - \frac{w_m \cdot f + b_m}{\|w_m\|^2} w_m` (projection onto the plane),
+    :math:`r = 2p - f`. Works for any leading shape (a vector ``z`` too).
+    """
+    nn = jnp.sum(w_m * w_m)
+    # w_m = 0 (identical head rows): no boundary to reflect across; leave F as it is (the
+    # refinement then reports whether the swapped logits are reachable) instead of NaNs
+    margin = jnp.where(nn > 0, (F @ w_m + b_m) / jnp.where(nn > 0, nn, 1.0), 0.0)
+    p = F - margin[..., None] * w_m
+    return 2.0 * p - F
+
+
+def swapped_logits(logits: Float[Array, "K"], source, target) -> Float[Array, "K"]:
+    """``logits`` with entries ``source`` and ``target`` exchanged (the refinement's goal ``q``)."""
+    logits = jnp.asarray(logits)
+    ls, lt = logits[source], logits[target]
+    return logits.at[source].set(lt).at[target].set(ls)
+
+
+class ReflectResult(NamedTuple):
+    """Result of :func:`reflect` for one example.
+
+    Attributes:
+      F_r: [h, w, C] the refined reflected map ``F'`` (what transitions end at).
+      F_reflect: [h, w, C] the plain per-position reflection (before refinement).
+      residual: [] ``||W GAP(F_r) + b - q||_2``.
+      iterations: int [] solver iterations (0 for ``"exact"``).
+      converged: bool [] the solver met its stopping criterion within ``maxiter``
+        (``"exact"``: the residual is within float32 round-off of zero, i.e. ``q`` is reachable).
+      target_logits: [K] ``q``, the source logits with ``s`` and ``t`` swapped.
+    """
+
+    F_r: Float[Array, "h w C"]
+    F_reflect: Float[Array, "h w C"]
+    residual: Float[Array, ""]
+    iterations: Int[Array, ""]
+    converged: Bool[Array, ""]
+    target_logits: Float[Array, "K"]
+
+
+def exact_shift(W: Float[Array, "K C"], r: Float[Array, "K"]) -> Float[Array, "C"]:
+    r"""Minimum-norm ``delta`` with ``W delta = r``: :math:`W^\top (W W^\top)^{-1} r` (via ``pinv``,
+    so a rank-deficient head gives the least-squares solution instead of NaNs)."""
+    return jnp.linalg.pinv(W) @ r
+
+
+def _lbfgs_optax(fun, x0, maxiter: int, tol: float):
+    """``optax.lbfgs`` in a ``lax.while_loop``; returns ``(x, iterations, grad_norm)``."""
+    opt = optax.lbfgs()
+    vag = optax.value_and_grad_from_state(fun)
+
+    def step(carry):
+        x, state = carry
+        value, grad = vag(x, state=state)
+        updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=fun)
+        return optax.apply_updates(x, updates), state
+
+    def cont(carry):
+        _, state = carry
+        it = otu.tree_get(state, "count")
+        err = otu.tree_norm(otu.tree_get(state, "grad"))
+        return (it == 0) | ((it < maxiter) & (err >= tol))
+
+    x, state = jax.lax.while_loop(cont, step, (x0, opt.init(x0)))
+    # the linesearch state holds the gradient at the accepted x: the loop's own stopping test
+    return x, otu.tree_get(state, "count"), otu.tree_norm(otu.tree_get(state, "grad"))
+
+
+def _check_reflect_args(F, W, source, target) -> None:
+    """Shape checks always; class-index checks when ``source``/``target`` are concrete."""
+    from cfjax.errors import bad_arg
+
+    if W.ndim != 2:
+        raise bad_arg("W", f"shape {tuple(W.shape)}", "a [K, C] head matrix")
+    if F.ndim != 3 or F.shape[-1] != W.shape[1]:
+        raise bad_arg("feature_map_F", f"shape {tuple(F.shape)}", f"a single [h, w, {W.shape[1]}] feature map matching W [K, C] (vmap for batches)")
+    if isinstance(source, jax.core.Tracer) or isinstance(target, jax.core.Tracer):
+        return
+    K = W.shape[0]
+    for name, v in (("source", source), ("target", target)):
+        if not 0 <= int(v) < K:
+            raise bad_arg(name, repr(v), f"a class index in [0, {K - 1}]")
+    if int(source) == int(target):
+        raise bad_arg("target", f"target == source == {int(source)}", "a target class different from the source")
+    try:
+        same_rows = bool(np.all(np.asarray(W[int(source)]) == np.asarray(W[int(target)])))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):  # W traced: no value check
+        same_rows = False
+    if same_rows:
+        raise bad_arg("W", f"identical rows for source {int(source)} and target {int(target)}", "distinct head rows (no decision boundary between the classes)")
+
+
+def reflect(
+    feature_map_F: Float[Array, "h w C"],
+    W: Float[Array, "K C"],
+    b: Float[Array, "K"],
+    source,
+    target,
+    *,
+    solver: str = "jaxopt",
+    maxiter: int = 100,
+    tol: float = 1e-5,
+) -> ReflectResult:
+    r"""Mirror a feature map from ``source`` to ``target`` and refine it to the swapped logits.
+
+    Args:
+      feature_map_F: ``F`` [h, w, C] of one image (the classifier's last conv map).
+      W, b: the linear head (``logits = W GAP(F) + b``), ``W`` [K, C].
+      source, target: class indices (Python or traced ints).
+      solver: ``"jaxopt"`` (``jaxopt.LBFGS``, default), ``"optax"`` (``optax.lbfgs`` in a
+        ``while_loop``) or ``"exact"`` (closed-form per-channel shift, the test oracle).
+        jaxopt runs with ``unroll=False``: its default (``"auto"``) unrolls the loop under
+        ``vmap`` and is ~60x slower on CPU.
+      maxiter: L-BFGS iteration cap.
+      tol: stopping tolerance on the gradient norm of :math:`\|W\,\mathrm{GAP}(F') + b - q\|^2`.
+
+    Returns:
+      :class:`ReflectResult`. Non-convergence is reported in ``converged`` (never raised
+      inside ``jit``); check it and ``residual``.
+    """
+    if solver not in SOLVERS:
+        from cfjax.errors import bad_arg
+
+        raise bad_arg("solver", repr(solver), f"one of {SOLVERS}")
+    F, W, b = jnp.asarray(feature_map_F), jnp.asarray(W), jnp.asarray(b)
+    _check_reflect_args(F, W, source, target)
+    w_m, b_m = mirror_plane(W, b, source, target)
+    F_reflect = reflect_map(F, w_m, b_m)
+    q = swapped_logits(W @ gap(F) + b, source, target)
+
+    def loss(Fp):
+        r = W @ gap(Fp) + b - q
+        return jnp.sum(r * r)
+
+    if solver == "exact":
+        delta = exact_shift(W, q - W @ gap(F_reflect) - b)
+        F_r = F_reflect + delta
+        iterations = jnp.zeros((), jnp.int32)
+        res = jnp.linalg.norm(W @ gap(F_r) + b - q)
+        converged = res <= 1e-4 * (1.0 + jnp.linalg.norm(q))
+    elif solver == "jaxopt":
+        F_r, state = jaxopt.LBFGS(fun=loss, maxiter=maxiter, tol=tol, implicit_diff=False, unroll=False).run(F_reflect)
+        iterations = jnp.asarray(state.iter_num, jnp.int32)
+        converged = state.error <= tol
+        res = jnp.linalg.norm(W @ gap(F_r) + b - q)
+    else:
+        F_r, iterations, err = _lbfgs_optax(loss, F_reflect, maxiter, tol)
+        iterations = jnp.asarray(iterations, jnp.int32)
+        converged = err <= tol
+        res = jnp.linalg.norm(W @ gap(F_r) + b - q)
+    return ReflectResult(F_r, F_reflect, res, iterations, jnp.asarray(converged), q)
+
+
+def transition(F_s: Float[Array, "h w C"], F_r: Float[Array, "h w C"], k) -> Float[Array, "h w C"]:
+    """``F_k = F_s + k (F_r - F_s)``: ``k = 0`` is the source, ``k = 1`` the refined mirror."""
+    return F_s + k * (F_r - F_s)
+
+
+def transitions(F_s: Float[Array, "h w C"], F_r: Float[Array, "h w C"], ks: Float[Array, "m"]) -> Float[Array, "m h w C"]:
+    """:func:`transition` at every ``k`` of ``ks``."""
+    ks = jnp.asarray(ks, F_s.dtype)
+    return F_s[None] + ks[:, None, None, None] * (F_r - F_s)[None]
+
+
+def logits_along(W: Float[Array, "K C"], b: Float[Array, "K"], F_s, F_r, ks: Float[Array, "m"]) -> Float[Array, "m K"]:
+    """Head logits of ``GAP(F_k)`` along ``ks`` (exactly linear in ``k``)."""
+    W, b = jnp.asarray(W), jnp.asarray(b)
+    l_s = W @ gap(F_s) + b
+    l_r = W @ gap(F_r) + b
+    ks = jnp.asarray(ks, l_s.dtype)
+    return l_s[None] + ks[:, None] * (l_r - l_s)[None]
+
+
+def default_k_grid(step: float = 0.05) -> Float[Array, "m"]:
+    """``0, step, ..., 1`` (21 points for ``step = 0.05``)."""
+    n = int(round(1.0 / step))
+    return jnp.linspace(0.0, 1.0, n + 1)
+
+
+def first_counterfactual(
+    decoded_logits: Float[Array, "m K"],
+    ks: Float[Array, "m"],
+    target,
+    *,
+    k_min: float = 0.5,
+) -> tuple[Float[Array, ""], Int[Array, ""], Bool[Array, ""]]:
+    """The first counterfactual along a transition.
+
+    Args:
+      decoded_logits: the classifier's logits on the decoded images ``G(F_k)`` for each ``k``.
+      ks: the grid, increasing (e.g. :func:`default_k_grid`).
+      target: the target class.
+      k_min: only ``k > k_min`` count (the logits cross the boundary at 0.5).
+
+    Returns:
+      ``(k, index, found)``: the smallest grid ``k > k_min`` whose decoded image is classified
+      as ``target``; when none is, ``found`` is False, ``index`` the last grid point and ``k``
+      NaN.
+    """
+    ks = jnp.asarray(ks)
+    ok = (jnp.argmax(decoded_logits, -1) == target) & (ks > k_min + 1e-6)
+    found = jnp.any(ok)
+    idx = jnp.where(found, jnp.argmax(ok), ks.shape[0] - 1)
+    return jnp.where(found, ks[idx], jnp.nan), idx.astype(jnp.int32), found
+
+
+def class_activation_maps(F: Float[Array, "h w C"], W: Float[Array, "K C"]) -> Float[Array, "h w K"]:
+    """CAMs ``U[i, j, c] = W_c . F[i, j]`` (no bias)."""
+    return F @ jnp.asarray(W).T
+
+
+def normalized_cam(F: Float[Array, "h w C"], w_c: Float[Array, "C"]) -> Float[Array, "h w"]:
+    """``ReLU(U_c) / max ReLU(U_c)`` in [0, 1] (all zeros when the class has no positive evidence)."""
+    u = jax.nn.relu(F @ w_c)
+    return u / jnp.maximum(jnp.max(u), 1e-8)
+
+
+def csp_rho(k, rho_l: float, rho_u: float):
+    """The CSP threshold ``clip(1 - k, rho_l, rho_u)``: a large ``k`` opens a wider region."""
+    return jnp.clip(1.0 - jnp.asarray(k, jnp.float32), rho_l, rho_u)
+
+
+def csp_mask(
+    F_k: Float[Array, "h w C"],
+    W: Float[Array, "K C"],
+    source,
+    target,
+    k,
+    rho_l: float = 0.1,
+    rho_u: float = 0.5,
+    out_hw: tuple[int, int] | None = None,
+) -> Float[Array, "H W 1"]:
+    """Class spatial prior: where the decoder may edit the source's skip features.
+
+    The normalised CAMs of ``source`` and ``target`` on ``F_k`` are resized (bilinear) to
+    ``out_hw`` and thresholded at ``rho = clip(1 - k, rho_l, rho_u)``:
+    ``M = (CAM_s > rho) OR (CAM_t > rho)``, a {0, 1} float mask [H, W, 1].
+    """
+    W = jnp.asarray(W)
+    out_hw = tuple(F_k.shape[:2]) if out_hw is None else tuple(out_hw)
+    cams = jnp.stack([normalized_cam(F_k, W[source]), normalized_cam(F_k, W[target])], -1)
+    if cams.shape[:2] != out_hw:
+        cams = jax.image.resize(cams, (*out_hw, 2), "bilinear")
+    rho = csp_rho(k, rho_l, rho_u)
+    return jnp.any(cams > rho, axis=-1, keepdims=True).astype(F_k.dtype)
+
+
+# ------------------------------------------------------------------ the whole method
+
+FOUND, NO_FLIP, NOT_CONVERGED = 0, 1, 2
+STATUS_NAMES = {FOUND: "found", NO_FLIP: "no_flip", NOT_CONVERGED: "not_converged"}
+"""``MirrorResult.status``: ``found`` (a decoded counterfactual on the path and the refinement
+converged), ``no_flip`` (no decoded image on the path is classified as the target),
+``not_converged`` (a counterfactual was found but the refinement did not meet its tolerance)."""
+
+
+class MirrorResult(NamedTuple):
+    """Result of :func:`mirror_cfe` for one example (``m`` grid points, ``K`` classes).
+
+    Attributes:
+      x_cf: [H, W, c] the first counterfactual ``G(F_k*)`` (the ``k = 1`` image when none).
+      k_cf: [] its ``k`` (NaN when none was found).
+      index: int [] its grid index (the last one when none).
+      found: bool [] some decoded image with ``k > k_min`` is classified as the target.
+      status: int [] :data:`STATUS_NAMES` code.
+      x_path: [m, H, W, c] decoded images along the path.
+      ks: [m] the grid.
+      logits_path: [m, K] the classifier's logits on ``x_path``.
+      logits_features: [m, K] head logits of ``GAP(F_k)`` (exactly linear in ``k``).
+      z_path: [m, C] ``GAP(F_k)``.
+      z_decoded: [m, C] ``GAP(F(G(F_k)))`` (faithfulness: compare with ``z_path``).
+      converged, residual, iterations: of the refinement (:class:`ReflectResult`).
+    """
+
+    x_cf: Float[Array, "H W c"]
+    k_cf: Float[Array, ""]
+    index: Int[Array, ""]
+    found: Bool[Array, ""]
+    status: Int[Array, ""]
+    x_path: Float[Array, "m H W c"]
+    ks: Float[Array, "m"]
+    logits_path: Float[Array, "m K"]
+    logits_features: Float[Array, "m K"]
+    z_path: Float[Array, "m C"]
+    z_decoded: Float[Array, "m C"]
+    converged: Bool[Array, ""]
+    residual: Float[Array, ""]
+    iterations: Int[Array, ""]
+
+
+def mirror_cfe(
+    feature_maps: Callable,
+    W: Float[Array, "K C"],
+    b: Float[Array, "K"],
+    decode: Callable,
+    x: Float[Array, "H W c"],
+    source,
+    target,
+    *,
+    ks: Float[Array, "m"] | None = None,
+    solver: str = "jaxopt",
+    maxiter: int = 100,
+    tol: float = 1e-5,
+    k_min: float = 0.5,
+) -> MirrorResult:
+    r"""Mirror-CFE for one image: reflect -> refine -> transitions -> decode -> first counterfactual.
+
+    With the classifier's maps ``feature_maps(x) = [S_1, ..., S_L, F]`` (earlier block maps
+    ``S_i``, the *skips*, and the last conv map ``F`` [h, w, C]; ``logits = W GAP(F) + b``):
+
+    1. :func:`reflect`: ``F' `` = the per-position reflection of ``F`` across the s/t mirror
+       ``(W_t - W_s) . f + (b_t - b_s) = 0``, refined (L-BFGS by default) so that
+       ``W GAP(F') + b`` equals the source logits with entries s and t swapped;
+    2. :func:`transitions`: :math:`F_k = F + k (F' - F)` for every ``k`` of the grid;
+    3. ``x_k = decode(F_k, skips, source, target, k)`` for every ``k``;
+    4. :func:`first_counterfactual`: the smallest ``k > k_min`` whose decoded image the
+       classifier (``W GAP(F(x_k)) + b``) assigns to ``target``.
+
+    Pure and ``jax.vmap``-able over ``x``, ``source`` and ``target`` (they may be traced).
+
+    Args:
+      feature_maps: ``x [H, W, c] -> [S_1, ..., S_L, F]`` (a list; ``[F]`` when the decoder
+        takes no skips), single example.
+      W, b: the linear head after global average pooling.
+      decode: ``(F_k [h, w, C], skips, source, target, k) -> x [H, W, c]`` single example
+        (e.g. :func:`bind_mirror_decoder`).
+      x: the source image.
+      source, target: class indices.
+      ks: the increasing grid (default :func:`default_k_grid`, 0, 0.05, ..., 1).
+      solver, maxiter, tol: of :func:`reflect`.
+      k_min: counterfactuals are searched at ``k > k_min`` (the logits cross at 0.5).
+
+    Returns:
+      :class:`MirrorResult`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> W = jax.random.normal(jax.random.key(0), (3, 4)); b = jnp.zeros(3)
+      >>> fmaps = lambda x: [x]                        # the image IS the feature map here
+      >>> decode = lambda F, skips, s, t, k: F         # an identity "decoder"
+      >>> x = jax.random.normal(jax.random.key(1), (2, 2, 4))
+      >>> s = int(jnp.argmax(W @ x.mean((0, 1)) + b)); t = (s + 1) % 3
+      >>> r = mirror_cfe(fmaps, W, b, decode, x, s, t, solver="exact")
+      >>> bool(r.found), int(jnp.argmax(r.logits_path[-1])) == t
+      (True, True)
+    """
+    W, b = jnp.asarray(W), jnp.asarray(b)
+    ks = default_k_grid() if ks is None else jnp.asarray(ks, jnp.float32)
+    maps = list(feature_maps(x))
+    skips, F_s = maps[:-1], maps[-1]
+    res = reflect(F_s, W, b, source, target, solver=solver, maxiter=maxiter, tol=tol)
+    F_k = transitions(F_s, res.F_r, ks)
+    x_k = jax.vmap(decode, in_axes=(0, None, None, None, 0))(F_k, skips, source, target, ks)
+    z_dec = jax.vmap(lambda xi: gap(list(feature_maps(xi))[-1]))(x_k)
+    logits_dec = z_dec @ W.T + b
+    k_cf, idx, found = first_counterfactual(logits_dec, ks, target, k_min=k_min)
+    status = jnp.where(~found, NO_FLIP, jnp.where(res.converged, FOUND, NOT_CONVERGED)).astype(jnp.int32)
+    z_k = gap(F_k)
+    return MirrorResult(
+        x_cf=x_k[idx], k_cf=k_cf, index=idx, found=found, status=status, x_path=x_k, ks=ks, logits_path=logits_dec,
+        logits_features=z_k @ W.T + b, z_path=z_k, z_decoded=z_dec, converged=jnp.asarray(res.converged),
+        residual=res.residual, iterations=res.iterations,
+    )
+
+
+# ------------------------------------------------------------------ applying a decoder
+
+
+def skip_masks(
+    F_k: Float[Array, "h w C"],
+    W: Float[Array, "K C"],
+    source,
+    target,
+    k,
+    skip_hws: Sequence[tuple[int, int]],
+    rho_l: float,
+    rho_u: float,
+) -> list:
+    """One :func:`csp_mask` per skip resolution (one example)."""
+    return [csp_mask(F_k, W, source, target, k, rho_l, rho_u, hw) for hw in skip_hws]
+
+
+def bind_mirror_decoder(module, params, W, rho_l: float, rho_u: float) -> Callable:
+    """Single-example ``decode(F_k, skips, source, target, k) -> x`` [H, W, c] that computes the
+    CSP masks itself (``skips``: the source image's earlier block maps, unbatched)."""
+    W = jnp.asarray(W)
+
+    def decode(F_k, skips, source, target, k):
+        masks = skip_masks(F_k, W, source, target, k, [s.shape[:2] for s in skips], rho_l, rho_u)
+        return module.apply(params, F_k[None], [s[None] for s in skips], [m[None] for m in masks])[0]
+
+    return decode
+
+
+def batched_decoder(module, params, W, rho_l: float = 0.1, rho_u: float = 0.5) -> Callable:
+    """Batched ``decode(F_k [n,h,w,C], skips [list of n,hi,wi,ci], source [n], target [n], k [n])
+    -> x [n, H, W, c]`` computing the CSP masks (``rho_l``/``rho_u``) itself."""
+    W = jnp.asarray(W)
+
+    def decode_batch(F_k, skips, s, t, k):
+        hws = [sk.shape[1:3] for sk in skips]
+        masks = jax.vmap(lambda f, ss, tt, kk: skip_masks(f, W, ss, tt, kk, hws, rho_l, rho_u))(F_k, s, t, k)
+        return module.apply(params, F_k, list(skips), masks)
+
+    return decode_batch
+
+
+__all__ = [
+    "SOLVERS",
+    "STATUS_NAMES",
+    "MirrorResult",
+    "mirror_cfe",
+    "ReflectResult",
+    "class_activation_maps",
+    "csp_mask",
+    "csp_rho",
+    "default_k_grid",
+    "exact_shift",
+    "first_counterfactual",
+    "gap",
+    "logits_along",
+    "mirror_plane",
+    "normalized_cam",
+    "reflect",
+    "reflect_map",
+    "swapped_logits",
+    "transition",
+    "transitions",
+    "skip_masks",
+    "bind_mirror_decoder",
+    "batched_decoder",
+]

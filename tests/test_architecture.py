@@ -1,0 +1,184 @@
+"""The shape of the package: layers without back-edges, no shadowed submodules, nothing cited
+from outside the repository, and argument checks before any work."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "cfjax"
+
+# rank of each part: a module may import only modules of a rank <= its own
+LAYERS = {
+    "cfjax.errors": 0, "cfjax._checks": 0, "cfjax.io": 0, "cfjax.checkpoint": 0, "cfjax.flops": 0, "cfjax.reduce": 0,
+    "cfjax.cpu_grads": 0, "cfjax.parallel": 0,
+    "cfjax.data": 1, "cfjax.models": 2, "cfjax.methods": 3, "cfjax.eval": 4, "cfjax.training": 5, "cfjax.jobs": 6, "cfjax.cli": 7,
+    "cfjax.__main__": 8,
+}
+
+
+def _layer(mod: str) -> int | None:
+    best = None
+    for prefix, rank in LAYERS.items():
+        if mod == prefix or mod.startswith(prefix + "."):
+            if best is None or len(prefix) > len(best[0]):
+                best = (prefix, rank)
+    return None if best is None else best[1]
+
+
+def _modules():
+    for f in sorted(PKG.rglob("*.py")):
+        rel = f.relative_to(ROOT).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        yield ".".join(parts), f
+
+
+def _imports(f: Path, mod: str) -> set[str]:
+    """Every cfjax module a file imports, at any depth (function-local imports included)."""
+    out = set()
+    is_pkg = f.name == "__init__.py"
+    for node in ast.walk(ast.parse(f.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("cfjax")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                base = ".".join(pkg[: len(pkg) - node.level + 1] + ([base] if base else []))
+            if base.startswith("cfjax"):
+                out.add(base)
+                out |= {f"{base}.{a.name}" for a in node.names if (PKG.parent / f"{base}.{a.name}".replace(".", "/")).with_suffix(".py").exists()
+                        or (PKG.parent / f"{base}.{a.name}".replace(".", "/")).is_dir()}
+    return out
+
+
+def test_every_module_has_a_layer():
+    missing = [m for m, _ in _modules() if m != "cfjax" and _layer(m) is None]
+    assert not missing, f"modules without a layer in LAYERS: {missing}"
+
+
+def test_no_import_goes_up_a_layer():
+    """data -> models -> methods -> eval -> training -> jobs -> cli, never backwards (the
+    package ``cfjax/__init__`` re-exports from the lower layers and loads upper ones lazily)."""
+    bad = []
+    for mod, f in _modules():
+        if mod == "cfjax":
+            continue
+        mine = _layer(mod)
+        for imp in _imports(f, mod):
+            theirs = _layer(imp)
+            if theirs is not None and theirs > mine:
+                bad.append(f"{mod} (layer {mine}) imports {imp} (layer {theirs})")
+    assert not bad, "\n".join(bad)
+
+
+def _loaded_after(stmt: str) -> set[str]:
+    code = f"import sys; {stmt}; print(__import__('json').dumps(sorted(m for m in sys.modules if m.startswith('cfjax'))))"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return set(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    "stmt, forbidden",
+    [
+        ("import cfjax", ("cfjax.training", "cfjax.jobs", "cfjax.cli")),
+        ("import cfjax.methods.mirror", ("cfjax.training", "cfjax.jobs", "cfjax.cli")),
+        ("import cfjax.eval.evaluators", ("cfjax.training", "cfjax.jobs", "cfjax.cli")),
+        ("import cfjax.training.mirror_decoder", ("cfjax.jobs", "cfjax.cli")),
+        ("import cfjax.jobs.attack, cfjax.jobs.mirror", ("cfjax.cli",)),
+    ],
+)
+def test_fresh_interpreter_loads_no_upper_layer(stmt, forbidden):
+    loaded = _loaded_after(stmt)
+    hit = sorted(m for m in loaded for f in forbidden if m == f or m.startswith(f + "."))
+    assert not hit, f"{stmt!r} loaded {hit}"
+
+
+def test_no_public_submodule_is_shadowed():
+    import importlib
+
+    import cfjax
+
+    for mod, f in _modules():
+        if mod.count(".") < 1 or mod.split(".")[-1].startswith("_"):
+            continue
+        parent, name = mod.rsplit(".", 1)
+        m = importlib.import_module(mod)
+        attr = getattr(importlib.import_module(parent), name, m)
+        assert attr is m, f"{parent}.{name} is {type(attr).__name__}, not the submodule {mod}"
+    import cfjax.methods.attack as A  # the module, not the function cfjax.attack
+
+    assert A.cpu_friendly is not None and callable(cfjax.attack) and callable(cfjax.mirror_cfe)
+    assert cfjax.MirrorDecoder is not None and cfjax.Evaluator is not None and callable(cfjax.train_mirror_decoder)
+
+
+def test_nothing_refers_to_files_outside_the_repo():
+    hits = []
+    for f in [*PKG.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "experiments").glob("*.py"), *ROOT.glob("*.md"),
+              *(ROOT / "docs").rglob("*.md")]:
+        if f.name == "test_architecture.py":
+            continue
+        text = f.read_text()
+        for needle in ("DESIGN.md", "../shared", "shared/DESIGN"):
+            if needle in text:
+                hits.append(f"{f.relative_to(ROOT)}: {needle}")
+    assert not hits, hits
+
+
+def test_mirror_source_equal_target_exits_2_fast_and_writes_nothing(tmp_path):
+    out = tmp_path / "X"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "cfjax", "explain", "--method", "mirror", "--data", "mnist5k", "--source", "3", "--target", "3",
+                        "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    wall = time.perf_counter() - t0
+    assert r.returncode == 2, r.stderr
+    assert "target" in r.stderr and "expected" in r.stderr
+    assert not out.exists()
+    assert wall < 5.0 + 10.0 * ("PYTEST_XDIST_WORKER" in os.environ), wall  # measured ~3 s; slack when the suite shares the cores
+
+
+@pytest.mark.parametrize(
+    "argv, name",
+    [
+        (["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "12"], "target"),
+        (["global", "mirror", "--data", "mnist5k", "--pairs", "3,3"], "pairs"),
+        (["global", "mirror", "--data", "imagenet"], "data"),
+        (["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--k-step", "0.3"], "k_step"),
+        (["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--chunk-size", "0"], "chunk_size"),
+        (["explain", "attack", "--data", "mnist5k", "--threshold", "1.5"], "threshold"),
+        (["global", "attack", "--data", "mnist5k", "--targets", "10"], "targets"),
+        (["train", "mirror-decoder", "--data", "mnist5k", "--pair", "3,3"], "--pair"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work(tmp_path, capsys, argv, name):
+    from cfjax.cli import main
+
+    out = tmp_path / "o"
+    t0 = time.perf_counter()
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert name in err and "expected" in err, err
+    assert not out.exists()  # nothing written: the check ran before the output folder was made
+    assert time.perf_counter() - t0 < 5.0 + 10.0 * ("PYTEST_XDIST_WORKER" in os.environ)
+
+
+def test_old_and_new_cli_spellings_parse_the_same():
+    from cfjax.cli import _rewrite_aliases
+
+    assert _rewrite_aliases(["explain", "--method", "mirror", "--source", "3"]) == ["explain", "mirror", "--source", "3"]
+    assert _rewrite_aliases(["explain", "--data", "x"]) == ["explain", "attack", "--data", "x"]
+    assert _rewrite_aliases(["--debug-nans", "global", "--method=mirror"]) == ["--debug-nans", "global", "mirror"]
+    assert _rewrite_aliases(["mirror", "--source", "3"]) == ["explain", "mirror", "--source", "3"]
+    assert _rewrite_aliases(["train-mirror-decoder", "--data", "x"]) == ["train", "mirror-decoder", "--data", "x"]
+    assert _rewrite_aliases(["explain", "attack", "--data", "x"]) == ["explain", "attack", "--data", "x"]
