@@ -20,7 +20,16 @@ Layers (each imports only from the layers before it; ``docs/architecture.md``)::
 
 from cfjax.errors import CfjaxError, CheckpointError, DataNotFoundError, InputError
 from cfjax.eval.evaluators import Evaluator
-from cfjax.methods.attack import AttackResult, attack, attack_batch, attack_pixels, attack_pixels_batch
+from cfjax.methods.attack import (
+    Attack,
+    AttackResult,
+    attack,
+    attack_batch,
+    attack_pixels,
+    attack_pixels_batch,
+    make_attack,
+    make_pixel_attack,
+)
 from cfjax.methods.attribution import (
     AttributePredictor,
     GlobalSums,
@@ -66,6 +75,7 @@ def __getattr__(name):
 
 
 __all__ = [
+    "Attack",
     "AttackResult",
     "AttributePredictor",
     "CfjaxError",
@@ -95,6 +105,8 @@ __all__ = [
     "initialize_distributed",
     "local_scores",
     "logits_along",
+    "make_attack",
+    "make_pixel_attack",
     "mirror_cfe",
     "predict_attributes",
     "process_slice",

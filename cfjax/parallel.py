@@ -13,9 +13,18 @@
 * optionally, per-example outputs written per chunk to ``.npz`` files (host memory stays
   flat in the dataset size).
 
+Datasets larger than memory: ``data`` values are *row sources*, anything with ``len()`` and
+``src[start:stop]`` returning numpy rows: numpy arrays, ``np.memmap`` files on disk (read chunk by
+chunk; the pages of a read-only memmap are released after each chunk so the resident memory does
+not grow with the file), the lazy views :class:`Rows` and :class:`RowSlice`, and
+:class:`RecordRows` over per-record sources (a TFDS ``data_source``, a Grain ``MapDataset``).
+Nothing here materialises a whole source: :func:`read_rows` reads one chunk.
+
 Multi-host: call :func:`initialize_distributed` first on every process; each process passes
-only its own slice of the data (``process_slice``) and the global chunk is assembled with
-``jax.make_array_from_process_local_data``.
+only its own slice of the data (``process_slice``; :func:`take_rows` cuts it lazily) and the
+global chunk is assembled with ``jax.make_array_from_process_local_data``. Shards of a run on a
+cluster engine (SLURM arrays, Kubernetes Indexed Jobs, Ray) take their rows with
+:func:`shard_slice` first, then split them over their processes the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -32,10 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
-
 from cfjax import checkpoint as ckpt
 from cfjax.errors import bad_arg
+from cfjax.progress import progress_bar
 
 DATA = "data"
 
@@ -83,9 +92,58 @@ def process_slice(n: int, process_index: int | None = None, process_count: int |
     return slice(min(pi * per, n), min((pi + 1) * per, n))
 
 
+def shard_slice(n: int, shard: int, num_shards: int) -> slice:
+    """The contiguous rows ``[start, stop)`` of shard ``shard`` of ``num_shards`` (sizes differ
+    by at most one; a shard may be empty when ``num_shards > n``). Shards cover ``range(n)``
+    exactly once, in order."""
+    if not 0 <= shard < num_shards:
+        raise bad_arg("shard", f"{shard}/{num_shards}", f"an index in [0, {num_shards - 1}]")
+    return slice(shard * n // num_shards, (shard + 1) * n // num_shards)
+
+
+def _release(src) -> None:
+    """Drop the resident pages of a read-only/shared ``np.memmap`` (they stay in the OS page
+    cache; the next read maps what it needs again), so streaming a file does not grow the RSS."""
+    mm = getattr(src, "_mmap", None)
+    if isinstance(src, np.memmap) and mm is not None and getattr(src, "mode", None) in ("r", "r+") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # pragma: no cover - platform without madvise on this mapping
+            pass
+
+
+def read_rows(src, s: slice) -> np.ndarray:
+    """Rows ``s`` of a row source as a fresh host numpy array (one chunk is read, never the whole
+    source)."""
+    if isinstance(src, (Rows, RowSlice, RecordRows)):
+        return src[s]
+    if isinstance(src, np.memmap):
+        out = np.array(src[s])  # a copy: the mapping's pages are released below
+        _release(src)
+        return out
+    return np.asarray(src[s])
+
+
+def _pick(src, idx: np.ndarray) -> np.ndarray:
+    """``src[idx]`` for an integer index array: fancy indexing on numpy arrays and memmaps,
+    ``__getitems__``/one row at a time on other random-access sources."""
+    if isinstance(src, np.ndarray):
+        out = np.asarray(src[idx])  # fancy indexing copies
+        _release(src)
+        return out
+    if isinstance(src, (Rows, RowSlice, RecordRows)):
+        return src.pick(idx)
+    if hasattr(src, "shape") and hasattr(src, "dtype") and hasattr(src, "__array__"):  # jax arrays and other array types
+        return np.asarray(src[idx])
+    if len(idx) and np.all(np.diff(idx) == 1):  # a run of consecutive rows: one slice
+        return np.asarray(src[int(idx[0]) : int(idx[-1]) + 1])
+    return np.stack([np.asarray(src[int(i)]) for i in idx]) if len(idx) else np.asarray(src[0:0])
+
+
 class Rows:
-    """Lazy row view ``arr[idx]`` for :func:`explain_dataset` (which slices it chunk by chunk),
-    so (image, target) pairs never materialise copies of the images on the host."""
+    """Lazy row view ``src[idx]`` for :func:`explain_dataset` (which slices it chunk by chunk),
+    so (image, target) pairs never materialise copies of the images on the host. ``src`` is any
+    row source (a numpy array or memmap, a :class:`RecordRows`, ...)."""
 
     def __init__(self, arr, idx: np.ndarray):
         self.arr, self.idx = arr, np.asarray(idx)
@@ -94,7 +152,98 @@ class Rows:
         return len(self.idx)
 
     def __getitem__(self, s):
-        return np.asarray(self.arr[self.idx[s]])
+        if not isinstance(s, slice):
+            return self.pick(np.asarray([s]))[0] if np.ndim(s) == 0 else self.pick(np.asarray(s))
+        return _pick(self.arr, self.idx[s])
+
+    def pick(self, idx: np.ndarray) -> np.ndarray:
+        return _pick(self.arr, self.idx[np.asarray(idx, np.int64)])
+
+    def take(self, s: slice) -> "Rows":
+        """A lazy sub-view (no rows read)."""
+        return Rows(self.arr, self.idx[s])
+
+
+class RowSlice:
+    """Lazy contiguous view ``src[start:stop]`` of a row source that cannot be sliced into a
+    view itself (see :func:`take_rows`)."""
+
+    def __init__(self, src, start: int, stop: int):
+        self.src, self.start, self.stop = src, int(start), int(max(start, stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, s):
+        if not isinstance(s, slice):
+            return self.pick(np.asarray([s]))[0] if np.ndim(s) == 0 else self.pick(np.asarray(s))
+        a, b, step = s.indices(len(self))
+        if step != 1:
+            return self.pick(np.arange(a, b, step))
+        return read_rows(self.src, slice(self.start + a, self.start + max(a, b)))
+
+    def pick(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.arange(len(self))[np.asarray(idx, np.int64)]
+        return _pick(self.src, self.start + idx)
+
+    def take(self, s: slice) -> "RowSlice":
+        a, b, step = s.indices(len(self))
+        if step != 1:
+            raise bad_arg("slice", repr(s), "a contiguous slice (step 1)")
+        return RowSlice(self.src, self.start + a, self.start + max(a, b))
+
+
+class RecordRows:
+    """A row source over a per-record random-access source: ``source[i]`` returns one record
+    (an array, or a dict of arrays picked by ``key``), as a TFDS ``data_source`` or a Grain
+    ``MapDataset`` does. Reads use ``source.__getitems__`` when it exists (TFDS/ArrayRecord
+    batch reads), else one record at a time; only the rows asked for are read.
+
+    Example:
+      >>> recs = [{"image": np.full((2, 2, 1), i, np.float32), "label": i} for i in range(5)]
+      >>> RecordRows(recs, "image")[1:3][:, 0, 0, 0].tolist()
+      [1.0, 2.0]
+    """
+
+    def __init__(self, source, key: str | None = None, dtype=None):
+        self.source, self.key, self.dtype = source, key, dtype
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _one(self, rec):
+        v = rec[self.key] if self.key is not None else rec
+        return np.asarray(v, self.dtype)
+
+    def pick(self, idx: np.ndarray) -> np.ndarray:
+        keys = [int(i) for i in np.arange(len(self))[np.asarray(idx, np.int64)]]
+        getitems = getattr(self.source, "__getitems__", None)
+        recs = getitems(keys) if getitems is not None else [self.source[i] for i in keys]
+        if not keys:
+            return np.zeros((0,), self.dtype or np.float32)
+        return np.stack([self._one(r) for r in recs])
+
+    def __getitem__(self, s):
+        if not isinstance(s, slice):
+            return self.pick(np.asarray([s]))[0] if np.ndim(s) == 0 else self.pick(np.asarray(s))
+        return self.pick(np.arange(*s.indices(len(self))))
+
+    def take(self, s: slice) -> "RowSlice":
+        return RowSlice(self, *s.indices(len(self))[:2])
+
+
+def take_rows(src, s: slice):
+    """A lazy view of rows ``s`` (a contiguous slice) of a row source: a numpy view for arrays
+    and memmaps, a sub-view for :class:`Rows`/:class:`RowSlice`, a :class:`RowSlice` for anything
+    else. No row is read."""
+    if isinstance(src, np.ndarray):
+        return src[s]
+    if isinstance(src, (Rows, RowSlice, RecordRows)):
+        return src.take(s)
+    a, b, step = s.indices(len(src))
+    if step != 1:
+        raise bad_arg("slice", repr(s), "a contiguous slice (step 1)")
+    return RowSlice(src, a, b)
 
 
 def pad_to(x: np.ndarray, n: int) -> np.ndarray:
@@ -134,8 +283,10 @@ def explain_dataset(
         All reductions into ``acc`` must be sums over the batch axis weighted by ``mask`` (so
         they shard and pad correctly). ``outputs`` is a pytree of per-example arrays, or ``None``.
       init: the initial accumulators (a pytree of arrays).
-      data: name -> array-like with random access along axis 0 (numpy arrays, memmaps, a
-        TFDS data source wrapper), all of the same length: THIS process's examples.
+      data: name -> row source with random access along axis 0 (``len()`` and ``src[a:b]``:
+        numpy arrays, ``np.memmap`` files, :class:`Rows`, :class:`RecordRows` over a TFDS data
+        source or a Grain ``MapDataset``), all of the same length: THIS process's examples. Only
+        one chunk of rows is read (and held) at a time.
       chunk_size: global examples per step (a multiple of the device count).
       mesh: a ``("data",)`` mesh; default :func:`data_mesh` over all devices.
       checkpoint_dir: where the accumulators and cursor are checkpointed every
@@ -199,7 +350,7 @@ def explain_dataset(
             )
         _barrier("cfjax-ckpt")
 
-    bar = tqdm(total=n_chunks, initial=cursor, desc=desc, disable=not progress or jax.process_index() != 0, unit="chunk")
+    bar = progress_bar(total=n_chunks, initial=cursor, desc=desc, disable=not progress or jax.process_index() != 0, unit="chunk")
     done_now = 0
     for c in range(cursor, n_chunks):
         if stop_after is not None and done_now >= stop_after:
@@ -207,12 +358,16 @@ def explain_dataset(
         s, e = c * local_chunk, min((c + 1) * local_chunk, n_local)
         real = max(e - s, 0)
         if real > 0:
-            local = {k: pad_to(np.asarray(v[s:e]), local_chunk) for k, v in data.items()}
+            local = {k: pad_to(read_rows(v, slice(s, e)), local_chunk) for k, v in data.items()}
         else:  # this process has run out of rows: feed masked copies of its first row
-            local = {k: pad_to(np.asarray(v[:1]), local_chunk) for k, v in data.items()}
+            local = {k: pad_to(read_rows(v, slice(0, 1)), local_chunk) for k, v in data.items()}
         lmask = np.arange(local_chunk) < real
         batch = {k: _global(v, row, chunk_size) for k, v in local.items()}
         mask = _global(lmask, row, chunk_size)
+        # bounded host memory: at most this chunk (being put) and the previous one (computing) are
+        # in flight, however far ahead async dispatch could otherwise read (the next chunk is
+        # read and transferred while the previous step computes)
+        jax.block_until_ready(acc)
         acc, outs = jstep(acc, batch, mask)
         if outputs_dir is not None and outs is not None:
             _write_outputs(Path(outputs_dir), c, outs, lmask)

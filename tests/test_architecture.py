@@ -17,8 +17,8 @@ PKG = ROOT / "cfjax"
 # rank of each part: a module may import only modules of a rank <= its own
 LAYERS = {
     "cfjax.errors": 0, "cfjax._checks": 0, "cfjax.io": 0, "cfjax.checkpoint": 0, "cfjax.flops": 0, "cfjax.reduce": 0,
-    "cfjax.cpu_grads": 0, "cfjax.parallel": 0,
-    "cfjax.data": 1, "cfjax.models": 2, "cfjax.methods": 3, "cfjax.eval": 4, "cfjax.training": 5, "cfjax.jobs": 6, "cfjax.cli": 7,
+    "cfjax.cpu_grads": 0, "cfjax.parallel": 0, "cfjax.progress": 0,
+    "cfjax.data": 1, "cfjax.models": 2, "cfjax.interop": 2, "cfjax.methods": 3, "cfjax.eval": 4, "cfjax.training": 5, "cfjax.jobs": 6, "cfjax.cli": 7,
     "cfjax.__main__": 8,
 }
 
@@ -136,16 +136,21 @@ def test_nothing_refers_to_files_outside_the_repo():
 
 
 def test_mirror_source_equal_target_exits_2_fast_and_writes_nothing(tmp_path):
+    """Measured as the child's CPU time (user + sys), which a busy machine does not inflate the
+    way it inflates wall time; the issue's budget is 5 s (measured ~3 s on an idle 2-core box)."""
+    import resource
+
     out = tmp_path / "X"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run([sys.executable, "-m", "cfjax", "explain", "--method", "mirror", "--data", "mnist5k", "--source", "3", "--target", "3",
                         "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert r.returncode == 2, r.stderr
     assert "target" in r.stderr and "expected" in r.stderr
     assert not out.exists()
-    assert wall < 5.0 + 10.0 * ("PYTEST_XDIST_WORKER" in os.environ), wall  # measured ~3 s; slack when the suite shares the cores
+    assert cpu < 5.0, cpu
 
 
 @pytest.mark.parametrize(
@@ -159,18 +164,20 @@ def test_mirror_source_equal_target_exits_2_fast_and_writes_nothing(tmp_path):
         (["explain", "attack", "--data", "mnist5k", "--threshold", "1.5"], "threshold"),
         (["global", "attack", "--data", "mnist5k", "--targets", "10"], "targets"),
         (["train", "mirror-decoder", "--data", "mnist5k", "--pair", "3,3"], "--pair"),
+        (["explain", "attack", "--data", "mnist5k", "--lpips-weights", "/nonexistent.ckpt"], "lpips_weights"),
+        (["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--inception-weights", "/nonexistent.pth"], "inception_weights"),
     ],
 )
 def test_bad_arguments_fail_before_any_work(tmp_path, capsys, argv, name):
     from cfjax.cli import main
 
     out = tmp_path / "o"
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     assert main([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert name in err and "expected" in err, err
     assert not out.exists()  # nothing written: the check ran before the output folder was made
-    assert time.perf_counter() - t0 < 5.0 + 10.0 * ("PYTEST_XDIST_WORKER" in os.environ)
+    assert time.process_time() - t0 < 5.0  # CPU seconds: no data was loaded, nothing trained
 
 
 def test_old_and_new_cli_spellings_parse_the_same():

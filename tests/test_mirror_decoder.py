@@ -157,3 +157,33 @@ def test_train_history_checkpoints_resume_and_reuse(tiny_clf, mnist_small, tmp_p
     yb = bat(r.F_r, maps[:-1], jnp.array([1, 1]), jnp.array([2, 2]), k)
     y0 = one(r.F_r[0], [m[0] for m in maps[:-1]], 1, 2, k[0])
     np.testing.assert_allclose(yb[0], y0, atol=1e-5)
+
+
+def test_eq12_editor_shapes_and_k_sampling_bias(tiny_clf, mnist_small):
+    """skip_mode='eq12' builds and decodes at every skip resolution; k_cf_fraction moves that
+    share of the non-reconstruction rows to (0.5, 1]; the new loss terms are finite and
+    L_cls_blur has a working gradient path."""
+    _, clf = tiny_clf
+    tr, _ = mnist_small
+    labels = np.asarray(tr.labels)
+    by_class = [np.flatnonzero(labels == c) for c in range(10)]
+    cfg = dataclasses.replace(TINY, batch_size=256, skip_mode="eq12", fea_normalized=True, w_fea=1.0, w_cls_blur=1.0, k_cf_fraction=0.8)
+    pairs = md._pair_table(cfg, labels, 10)
+    bt = md.sample_batch(0, cfg, tr.images, labels, by_class, pairs)
+    rec = int(round(cfg.rec_fraction * cfg.batch_size))
+    k = bt["k"][rec:]
+    assert 0.85 < np.mean(k > 0.5) < 0.95  # 0.8 + 0.2 * 0.5 expected
+    base = md.sample_batch(0, dataclasses.replace(cfg, k_cf_fraction=0.0), tr.images, labels, by_class, pairs)
+    assert 0.4 < np.mean(base["k"][rec:] > 0.5) < 0.6
+    batch = {k_: jnp.asarray(v[:16]) for k_, v in bt.items()}
+    g, d = md.build_decoder(cfg, tr.images.shape[1:])
+    maps = jax.vmap(clf.feature_maps)(batch["x"][:1])
+    gp = jax.jit(g.init)(jax.random.key(0, impl="rbg"), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
+    assert any("editor" in n and "B" in gp["params"][n] for n in gp["params"])  # Eq. 12's B_i exists
+    dp = jax.jit(d.init)(jax.random.key(1, impl="rbg"), batch["x"][:1])
+    (total, (terms, x_k)), gr = jax.jit(jax.value_and_grad(lambda p: (lambda t: (t[0], t[1:]))(md.mirror_decoder_losses(p, dp, g, d, clf, batch, cfg)),
+                                                             has_aux=True))(gp)
+    assert x_k.shape == batch["x"].shape and set(terms) == {"cls", "adv", "rec", "fea", "tri", "cls_blur"}
+    assert all(np.isfinite(float(v)) for v in terms.values()) and float(terms["fea"]) < 5.0  # normalised: a relative error
+    gnorm = sum(float(jnp.sum(v**2)) for v in jax.tree_util.tree_leaves(gr))
+    assert np.isfinite(gnorm) and gnorm > 0

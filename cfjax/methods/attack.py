@@ -1,25 +1,39 @@
 r"""Counterfactual Attacks: gradient steps on a generative latent until the class flips.
 
 For one example, with a decoder :math:`G` and a classifier :math:`f`, the attack minimises
-the loss :math:`L(z) = -p_y(f(G(z)))` with an optax optimiser (Adam by default),
+a loss :math:`L(z)` with an optax optimiser (Adam by default),
 
 .. math::  z_{t+1} = z_t + \mathrm{opt}\big(\nabla_z L(z_t)\big), \qquad
-           \text{stop at the first } t \text{ with } p_y(f(G(z_t))) \ge \tau,
+           \text{stop at the first } t \text{ with } p(f(G(z_t))) \ge \tau,
 
-where :math:`p_y` is the target-class softmax probability (``objective="softmax"``) or, for a
-binary classifier with one logit :math:`\ell`, :math:`\sigma(\ell)` when increasing
-(``target=1``) and :math:`1 - \sigma(\ell)` when decreasing (``target=0``)
-(``objective="sigmoid"``). The loss is the probability itself, not its logarithm, as in the
-paper's code.
+By default (``objective="softmax"``) :math:`L(z) = -p_y` and :math:`p = p_y` is the
+target-class softmax probability; ``objective="sigmoid"``: for a binary classifier with one
+logit :math:`\ell`, :math:`p = \sigma(\ell)` when increasing (``target=1``) and
+:math:`1 - \sigma(\ell)` when decreasing (``target=0``). The loss is the probability itself,
+not its logarithm, as in the paper's code.
 
-Semantics (identical on every code path below):
+Custom objectives: ``objective=fn(logits, target) -> loss`` (a scalar, minimised; a margin
+loss, a multi-label target, ...) with ``success_fn=fn(logits, target) -> p`` the score the
+stop rule compares with ``threshold`` and that is reported as ``target_prob`` (default: the
+target's softmax probability). An optional proximity term
+``proximity_weight * proximity(z - z0)`` (``"l1"``: :math:`\|z - z_0\|_1`, ``"l2"``:
+:math:`\|z - z_0\|_2^2`, or a callable) is added to the loss. ``threshold_rule=">"`` stops
+at ``p > threshold`` instead of ``p >= threshold``; ``on_zero_gradient="continue"`` keeps
+stepping through a zero gradient (Adam's momentum may still move ``z``) instead of ending the
+example as a failure. ``compute_dtype=jnp.bfloat16`` runs the matrix multiplications and
+convolutions of ``decode``/``logits`` on bfloat16 operands (float32 accumulation and
+outputs) while ``z``, the optimiser state, the loss and the stop rule stay float32
+(:func:`mixed_precision`).
 
-* the probability is checked at the current point BEFORE each step; the start point is
+Semantics (identical on every code path below, for every option):
+
+* the score ``p`` is checked at the current point BEFORE each step; the start point is
   checked too, so an example already past the threshold takes 0 steps and is a success;
 * once past the threshold the example is frozen (``done``); ``steps_taken`` counts the
   optimiser steps actually applied;
-* a zero gradient (global norm 0) or a non-finite loss/gradient ends the example as a
-  failure (status 2 / 3), never as a success;
+* a zero gradient (global norm 0) ends the example as a failure (status 2) unless
+  ``on_zero_gradient="continue"``; a non-finite logit/score/loss/gradient always ends it as a
+  failure (status 3), never as a success;
 * ``success`` is judged by the threshold at the returned point, never by the iteration
   index (a step that lands past the threshold on the very last iteration is a success).
 
@@ -28,7 +42,8 @@ Code paths:
 * :func:`attack` (one example): one fixed-length ``lax.scan`` carrying a ``done`` flag;
   ``jax.vmap`` it for batches. Optionally cut into blocks inside a ``while_loop`` that
   stops when every lane is done (``early_exit_every``), and optionally recording the image
-  every ``record_every`` steps (a scan of blocks of a scan, nothing else stored).
+  every ``record_every`` steps (a scan of blocks of a scan, the last block shorter when
+  ``record_every`` does not divide ``steps``).
 * :func:`attack_batch` (a batch): by default the **compacted** schedule. A vmapped scan pays
   for every lane at every step until the slowest lane of the batch is finished (one
   budget-exhausting failure makes a batch run all ``steps``). The compacted schedule keeps
@@ -36,8 +51,11 @@ Code paths:
   them ``block`` steps (vmapped) and scatters them back, with ``w`` picked from a small
   static ladder (``n, n/4, n/16, ...``) as the largest width not above the number of active
   lanes. Cost ~ (sum of the lanes' own steps), not ``n * max``; each lane follows exactly
-  the trajectory it has alone (asserted in the tests). ``schedule="vmap"`` is
-  ``jax.vmap(attack)``.
+  the trajectory it has alone (asserted in the tests). Recording works here too: each lane
+  writes the image it evaluates at steps ``0, r, 2r, ...`` into its row of the trajectory.
+  ``schedule="vmap"`` is ``jax.vmap(attack)``.
+* :class:`Attack` / :func:`make_attack`: the options bound once and the batch attack jitted
+  once; each call with already-seen shapes reuses the compiled program (no re-tracing).
 
 :func:`attack_pixels` runs the same loop on the image itself, projected back to [0, 1]
 after each step: the adversarial-noise baseline, with the same result type.
@@ -49,13 +67,16 @@ XLA:CPU, whose convolution input-gradients are slow inside loops (details at the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable, NamedTuple
+import inspect
+import math
+from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 import numpy as np
-import jax.extend.core as jex_core
 import optax
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
@@ -75,14 +96,16 @@ class AttackResult(NamedTuple):
     Attributes:
       z: final latent [D] (for the pixel attack: the final image, same as ``x``).
       x: final image ``decode(z)`` [H, W, C].
-      target_prob: target probability at ``z`` [].
+      target_prob: the stop rule's score at ``z`` [] (the target probability for the
+        presets, ``success_fn(logits, target)`` otherwise).
       steps_taken: optimiser steps applied before success/stop [] int32.
-      success: ``target_prob >= threshold`` [] bool (judged by the threshold only).
+      success: ``target_prob >= threshold`` (``>`` with ``threshold_rule=">"``) [] bool,
+        judged by the threshold only.
       status: 0 success, 1 step budget exhausted, 2 zero gradient, 3 non-finite [] int32.
-      trajectory: ``decode(z)`` at steps 0, r, 2r, ..., ``steps`` (``r = record_every``;
-        frozen once done) [steps / r + 1, H, W, C], or ``None``.
-      trajectory_probs: the target probability of each recorded image [steps / r + 1], or
-        ``None``.
+      trajectory: ``decode(z)`` after ``min(j * r, steps)`` steps for ``j = 0 ..
+        ceil(steps / r)`` (``r = record_every``; frozen once done)
+        [ceil(steps / r) + 1, H, W, C], or ``None``.
+      trajectory_probs: the score of each recorded image [ceil(steps / r) + 1], or ``None``.
     """
 
     z: Float[Array, "d"]
@@ -103,6 +126,7 @@ class _Lane(NamedTuple):
     done: Array  # [] bool: crossed the threshold / zero or non-finite gradient
     status: Array  # [] int32
     n: Array  # [] int32 steps applied
+    z0: Array | None  # [D] start point (only carried when a proximity term needs it)
 
 
 def normalized_sgd(learning_rate: float) -> optax.GradientTransformation:
@@ -131,44 +155,217 @@ def make_optimizer(optimizer, learning_rate: float) -> optax.GradientTransformat
     raise bad_arg("optimizer", repr(optimizer), "'adam', 'sgd-normalized' or an optax.GradientTransformation")
 
 
-def target_probability(l: Float[Array, "k"], target, objective: str) -> Float[Array, ""]:
-    """The probability the attack pushes up: ``softmax(l)[target]``, or for one sigmoid logit
-    ``sigmoid(l)`` (target 1) / ``1 - sigmoid(l)`` (target 0)."""
-    if objective == "softmax":
-        return jax.nn.softmax(l)[target]
+def softmax_probability(l: Float[Array, "k"], target) -> Float[Array, ""]:
+    """``softmax(l)[target]``: the ``"softmax"`` preset's score (its loss is minus this)."""
+    return jax.nn.softmax(l)[target]
+
+
+def sigmoid_probability(l: Float[Array, "*one"], target) -> Float[Array, ""]:
+    """For one sigmoid logit: ``sigmoid(l)`` (target 1) / ``1 - sigmoid(l)`` (target 0): the
+    ``"sigmoid"`` preset's score (its loss is minus this)."""
     s = jax.nn.sigmoid(jnp.reshape(l, ()))
     return jnp.where(target == 1, s, 1.0 - s)
 
+
+PRESETS: dict[str, Callable] = {"softmax": softmax_probability, "sigmoid": sigmoid_probability}
+"""The string objectives: name -> score ``p(logits, target)``; the preset's loss is ``-p``."""
+
+
+def target_probability(l: Float[Array, "k"], target, objective: str) -> Float[Array, ""]:
+    """The probability the attack pushes up: ``softmax(l)[target]``, or for one sigmoid logit
+    ``sigmoid(l)`` (target 1) / ``1 - sigmoid(l)`` (target 0)."""
+    return PRESETS[objective](l, target)
+
+
+def _l1(d):
+    return jnp.sum(jnp.abs(d))
+
+
+def _l2sq(d):
+    return jnp.sum(d * d)
+
+
+PROXIMITIES: dict[str, Callable] = {"l1": _l1, "l2": _l2sq}
+"""``proximity`` presets: ``"l1"`` :math:`\\|d\\|_1`, ``"l2"`` :math:`\\|d\\|_2^2` (squared,
+smooth at ``d = 0``), of ``d = z - z0``."""
+
+
+# ------------------------------------------------------------------ mixed precision
+
+
+_LOW_PRECISION_PRIMS = (lax.dot_general_p, lax.conv_general_dilated_p)
+
+
+def _bind(eqn, invals):
+    bp = eqn.primitive.get_bind_params(eqn.params)
+    subfuns, bp = bp if isinstance(bp, tuple) else ((), bp)
+    ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
+    if ctx is not None:
+        with ctx:
+            outs = eqn.primitive.bind(*subfuns, *invals, **bp)
+    else:
+        outs = eqn.primitive.bind(*subfuns, *invals, **bp)
+    return outs if eqn.primitive.multiple_results else [outs]
+
+
+def _wider_float(a, dtype) -> bool:
+    dt = getattr(a, "dtype", None)
+    return dt is not None and jnp.issubdtype(dt, jnp.floating) and jnp.finfo(dt).bits > jnp.finfo(dtype).bits
+
+
+def _eval_low_precision(jaxpr, consts, dtype, *args):
+    env = {}
+
+    def read(v):
+        return v.val if isinstance(v, jex_core.Literal) else env[v]
+
+    for v, c in zip(jaxpr.constvars, consts):
+        env[v] = c
+    for v, a in zip(jaxpr.invars, args):
+        env[v] = a
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        if eqn.primitive in _LOW_PRECISION_PRIMS and all(_wider_float(a, dtype) for a in invals):
+            out_dtype = eqn.outvars[0].aval.dtype
+            params = dict(eqn.params, preferred_element_type=out_dtype)
+            outs = [eqn.primitive.bind(*[a.astype(dtype) for a in invals], **params)]
+        elif eqn.primitive.name in ("jit", "pjit") and "jaxpr" in eqn.params:
+            sub = eqn.params["jaxpr"]
+            outs = _eval_low_precision(sub.jaxpr, sub.consts, dtype, *invals)
+        else:
+            outs = _bind(eqn, invals)
+        for v, val in zip(eqn.outvars, outs):
+            if not isinstance(v, jex_core.DropVar):
+                env[v] = val
+    return [read(v) for v in jaxpr.outvars]
+
+
+def mixed_precision(fn: Callable, dtype) -> Callable:
+    """``fn`` with the operands of every matrix multiplication and convolution rounded to
+    ``dtype`` (e.g. ``jnp.bfloat16``), accumulated and returned in their original (float32)
+    dtype; everything else (activations, normalisation, the outputs) keeps its dtype.
+
+    Works on any JAX callable of arrays, including weights it closes over (a Flax ``apply``
+    with float32 params, an Equinox module, plain ``jnp``): the function is traced once to a
+    jaxpr and re-evaluated with the casts (also inside nested ``jit``); other higher-order
+    primitives run unchanged in full precision. This is the accelerator policy "bf16 (or
+    fp16) matmuls, float32 everything else"; on CPU it is usually slower (XLA:CPU emulates
+    bfloat16 convolutions).
+
+    Args:
+      fn: a function of arrays.
+      dtype: the operand dtype, a floating dtype narrower than the operands'.
+
+    Returns:
+      The wrapped function (same signature and output dtypes).
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+        outs = _eval_low_precision(closed.jaxpr, closed.consts, dtype, *jax.tree_util.tree_leaves(args))
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), outs)
+
+    return wrapped
+
+
+# ------------------------------------------------------------------ options
 
 
 def _is_int(v) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, np.integer))
 
 
-def _validate_options(steps, threshold, objective, record_every, early_exit_every):
-    if objective not in ("softmax", "sigmoid"):
-        raise bad_arg("objective", repr(objective), "'softmax' or 'sigmoid'")
+def _is_real(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (float, int, np.floating, np.integer))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """The validated options of one attack (built once by :func:`_parse_options`)."""
+
+    steps: int
+    threshold: float
+    rule: str  # ">=" or ">"
+    loss: Callable | None  # (logits, target) -> loss; None: the preset's -p
+    score: Callable  # (logits, target) -> p
+    score_kind: str  # "softmax", "sigmoid" or "custom"
+    proximity: Callable | None  # d -> [] of d = z - z0; None: no term
+    proximity_weight: float
+    continue_on_zero: bool
+    compute_dtype: Any
+    record_every: int
+    early_exit_every: int
+
+
+def _parse_options(*, steps, threshold, objective, success_fn, proximity, proximity_weight, threshold_rule, on_zero_gradient, compute_dtype,
+                   record_every, early_exit_every) -> _Spec:
+    """Check every option (naming the bad one) and resolve presets."""
+    if not (isinstance(objective, str) and objective in PRESETS) and not callable(objective):
+        raise bad_arg("objective", repr(objective), f"one of {sorted(PRESETS)} or a callable (logits, target) -> loss")
+    if success_fn is None:
+        success_fn = objective if isinstance(objective, str) else "softmax"
+    if isinstance(success_fn, str):
+        if success_fn not in PRESETS:
+            raise bad_arg("success_fn", repr(success_fn), f"one of {sorted(PRESETS)} or a callable (logits, target) -> score")
+        score, kind = PRESETS[success_fn], success_fn
+    elif callable(success_fn):
+        score, kind = success_fn, "custom"
+    else:
+        raise bad_arg("success_fn", repr(success_fn), f"None, one of {sorted(PRESETS)} or a callable (logits, target) -> score")
+    if isinstance(objective, str):
+        loss = None if objective == kind else (lambda l, t, _p=PRESETS[objective]: -_p(l, t))
+    else:
+        loss = objective
     if not _is_int(steps) or steps <= 0:
         raise bad_arg("steps", repr(steps), "a positive integer")
-    if isinstance(threshold, bool) or not isinstance(threshold, (float, int, np.floating)) or not 0.0 < threshold < 1.0:
+    if kind == "custom":
+        if not _is_real(threshold) or not math.isfinite(threshold):
+            raise bad_arg("threshold", repr(threshold), "a finite number (compared with success_fn's score)")
+    elif not _is_real(threshold) or not 0.0 < threshold < 1.0:
         raise bad_arg("threshold", repr(threshold), "a probability strictly between 0 and 1")
+    if threshold_rule not in (">=", ">"):
+        raise bad_arg("threshold_rule", repr(threshold_rule), "'>=' or '>'")
+    if on_zero_gradient not in ("fail", "continue"):
+        raise bad_arg("on_zero_gradient", repr(on_zero_gradient), "'fail' or 'continue'")
+    if not _is_real(proximity_weight) or not math.isfinite(proximity_weight) or proximity_weight < 0:
+        raise bad_arg("proximity_weight", repr(proximity_weight), "a finite number >= 0")
+    if isinstance(proximity, str):
+        if proximity not in PROXIMITIES:
+            raise bad_arg("proximity", repr(proximity), f"one of {sorted(PROXIMITIES)} or a callable (z - z0) -> scalar")
+        prox = PROXIMITIES[proximity]
+    elif callable(proximity):
+        prox = proximity
+    else:
+        raise bad_arg("proximity", repr(proximity), f"one of {sorted(PROXIMITIES)} or a callable (z - z0) -> scalar")
+    if compute_dtype is not None:
+        try:
+            dt = jnp.dtype(compute_dtype)
+        except TypeError as e:
+            raise bad_arg("compute_dtype", repr(compute_dtype), "None or a floating dtype such as jnp.bfloat16") from e
+        if not jnp.issubdtype(dt, jnp.floating):
+            raise bad_arg("compute_dtype", repr(compute_dtype), "None or a floating dtype such as jnp.bfloat16")
+        compute_dtype = None if dt == jnp.dtype(jnp.float32) else dt
     if not _is_int(record_every) or record_every < 0:
         raise bad_arg("record_every", repr(record_every), "a non-negative integer")
-    if record_every and steps % record_every:
-        raise bad_arg("record_every", record_every, f"a divisor of steps={steps}")
     if not _is_int(early_exit_every) or early_exit_every < 0:
         raise bad_arg("early_exit_every", repr(early_exit_every), "a non-negative integer")
+    return _Spec(int(steps), float(threshold), threshold_rule, loss, score, kind, prox if proximity_weight > 0 else None,
+                 float(proximity_weight), on_zero_gradient == "continue", compute_dtype, int(record_every), int(early_exit_every))
 
 
-def _num_classes(decode, logits, z0, objective: str, batched: bool) -> int:
-    """Shape-check ``logits(decode(z0))`` without running it; returns K (2 for sigmoid)."""
+def _num_classes(decode, logits, z0, spec: _Spec, batched: bool) -> int:
+    """Shape-check ``logits(decode(z0))`` without running it; returns K (2 for sigmoid, the
+    last axis' size for a custom score)."""
     z1 = jax.ShapeDtypeStruct(z0.shape[1:] if batched else z0.shape, z0.dtype)
     try:
         out = jax.eval_shape(lambda z: logits(decode(z)), z1)
     except Exception as e:  # noqa: BLE001 - re-raised with the argument named
         raise bad_arg("z0", f"shape {tuple(z1.shape)} that decode/logits cannot take ({type(e).__name__}: {e})", "a latent decode accepts") from e
     shape = tuple(out.shape)
-    if objective == "sigmoid":
+    if spec.score_kind == "custom":
+        return shape[-1] if shape else 1
+    if spec.score_kind == "sigmoid":
         if shape not in ((), (1,)):
             raise bad_arg("logits", f"output shape {shape}", "shape () or (1,) for objective='sigmoid'")
         return 2
@@ -177,51 +374,92 @@ def _num_classes(decode, logits, z0, objective: str, batched: bool) -> int:
     return shape[0]
 
 
-def _check_target_values(target, k: int, objective: str) -> None:
-    if isinstance(target, jax.core.Tracer):
+def _check_target_values(target, k: int, spec: _Spec) -> None:
+    if isinstance(target, jax.core.Tracer) or spec.score_kind == "custom":
         return
     t = np.asarray(target)
     if not np.issubdtype(t.dtype, np.integer):
-        raise bad_arg("target", f"dtype {t.dtype}", "an integer class index" + (" (1 increase, 0 decrease)" if objective == "sigmoid" else ""))
+        raise bad_arg("target", f"dtype {t.dtype}", "an integer class index" + (" (1 increase, 0 decrease)" if spec.score_kind == "sigmoid" else ""))
     if t.size and (t.min() < 0 or t.max() >= k):
         raise bad_arg("target", f"values in [{t.min()}, {t.max()}]", f"class indices in [0, {k - 1}]")
 
 
+def _check_batch_args(z0, target, source, spec: _Spec):
+    """Shape/value checks of a batch (values only for concrete arrays); returns ``(z0, target)``."""
+    if not hasattr(z0, "shape"):
+        z0 = jnp.asarray(z0)
+    if z0.ndim < 2 or z0.shape[0] == 0:
+        raise bad_arg("z0", f"shape {tuple(z0.shape)}", "a non-empty batch [n, ...]")
+    target = target if isinstance(target, jax.core.Tracer) else jnp.asarray(target)
+    n = z0.shape[0]
+    if spec.score_kind == "custom":
+        if target.ndim < 1 or target.shape[0] != n:
+            raise bad_arg("target", f"shape {tuple(target.shape)}", f"a leading axis of size {n}, one per example")
+    elif target.shape != (n,):
+        raise bad_arg("target", f"shape {tuple(target.shape)}", f"shape ({n},), one per example")
+    check_finite(z0, "z0")
+    if source is not None and not isinstance(source, jax.core.Tracer) and not isinstance(target, jax.core.Tracer):
+        s = np.asarray(source)
+        if s.shape != tuple(target.shape):
+            raise bad_arg("source", f"shape {s.shape}", f"shape {tuple(target.shape)}, like target")
+        if np.any(s == np.asarray(target)):
+            raise bad_arg("target", f"target == source for {int(np.sum(s == np.asarray(target)))} examples", "a target class different from the source")
+    return z0, target
+
+
+# ------------------------------------------------------------------ the per-example loop
+
+
 class _Fns(NamedTuple):
     prob_and_x: Callable  # (z, target) -> (p, x)
-    step: Callable  # (lane, target) -> lane
+    step: Callable  # (lane, target) -> (lane, (x, p, active, n_before))
     init: Callable  # z0 -> lane
     finish: Callable  # (lane, target) -> AttackResult without trajectory
 
 
-def _lane_fns(decode, logits, *, steps, tx, threshold, objective, project) -> _Fns:
+def _lane_fns(decode, logits, *, spec: _Spec, tx, project) -> _Fns:
     """The per-example pieces every schedule is built from."""
+    steps, threshold = spec.steps, spec.threshold
 
-    def prob_ok_x(z, target):
+    def past(p):
+        return p > threshold if spec.rule == ">" else p >= threshold
+
+    def score_ok_x(z, target):
         x = decode(z)
         l = logits(x)
-        p = target_probability(l, target, objective)
-        # finite logits AND a finite probability: XLA:CPU's max does not always propagate NaN,
+        if spec.compute_dtype is not None:  # the model's outputs back in z's precision
+            x, l = x.astype(z.dtype), l.astype(z.dtype)
+        p = spec.score(l, target)
+        if jnp.shape(p) != ():
+            raise bad_arg("success_fn", f"a score of shape {jnp.shape(p)}", "a scalar score per example (logits, target) -> []")
+        # finite logits AND a finite score: XLA:CPU's max does not always propagate NaN,
         # so a softmax of partly-NaN logits can come out finite; never trust it
-        return p, jnp.all(jnp.isfinite(l)) & jnp.isfinite(p), x
+        return p, l, jnp.all(jnp.isfinite(l)) & jnp.isfinite(p), x
 
     def prob_and_x(z, target):
-        p, _, x = prob_ok_x(z, target)
+        p, _, _, x = score_ok_x(z, target)
         return p, x
 
-    def loss(z, target):
-        p, ok, _ = prob_ok_x(z, target)
-        return -p, (p, ok)
+    def loss(z, z0, target):
+        p, l, ok, x = score_ok_x(z, target)
+        value = -p if spec.loss is None else spec.loss(l, target)
+        if jnp.shape(value) != ():
+            raise bad_arg("objective", f"a loss of shape {jnp.shape(value)}", "a scalar loss per example (logits, target) -> []")
+        if spec.proximity is not None:
+            value = value + spec.proximity_weight * spec.proximity(z - z0)
+        return value, (p, ok, x)
 
-    def step(lane: _Lane, target) -> _Lane:
+    def step(lane: _Lane, target):
         # `n < steps` is always true inside one scan of `steps` iterations; it is what ends a
         # lane in the compacted schedule, where lanes are advanced unevenly.
         active = ~lane.done & (lane.n < steps)
-        (l, (p, ok)), g = jax.value_and_grad(loss, has_aux=True)(lane.z, target)
+        (l, (p, ok, x)), g = jax.value_and_grad(loss, has_aux=True)(lane.z, lane.z0, target)
         finite = ok & jnp.isfinite(l) & jnp.all(jnp.isfinite(g))
-        crossed = ok & (p >= threshold)  # NaN never counts as crossed
-        gzero = optax.global_norm(g) == 0
-        stop = active & (crossed | ~finite | gzero)
+        crossed = ok & past(p)  # NaN never counts as crossed
+        halt = crossed | ~finite
+        if not spec.continue_on_zero:
+            halt = halt | (optax.global_norm(g) == 0)
+        stop = active & halt
         code = jnp.where(crossed, SUCCESS, jnp.where(~finite, NON_FINITE, ZERO_GRAD))
         status = jnp.where(stop, code, lane.status).astype(jnp.int32)
         move = active & ~stop
@@ -230,20 +468,17 @@ def _lane_fns(decode, logits, *, steps, tx, threshold, objective, project) -> _F
         if project is not None:
             z_new = project(z_new)
         keep = lambda new, old: jnp.where(move, new, old)  # noqa: E731
-        return _Lane(
-            keep(z_new, lane.z),
-            jax.tree_util.tree_map(keep, new_state, lane.opt_state),
-            lane.done | stop,
-            status,
-            lane.n + move.astype(jnp.int32),
-        )
+        new = _Lane(keep(z_new, lane.z), jax.tree_util.tree_map(keep, new_state, lane.opt_state), lane.done | stop, status,
+                    lane.n + move.astype(jnp.int32), lane.z0)
+        return new, (x, p, active, lane.n)
 
     def init(z0) -> _Lane:
-        return _Lane(z0, tx.init(z0), jnp.asarray(False), jnp.asarray(BUDGET, jnp.int32), jnp.asarray(0, jnp.int32))
+        return _Lane(z0, tx.init(z0), jnp.asarray(False), jnp.asarray(BUDGET, jnp.int32), jnp.asarray(0, jnp.int32),
+                     z0 if spec.proximity is not None else None)
 
     def finish(lane: _Lane, target) -> AttackResult:
-        p, ok, x = prob_ok_x(lane.z, target)
-        success = ok & (p >= threshold)  # by the threshold, also when it lands on the very last step
+        p, _, ok, x = score_ok_x(lane.z, target)
+        success = ok & past(p)  # by the threshold, also when it lands on the very last step
         status = jnp.where(success, SUCCESS, jnp.where(lane.status == SUCCESS, BUDGET, lane.status))
         status = jnp.where(~ok & ~success, NON_FINITE, status).astype(jnp.int32)
         return AttackResult(lane.z, x, p, lane.n, success, status)
@@ -251,11 +486,16 @@ def _lane_fns(decode, logits, *, steps, tx, threshold, objective, project) -> _F
     return _Fns(prob_and_x, step, init, finish)
 
 
+def _record_times(steps: int, record_every: int) -> np.ndarray:
+    """Steps at which the trajectory is recorded: ``0, r, 2r, ..., steps`` (last gap may be shorter)."""
+    return np.minimum(np.arange(-(-steps // record_every) + 1) * record_every, steps)
+
+
 def _run_one(fns: _Fns, z0, target, *, steps, record_every, early_exit_every) -> AttackResult:
     lane = fns.init(z0)
 
     def scan_steps(lane, length):
-        return jax.lax.scan(lambda c, _: (fns.step(c, target), None), lane, None, length=length)[0]
+        return jax.lax.scan(lambda c, _: (fns.step(c, target)[0], None), lane, None, length=length)[0]
 
     if record_every:
 
@@ -266,8 +506,13 @@ def _run_one(fns: _Fns, z0, target, *, steps, record_every, early_exit_every) ->
 
         p0, x0 = fns.prob_and_x(z0, target)
         lane, (xs, ps) = jax.lax.scan(block, lane, None, length=steps // record_every)
+        xs, ps = [x0[None], xs], [p0[None], ps]
+        if steps % record_every:  # the last, shorter block
+            lane = scan_steps(lane, steps % record_every)
+            p, x = fns.prob_and_x(lane.z, target)
+            xs, ps = xs + [x[None]], ps + [p[None]]
         res = fns.finish(lane, target)
-        return res._replace(trajectory=jnp.concatenate([x0[None], xs]), trajectory_probs=jnp.concatenate([p0[None], ps]))
+        return res._replace(trajectory=jnp.concatenate(xs), trajectory_probs=jnp.concatenate(ps))
     if early_exit_every and steps % early_exit_every == 0 and steps > early_exit_every:
         # The same trajectory as one scan of `steps`, cut into blocks; the loop ends once the
         # example is done. Under vmap the predicate is batched: the batch stops when its
@@ -293,37 +538,100 @@ def _ladder(n: int, min_width: int) -> tuple[int, ...]:
     return tuple(ws)
 
 
-def _run_compact(fns: _Fns, z0s, targets, *, steps, block, min_width) -> AttackResult:
+def _run_compact(fns: _Fns, z0s, targets, *, steps, block, min_width, record_every=0) -> AttackResult:
     n = targets.shape[0]
     lanes = jax.vmap(fns.init)(z0s)
     widths = _ladder(n, min_width)
     vstep = jax.vmap(fns.step)
+    times = _record_times(steps, record_every) if record_every else None
+    if record_every:
+        p_aval, x_aval = jax.eval_shape(fns.prob_and_x, z0s[0], targets[0])
+        rec0 = (jnp.zeros((n, len(times), *x_aval.shape), x_aval.dtype), jnp.zeros((n, len(times)), p_aval.dtype))
+    else:
+        rec0 = None
 
     def finished(ls):
         return ls.done | (ls.n >= steps)
 
     def advance(width):
-        def f(ls):
+        def f(carry):
+            ls, rec = carry
             fin = finished(ls)
             # the first `width` active lanes; fill with a finished lane (frozen by the mask,
             # so writing it back unchanged, even several times, is harmless)
             ids = jnp.nonzero(~fin, size=width, fill_value=jnp.argmax(fin))[0]
             sub = jax.tree_util.tree_map(lambda a: a[ids], ls)
             t = targets[ids]
-            sub = jax.lax.scan(lambda c, _: (vstep(c, t), None), sub, None, length=block)[0]
-            return jax.tree_util.tree_map(lambda a, b: a.at[ids].set(b), ls, sub)
+            if record_every:
+                # each lane writes the image it evaluates at steps 0, r, 2r, ... (only while
+                # active: a finished filler lane writes nothing); the rest is filled at the end
+                sub, (xs, ps, act, k) = jax.lax.scan(lambda c, _: vstep(c, t), sub, None, length=block)
+                slot = jnp.where(act & (k % record_every == 0), k // record_every, len(times))  # out of range: dropped
+                rows = jnp.broadcast_to(ids, slot.shape)
+                rec = (rec[0].at[rows, slot].set(xs, mode="drop"), rec[1].at[rows, slot].set(ps, mode="drop"))
+            else:
+                sub = jax.lax.scan(lambda c, _: (vstep(c, t)[0], None), sub, None, length=block)[0]
+            return jax.tree_util.tree_map(lambda a, b: a.at[ids].set(b), ls, sub), rec
 
         return f
 
     branches = [advance(w) for w in widths]
 
-    def body(ls):
-        remaining = jnp.sum(~finished(ls))
+    def body(carry):
+        remaining = jnp.sum(~finished(carry[0]))
         i = jnp.minimum(jnp.sum(jnp.asarray(widths) > remaining), len(widths) - 1)
-        return jax.lax.switch(i, branches, ls)
+        return jax.lax.switch(i, branches, carry)
 
-    lanes = jax.lax.while_loop(lambda ls: jnp.any(~finished(ls)), body, lanes)
-    return jax.vmap(fns.finish)(lanes, targets)
+    lanes, rec = jax.lax.while_loop(lambda c: jnp.any(~finished(c[0])), body, (lanes, rec0))
+    res = jax.vmap(fns.finish)(lanes, targets)
+    if not record_every:
+        return res
+    frozen = jnp.asarray(times)[None, :] >= res.steps_taken[:, None]  # at or past the lane's last step: its final point
+    xs = jnp.where(frozen.reshape(frozen.shape + (1,) * (rec[0].ndim - 2)), res.x[:, None], rec[0])
+    return res._replace(trajectory=xs, trajectory_probs=jnp.where(frozen, res.target_prob[:, None], rec[1]))
+
+
+def _prepare(decode, logits, spec: _Spec, rewrite_grads):
+    if spec.compute_dtype is not None:
+        decode, logits = mixed_precision(decode, spec.compute_dtype), mixed_precision(logits, spec.compute_dtype)
+    return _maybe_rewrite(decode, rewrite_grads), _maybe_rewrite(logits, rewrite_grads)
+
+
+# ------------------------------------------------------------------ public entry points
+
+_OPTIONS_DOC = """
+      steps: the step budget (the fixed scan length).
+      learning_rate: the optimiser's (the paper: 0.1 MNIST, 0.01 CelebA).
+      optimizer: ``None``/``"adam"`` (``optax.adam(learning_rate)``), ``"sgd-normalized"``
+        (steps of length ``learning_rate`` along the normalised gradient) or any
+        ``optax.GradientTransformation`` (then ``learning_rate`` is unused).
+      threshold: success once the score ``p`` passes this; in (0, 1) for the preset scores,
+        any finite number for a custom ``success_fn``.
+      objective: ``"softmax"`` (loss ``-softmax(logits)[target]``), ``"sigmoid"`` (one logit,
+        loss ``-sigmoid`` / ``-(1 - sigmoid)`` for target 1 / 0) or a callable
+        ``(logits, target) -> loss`` (a scalar, minimised; ``target`` is passed through as
+        given, so it may be a multi-label vector).
+      success_fn: the score ``(logits, target) -> p`` of the stop rule, reported as
+        ``target_prob``: ``None`` (the preset's probability for a string objective, the
+        target's softmax probability for a callable one), ``"softmax"``, ``"sigmoid"`` or a
+        callable.
+      proximity, proximity_weight: add ``proximity_weight * proximity(z - z0)`` to the loss;
+        ``proximity`` is ``"l1"`` (sum of absolute values), ``"l2"`` (squared Euclidean
+        norm) or a callable ``d -> scalar``; weight 0 (default) adds nothing.
+      threshold_rule: ``">="`` (default) or ``">"``: the comparison of ``p`` with ``threshold``.
+      on_zero_gradient: ``"fail"`` (default: a zero gradient ends the example, status 2) or
+        ``"continue"`` (keep stepping; it ends by success or the budget).
+      compute_dtype: ``None`` (float32) or a floating dtype such as ``jnp.bfloat16``: the
+        operands of the matrix multiplications and convolutions in ``decode``/``logits``
+        (:func:`mixed_precision`); ``z``, the optimiser, the loss and the stop rule stay float32.
+      record_every: record ``decode(z)`` after ``0, r, 2r, ...`` steps and after ``steps``
+        (0: no trajectory); any positive ``r``, the last gap may be shorter.
+      project: optional map applied after each step (the pixel attack clips to [0, 1]).
+      early_exit_every: leave the loop once the example (under vmap: every lane) is done,
+        checked every this many steps (0: always run all ``steps``). Results are identical
+        either way. Used when it divides ``steps`` and ``record_every == 0``.
+      rewrite_grads: run ``decode``/``logits`` through :func:`cpu_friendly` (same values and
+        gradients; 3-4x faster attack steps on XLA:CPU). ``None``: only on the CPU backend."""
 
 
 def attack(
@@ -336,43 +644,36 @@ def attack(
     learning_rate: float = 0.1,
     optimizer: str | optax.GradientTransformation | None = None,
     threshold: float = 0.5,
-    objective: str = "softmax",
+    objective: str | Callable = "softmax",
+    success_fn: str | Callable | None = None,
+    proximity: str | Callable = "l1",
+    proximity_weight: float = 0.0,
+    threshold_rule: str = ">=",
+    on_zero_gradient: str = "fail",
+    compute_dtype=None,
     record_every: int = 0,
     project: Callable | None = None,
     early_exit_every: int = 10,
     rewrite_grads: bool | None = None,
 ) -> AttackResult:
     r"""Latent-space counterfactual attack on ONE example (``jax.vmap`` it, or use
-    :func:`attack_batch`).
+    :func:`attack_batch` / :func:`make_attack`).
 
-    Minimises :math:`-p_y(\mathrm{logits}(\mathrm{decode}(z)))` from ``z0`` with ``optimizer``
-    until :math:`p_y \ge` ``threshold`` (checked before every step, start point included), for
-    at most ``steps`` steps. See the module docstring for the exact semantics.
+    Minimises the loss (by default :math:`-p_y(\mathrm{logits}(\mathrm{decode}(z)))`) from
+    ``z0`` with ``optimizer`` until the score passes ``threshold`` (checked before every step,
+    start point included), for at most ``steps`` steps. See the module docstring for the
+    exact semantics.
 
     Args:
       decode: ``z -> x [H, W, C]``, e.g. a VAE decoder (any JAX callable).
       logits: ``x -> [K]`` class logits (``[]``/``[1]`` for ``objective="sigmoid"``). It must
         include its own preprocessing: it sees exactly what ``decode`` returns.
       z0: the starting latent (e.g. the encoder mean of the image), any shape ``decode`` takes.
-      target: class index to reach (softmax), or 1/0 to increase/decrease a sigmoid.
-      steps: the step budget (the fixed scan length).
-      learning_rate: the optimiser's (the paper: 0.1 MNIST, 0.01 CelebA).
-      optimizer: ``None``/``"adam"`` (``optax.adam(learning_rate)``), ``"sgd-normalized"``
-        (steps of length ``learning_rate`` along the normalised gradient) or any
-        ``optax.GradientTransformation`` (then ``learning_rate`` is unused).
-      threshold: success once the target probability is ``>=`` this, in (0, 1).
-      objective: ``"softmax"`` or ``"sigmoid"``.
-      record_every: record ``decode(z)`` every this many steps (0: no trajectory); must
-        divide ``steps``.
-      project: optional map applied after each step (the pixel attack clips to [0, 1]).
-      early_exit_every: leave the loop once the example (under vmap: every lane) is done,
-        checked every this many steps (0: always run all ``steps``). Results are identical
-        either way. Used when it divides ``steps`` and ``record_every == 0``.
-      rewrite_grads: run ``decode``/``logits`` through :func:`cpu_friendly` (same values and
-        gradients; 3-4x faster attack steps on XLA:CPU). ``None``: only on the CPU backend.
+      target: class index to reach (softmax), 1/0 to increase/decrease a sigmoid, or whatever
+        a custom ``objective``/``success_fn`` takes.{options}
 
     Returns:
-      :class:`AttackResult`; ``trajectory`` has ``steps // record_every + 1`` images.
+      :class:`AttackResult`; ``trajectory`` has ``ceil(steps / record_every) + 1`` images.
 
     Raises:
       InputError: bad options, non-finite ``z0``, a ``target`` outside ``[0, K)``, or a
@@ -385,16 +686,23 @@ def attack(
       >>> bool(r.success), int(r.status), int(r.steps_taken) > 0
       (True, 0, True)
     """
-    _validate_options(steps, threshold, objective, record_every, early_exit_every)
+    spec = _parse_options(steps=steps, threshold=threshold, objective=objective, success_fn=success_fn, proximity=proximity,
+                          proximity_weight=proximity_weight, threshold_rule=threshold_rule, on_zero_gradient=on_zero_gradient,
+                          compute_dtype=compute_dtype, record_every=record_every, early_exit_every=early_exit_every)
     z0 = jnp.asarray(z0) if not isinstance(z0, jax.core.Tracer) else z0
     check_finite(z0, "z0")
-    k = _num_classes(decode, logits, z0, objective, batched=False)
-    if np.ndim(target) != 0:
+    k = _num_classes(decode, logits, z0, spec, batched=False)
+    if spec.score_kind != "custom" and np.ndim(target) != 0:
         raise bad_arg("target", f"shape {np.shape(target)}", "a scalar class index (use attack_batch for batches)")
-    _check_target_values(target, k, objective)
-    decode, logits = _maybe_rewrite(decode, rewrite_grads), _maybe_rewrite(logits, rewrite_grads)
-    fns = _lane_fns(decode, logits, steps=steps, tx=make_optimizer(optimizer, learning_rate), threshold=float(threshold), objective=objective, project=project)
-    return _run_one(fns, z0, jnp.asarray(target, jnp.int32), steps=steps, record_every=record_every, early_exit_every=early_exit_every)
+    _check_target_values(target, k, spec)
+    decode, logits = _prepare(decode, logits, spec, rewrite_grads)
+    fns = _lane_fns(decode, logits, spec=spec, tx=make_optimizer(optimizer, learning_rate), project=project)
+    target = jnp.asarray(target, jnp.int32) if spec.score_kind != "custom" else jnp.asarray(target)
+    return _run_one(fns, z0, target, steps=spec.steps, record_every=spec.record_every, early_exit_every=spec.early_exit_every)
+
+
+if attack.__doc__:  # None under python -OO
+    attack.__doc__ = attack.__doc__.replace("{options}", _OPTIONS_DOC)
 
 
 def _clip01(x):
@@ -414,11 +722,22 @@ def attack_pixels(
     **kw,
 ) -> AttackResult:
     r"""Pixel-space baseline: the loop of :func:`attack` on the image itself, projected to
-    [0, 1] after every step, :math:`x_{t+1} = \Pi_{[0,1]}(x_t + \mathrm{opt}(\nabla_x[-p_y]))`.
+    [0, 1] after every step, :math:`x_{t+1} = \Pi_{[0,1]}(x_t + \mathrm{opt}(\nabla_x L))`.
 
     Same options and result type as :func:`attack` (``z`` and ``x`` are both the final
-    image). On an undefended classifier it flips the class with small, structured noise: the
-    adversarial example the latent attack is compared against.
+    image; a proximity term measures ``x - x0``). On an undefended classifier it flips the
+    class with small, structured noise: the adversarial example the latent attack is compared
+    against.
+
+    Args:
+      logits: ``x -> [K]`` class logits.
+      x0: the image [H, W, C] in [0, 1].
+      target: as in :func:`attack`.
+      learning_rate: the optimiser's.
+      **kw: every other option of :func:`attack`.
+
+    Returns:
+      :class:`AttackResult`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -446,7 +765,13 @@ def attack_batch(
     learning_rate: float = 0.1,
     optimizer: str | optax.GradientTransformation | None = None,
     threshold: float = 0.5,
-    objective: str = "softmax",
+    objective: str | Callable = "softmax",
+    success_fn: str | Callable | None = None,
+    proximity: str | Callable = "l1",
+    proximity_weight: float = 0.0,
+    threshold_rule: str = ">=",
+    on_zero_gradient: str = "fail",
+    compute_dtype=None,
     record_every: int = 0,
     project: Callable | None = None,
     early_exit_every: int = 10,
@@ -454,24 +779,27 @@ def attack_batch(
 ) -> AttackResult:
     """:func:`attack` on a batch; every result field gains a leading batch axis ``n``.
 
-    jit-friendly (bind the options with ``functools.partial`` and jit the rest); value
-    checks are skipped for traced arguments.
+    jit-friendly, but an un-jitted call traces and compiles every time (~seconds): for
+    repeated calls use :func:`make_attack`, which binds the options and compiles once per
+    input shape. Value checks are skipped for traced arguments.
 
     Args:
-      decode, logits, steps, learning_rate, optimizer, threshold, objective, record_every,
-        project, early_exit_every, rewrite_grads: as in :func:`attack`.
+      decode, logits: as in :func:`attack`.
       z0: starting latents [n, ...].
-      target: [n] target per example.
+      target: [n] target per example ([n, ...] for a custom ``success_fn``).
       source: optional [n] source classes; a ``target == source`` pair is refused.
       schedule: ``"compact"`` (default; see the module docstring: cost ~ the sum of the
         examples' own step counts) or ``"vmap"`` (``jax.vmap(attack)``; every lane costs the
-        slowest one's steps). Both give the same per-example results. A trajectory
-        (``record_every > 0``) always uses ``"vmap"``.
+        slowest one's steps). Both give the same per-example results, trajectories included.
       block: steps per compaction round (refill granularity).
-      min_width: the smallest width of the compaction ladder.
+      min_width: the smallest width of the compaction ladder.{options}
 
     Returns:
       :class:`AttackResult` with a leading batch axis.
+
+    Raises:
+      InputError: as :func:`attack`, plus bad batch shapes, ``schedule``, ``block``,
+        ``min_width`` or ``target == source``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -480,39 +808,203 @@ def attack_batch(
       >>> r.success.shape, bool(r.success.all())
       ((4,), True)
     """
-    _validate_options(steps, threshold, objective, record_every, early_exit_every)
+    spec = _parse_options(steps=steps, threshold=threshold, objective=objective, success_fn=success_fn, proximity=proximity,
+                          proximity_weight=proximity_weight, threshold_rule=threshold_rule, on_zero_gradient=on_zero_gradient,
+                          compute_dtype=compute_dtype, record_every=record_every, early_exit_every=early_exit_every)
+    _check_schedule(schedule, block, min_width)
+    z0, target = _check_batch_args(z0, target, source, spec)
+    k = _num_classes(decode, logits, z0, spec, batched=True)
+    _check_target_values(target, k, spec)
+    decode, logits = _prepare(decode, logits, spec, rewrite_grads)
+    fns = _lane_fns(decode, logits, spec=spec, tx=make_optimizer(optimizer, learning_rate), project=project)
+    if spec.score_kind != "custom":
+        target = target.astype(jnp.int32)
+    if schedule == "vmap":
+        one = functools.partial(_run_one, fns, steps=spec.steps, record_every=spec.record_every, early_exit_every=spec.early_exit_every)
+        return jax.vmap(one)(z0, target)
+    return _run_compact(fns, z0, target, steps=spec.steps, block=block, min_width=min_width, record_every=spec.record_every)
+
+
+if attack_batch.__doc__:
+    attack_batch.__doc__ = attack_batch.__doc__.replace("{options}", _OPTIONS_DOC)
+
+
+def _check_schedule(schedule, block, min_width) -> None:
     if schedule not in ("compact", "vmap"):
         raise bad_arg("schedule", repr(schedule), "'compact' or 'vmap'")
     if not _is_int(block) or block <= 0:
         raise bad_arg("block", repr(block), "a positive integer")
     if not _is_int(min_width) or min_width <= 0:
         raise bad_arg("min_width", repr(min_width), "a positive integer")
-    if not hasattr(z0, "shape"):
-        z0 = jnp.asarray(z0)
-    if z0.ndim < 2 or z0.shape[0] == 0:
-        raise bad_arg("z0", f"shape {tuple(z0.shape)}", "a non-empty batch [n, ...]")
-    target = target if isinstance(target, jax.core.Tracer) else jnp.asarray(target)
-    if target.shape != (z0.shape[0],):
-        raise bad_arg("target", f"shape {tuple(target.shape)}", f"shape ({z0.shape[0]},), one per example")
-    check_finite(z0, "z0")
-    k = _num_classes(decode, logits, z0, objective, batched=True)
-    _check_target_values(target, k, objective)
-    if source is not None and not isinstance(source, jax.core.Tracer) and not isinstance(target, jax.core.Tracer):
-        s = np.asarray(source)
-        if s.shape != tuple(target.shape):
-            raise bad_arg("source", f"shape {s.shape}", f"shape {tuple(target.shape)}, like target")
-        if np.any(s == np.asarray(target)):
-            raise bad_arg("target", f"target == source for {int(np.sum(s == np.asarray(target)))} examples", "a target class different from the source")
-    decode, logits = _maybe_rewrite(decode, rewrite_grads), _maybe_rewrite(logits, rewrite_grads)
-    fns = _lane_fns(decode, logits, steps=steps, tx=make_optimizer(optimizer, learning_rate), threshold=float(threshold), objective=objective, project=project)
-    target = target.astype(jnp.int32)
-    if schedule == "vmap" or record_every:
-        one = functools.partial(_run_one, fns, steps=steps, record_every=record_every, early_exit_every=early_exit_every)
-        return jax.vmap(one)(z0, target)
-    return _run_compact(fns, z0, target, steps=steps, block=block, min_width=min_width)
 
 
 def attack_pixels_batch(logits: Callable, x0: Float[Array, "n h w c"], target: Int[Array, "n"], *, learning_rate: float = 0.01, **kw) -> AttackResult:
-    """:func:`attack_pixels` on a batch (same options as :func:`attack_batch`)."""
+    """:func:`attack_pixels` on a batch (same options as :func:`attack_batch`).
+
+    Args:
+      logits: ``x -> [K]`` class logits (one example).
+      x0: images [n, H, W, C] in [0, 1].
+      target: [n] target per example.
+      learning_rate: the optimiser's.
+      **kw: every other option of :func:`attack_batch`.
+
+    Returns:
+      :class:`AttackResult` with a leading batch axis.
+    """
     check_images(x0, "x0")
     return attack_batch(_identity, logits, x0, target, learning_rate=learning_rate, project=_clip01, **kw)
+
+
+# ------------------------------------------------------------------ compile once, call many
+
+_BATCH_OPTIONS = frozenset(
+    ("schedule", "block", "min_width", "steps", "learning_rate", "optimizer", "threshold", "objective", "success_fn", "proximity",
+     "proximity_weight", "threshold_rule", "on_zero_gradient", "compute_dtype", "record_every", "project", "early_exit_every",
+     "rewrite_grads")
+)
+_SINGLE_OPTIONS = _BATCH_OPTIONS - {"schedule", "block", "min_width"}
+_SPEC_OPTIONS = ("steps", "threshold", "objective", "success_fn", "proximity", "proximity_weight", "threshold_rule", "on_zero_gradient",
+                 "compute_dtype", "record_every", "early_exit_every")
+
+
+class Attack:
+    """An attack with its models and options bound once and its program compiled once per
+    input shape: ``Attack(decode, logits, **options)(z0, target) -> AttackResult``.
+
+    Calling :func:`attack_batch` directly re-traces and re-compiles the whole loop on every
+    call (seconds per call, even for a toy model); an ``Attack`` jits it once, so later calls
+    with the same shapes and dtypes only run the compiled program. The options are checked at
+    construction; each call still checks argument shapes, and (for concrete arrays) the
+    target range, ``target != source`` and finite ``z0`` on the host, without tracing again.
+
+    Args:
+      decode: ``z -> x [H, W, C]`` (single example; ``_identity`` for the pixel attack, see
+        :func:`make_pixel_attack`).
+      logits: ``x -> [K]``.
+      batched: ``True`` (default): calls take a batch (:func:`attack_batch`); ``False``: one
+        example (:func:`attack`).
+      **options: any option of :func:`attack_batch` (of :func:`attack` when
+        ``batched=False``) except ``source``, which goes with each call.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> run = Attack(lambda z: z, lambda x: jnp.eye(3) @ x, steps=50)
+      >>> r = run(jnp.zeros((4, 3)), jnp.array([0, 1, 2, 1]))   # traces and compiles
+      >>> r = run(jnp.ones((4, 3)), jnp.array([2, 2, 0, 1]))    # reuses the program
+      >>> bool(r.success.all())
+      True
+    """
+
+    def __init__(self, decode: Callable, logits: Callable, *, batched: bool = True, **options):
+        if not callable(decode):
+            raise bad_arg("decode", type(decode).__name__, "a callable z -> x")
+        if not callable(logits):
+            raise bad_arg("logits", type(logits).__name__, "a callable x -> logits")
+        allowed = _BATCH_OPTIONS if batched else _SINGLE_OPTIONS
+        unknown = sorted(set(options) - allowed - {"_pixels"})
+        if unknown:
+            raise bad_arg("options", ", ".join(unknown), f"options of {'attack_batch' if batched else 'attack'}: {', '.join(sorted(allowed))}")
+        self._pixels = options.pop("_pixels", False)
+        defaults = inspect.signature(attack_batch).parameters
+        self._spec = _parse_options(**{k: options.get(k, defaults[k].default) for k in _SPEC_OPTIONS})
+        if batched:
+            _check_schedule(options.get("schedule", "compact"), options.get("block", 5), options.get("min_width", 8))
+        make_optimizer(options.get("optimizer"), options.get("learning_rate", 0.1))  # checks the optimizer
+        self.decode, self.logits, self.batched, self.options = decode, logits, batched, dict(options)
+        self._k: dict = {}
+        self._fn = jax.jit(functools.partial(attack_batch if batched else attack, decode, logits, **options))
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
+        return f"{type(self).__name__}({'batched' if self.batched else 'single'}{', ' if opts else ''}{opts})"
+
+    def _classes(self, z0) -> int:
+        key = (tuple(z0.shape), str(z0.dtype))
+        if key not in self._k:  # traces decode/logits abstractly once per shape
+            self._k[key] = _num_classes(self.decode, self.logits, z0, self._spec, batched=self.batched)
+        return self._k[key]
+
+    def __call__(self, z0: Float[Array, "n d"], target: Int[Array, "n"], source: Int[Array, "n"] | None = None) -> AttackResult:
+        """Run the attack (compiling on the first call with these shapes).
+
+        Args:
+          z0: starting latents [n, ...] (one example [...] when ``batched=False``; images
+            [n, H, W, C] for a pixel attack).
+          target: [n] targets (a scalar when ``batched=False``).
+          source: optional [n] source classes, checked ``!= target`` on the host.
+
+        Returns:
+          :class:`AttackResult` (with a leading batch axis when batched).
+        """
+        if self._pixels:
+            check_images(z0, "x0", batched=self.batched)
+        if self.batched:
+            z0, target = _check_batch_args(z0, target, source, self._spec)
+        else:
+            z0 = z0 if isinstance(z0, jax.core.Tracer) else jnp.asarray(z0)
+            check_finite(z0, "z0")
+            if self._spec.score_kind != "custom" and np.ndim(target) != 0:
+                raise bad_arg("target", f"shape {np.shape(target)}", "a scalar class index (use a batched Attack for batches)")
+        _check_target_values(target, self._classes(z0), self._spec)
+        return self._fn(z0, target)
+
+
+def make_attack(decode: Callable, logits: Callable, **options) -> Attack:
+    """A compiled-once latent attack: ``make_attack(decode, logits, **options)(z0, target)``.
+
+    Args:
+      decode, logits: the single-example model callables (as in :func:`attack`).
+      **options: ``batched`` and any option of :func:`attack_batch`.
+
+    Returns:
+      an :class:`Attack`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> run = make_attack(lambda z: z, lambda x: jnp.eye(2) @ x, steps=20, threshold_rule=">")
+      >>> int(run(jnp.zeros((3, 2)), jnp.array([0, 1, 1])).status.max())
+      0
+    """
+    return Attack(decode, logits, **options)
+
+
+def make_pixel_attack(logits: Callable, *, learning_rate: float = 0.01, **options) -> Attack:
+    """A compiled-once pixel attack (:func:`attack_pixels_batch`): ``(x0, target) -> AttackResult``.
+
+    Args:
+      logits: ``x -> [K]`` (single example).
+      learning_rate: the optimiser's.
+      **options: ``batched`` and any option of :func:`attack_batch` except ``project``.
+
+    Returns:
+      an :class:`Attack` whose calls take images in [0, 1] and clip after every step.
+    """
+    if "project" in options:
+        raise bad_arg("project", "a projection", "no projection for a pixel attack (it always clips to [0, 1])")
+    return Attack(_identity, logits, learning_rate=learning_rate, project=_clip01, _pixels=True, **options)
+
+
+__all__ = [
+    "Attack",
+    "AttackResult",
+    "BUDGET",
+    "NON_FINITE",
+    "PRESETS",
+    "PROXIMITIES",
+    "STATUS_NAMES",
+    "SUCCESS",
+    "ZERO_GRAD",
+    "attack",
+    "attack_batch",
+    "attack_pixels",
+    "attack_pixels_batch",
+    "cpu_friendly",
+    "make_attack",
+    "make_optimizer",
+    "make_pixel_attack",
+    "mixed_precision",
+    "normalized_sgd",
+    "sigmoid_probability",
+    "softmax_probability",
+    "target_probability",
+]

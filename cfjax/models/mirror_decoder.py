@@ -60,6 +60,36 @@ class PatternEditor(nn.Module):
         return nn.relu(nn.Conv(skip.shape[-1], (3, 3), padding="SAME", name="conv1")(h))
 
 
+def _pool_to(x: Float[Array, "n H W c"], hw: tuple[int, int]) -> Float[Array, "n h w c"]:
+    """Average-pool down to ``hw`` (exact block means for integer factors, else bilinear)."""
+    H, W = x.shape[1:3]
+    h, w = hw
+    if (H, W) == (h, w):
+        return x
+    if H % h == 0 and W % w == 0:
+        return x.reshape(x.shape[0], h, H // h, w, W // w, x.shape[-1]).mean((2, 4))
+    return jax.image.resize(x, (x.shape[0], h, w, x.shape[-1]), "bilinear")
+
+
+class Eq12Editor(nn.Module):
+    """The paper's spatial pattern editor (Eq. 12): ``u = D_i(concat(B_i(S_i), F_k))``.
+
+    ``B_i`` maps the source skip DOWN to ``F_k``'s resolution (average pool + 3x3 conv), it is
+    concatenated with the FULL ``F_k``, and ``D_i`` maps the result back up to the skip's size
+    and channels (3x3 conv, upsample, two 3x3 convs; ReLU output like the classifier's skips).
+    Inside the CSP mask the decoder thus sees the source only through ``F_k``'s resolution."""
+
+    width: int
+
+    @nn.compact
+    def __call__(self, skip, F_k):
+        hw_k, hw_s = tuple(F_k.shape[1:3]), tuple(skip.shape[1:3])
+        b = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME", name="B")(_pool_to(skip, hw_k)))
+        u = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME", name="D0")(jnp.concatenate([b, F_k], -1)))
+        u = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME", name="D1")(_resize(u, hw_s)))
+        return nn.relu(nn.Conv(skip.shape[-1], (3, 3), padding="SAME", name="D2")(u))
+
+
 class MirrorDecoder(nn.Module):
     """``G(F_k, skips, masks) -> image`` in [0, 1].
 
@@ -69,13 +99,17 @@ class MirrorDecoder(nn.Module):
         reused if there are more skips than widths).
       editor_width: hidden channels of each spatial pattern editor.
       fk_channels: ``F_k`` is reduced to this many channels (1x1 conv) before it is
-        upsampled into the editors.
+        upsampled into the editors (``skip_mode="full"`` only).
+      skip_mode: ``"full"``: the editor sees the full-resolution source skip and the upsampled,
+        reduced ``F_k`` (:class:`PatternEditor`); ``"eq12"``: the paper's Eq. 12
+        (:class:`Eq12Editor`: the skip pooled to ``F_k``'s resolution + the full ``F_k``).
     """
 
     image_shape: tuple[int, int, int] = (28, 28, 1)
     widths: Sequence[int] = (64, 32, 16)
     editor_width: int = 16
     fk_channels: int = 32
+    skip_mode: str = "full"
 
     @nn.compact
     def __call__(
@@ -94,14 +128,18 @@ class MirrorDecoder(nn.Module):
             raise ValueError(f"masks: expected one per skip ({len(skips)}), got {len(masks)}")
         H, W, c = self.image_shape
         widths = list(self.widths) or [32]
-        fk = nn.Conv(self.fk_channels, (1, 1), name="fk_reduce")(F_k)
+        if self.skip_mode not in ("full", "eq12"):
+            raise ValueError(f"skip_mode: expected 'full' or 'eq12', got {self.skip_mode!r}")
+        fk = nn.Conv(self.fk_channels, (1, 1), name="fk_reduce")(F_k) if self.skip_mode == "full" else None
         h = nn.relu(nn.Conv(widths[0], (3, 3), padding="SAME", name="stem")(F_k))
         for level, i in enumerate(reversed(range(len(skips)))):
             skip, m = skips[i], masks[i]
             hw = tuple(skip.shape[1:3])
             width = widths[min(level, len(widths) - 1)]
-            fk_up = _resize(fk, hw)
-            edited = PatternEditor(self.editor_width, name=f"editor{i}")(skip, fk_up)
+            if self.skip_mode == "full":
+                edited = PatternEditor(self.editor_width, name=f"editor{i}")(skip, _resize(fk, hw))
+            else:
+                edited = Eq12Editor(self.editor_width, name=f"editor{i}")(skip, F_k)
             mixed = (1.0 - m) * skip + m * edited
             h = _resize(h, hw)
             h = nn.relu(nn.Conv(width, (3, 3), padding="SAME", name=f"up{i}_conv0")(jnp.concatenate([h, mixed], -1)))
@@ -127,4 +165,4 @@ class PatchDiscriminator(nn.Module):
         return nn.Conv(1, (3, 3), padding="SAME", name="logits")(h)
 
 
-__all__ = ["MirrorDecoder", "PatchDiscriminator", "PatternEditor"]
+__all__ = ["Eq12Editor", "MirrorDecoder", "PatchDiscriminator", "PatternEditor"]

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from cfjax import checkpoint as ckpt
 from cfjax._checks import check_images, check_labels
 from cfjax.errors import bad_arg
+from cfjax.progress import progress_bar
 from cfjax.models import VAE, Classifier
 
 
@@ -189,7 +190,7 @@ def fit(
         ekey = jax.random.fold_in(key, epoch)
         t0 = time.perf_counter()
         losses = []
-        bar = tqdm(
+        bar = progress_bar(  # a tqdm bar on a terminal, a status line every ~30 s in a log
             list(_batches(n, cfg.batch_size, rng)),
             desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
             disable=not progress,

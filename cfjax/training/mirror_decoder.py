@@ -40,6 +40,9 @@ class MirrorDecoderConfig:
     """Decoder channels per skip level, deepest first."""
     editor_width: int = 8
     fk_channels: int = 16
+    skip_mode: str = "full"
+    """``"full"`` (full-resolution source skip + reduced ``F_k`` into the editor) or ``"eq12"``
+    (the paper's Eq. 12: the skip pooled to ``F_k``'s resolution + the full ``F_k``)."""
     disc_widths: tuple[int, ...] = (32, 64)
     rho_l: float = 0.1
     """CSP threshold bounds: ``rho = clip(1 - k, rho_l, rho_u)``."""
@@ -58,6 +61,15 @@ class MirrorDecoderConfig:
     for the default MNIST classifier, so ~10x the other terms) and has an irreducible floor
     (about 11% of the reflected ``z`` entries are negative, out of reach of post-ReLU features);
     at weight 1 it starved ``L_cls`` (flip rate at k=1 after 600 steps: 0.39 vs 0.74 at 0.1)."""
+    fea_normalized: bool = False
+    """Divide ``L_fea`` by ``||z_k||`` (a relative error, ~1 scale like the other terms)."""
+    w_cls_blur: float = 0.0
+    """Weight of ``L_cls`` on the Gaussian-blurred (sigma 1) decoded image: the decoded
+    counterfactual must keep the class ``softmax(W z_k + b)`` says after the blur that denoised
+    validity applies (a cfjax addition, not in the paper; 0 turns it off)."""
+    k_cf_fraction: float = 0.0
+    """Fraction of the non-reconstruction rows whose ``k`` is drawn from (0.5, 1] (the
+    counterfactual side) instead of [0, 1]."""
     w_tri: float = 1.0
     tri_a: float = 0.2
     rec_fraction: float = 0.25
@@ -104,7 +116,8 @@ class DecoderTrained(NamedTuple):
 def build_decoder(cfg: MirrorDecoderConfig, image_shape):
     from cfjax.models.mirror_decoder import MirrorDecoder, PatchDiscriminator
 
-    g = MirrorDecoder(image_shape=tuple(image_shape), widths=tuple(cfg.widths), editor_width=cfg.editor_width, fk_channels=cfg.fk_channels)
+    g = MirrorDecoder(image_shape=tuple(image_shape), widths=tuple(cfg.widths), editor_width=cfg.editor_width, fk_channels=cfg.fk_channels,
+                      skip_mode=cfg.skip_mode)
     return g, PatchDiscriminator(widths=tuple(cfg.disc_widths))
 
 
@@ -146,7 +159,10 @@ def mirror_decoder_losses(
     rec = (k == 0).astype(x.dtype)
     d_sk = jnp.mean(jnp.abs(x_k - x), axis=(1, 2, 3))
     L_rec = jnp.sum(rec * d_sk) / jnp.maximum(jnp.sum(rec), 1.0)
-    L_fea = jnp.mean(jnp.sqrt(jnp.sum((z_k - z_g) ** 2, -1) + 1e-12))
+    fea = jnp.sqrt(jnp.sum((z_k - z_g) ** 2, -1) + 1e-12)
+    if cfg.fea_normalized:
+        fea = fea / (jax.lax.stop_gradient(jnp.linalg.norm(z_k, axis=-1)) + 1e-6)
+    L_fea = jnp.mean(fea)
     d_kr = jnp.mean(jnp.abs(x_k - x_ref), axis=(1, 2, 3))
     # 1 / beta = ||z_s - z_k|| / ||z_k - z_ref||  (0 at k = 0: the term becomes d(x_s, x_k))
     inv_beta = jnp.linalg.norm(z_s - z_k, axis=-1) / (jnp.linalg.norm(z_k - z_ref, axis=-1) + 1e-6)
@@ -154,6 +170,10 @@ def mirror_decoder_losses(
     L_tri = jnp.mean(jax.nn.relu((1 - a) * inv_beta * d_kr - d_sk) + jax.nn.relu(d_sk - (1 + a) * inv_beta * d_kr))
     terms = {"cls": L_cls, "adv": L_adv, "rec": L_rec, "fea": L_fea, "tri": L_tri}
     total = cfg.w_cls * L_cls + cfg.w_adv * L_adv + cfg.w_rec * L_rec + cfg.w_fea * L_fea + cfg.w_tri * L_tri
+    if cfg.w_cls_blur:
+        logp_b = jax.nn.log_softmax(jax.vmap(clf.features)(_blur(x_k)) @ W.T + b)
+        terms["cls_blur"] = jnp.mean(jnp.sum(jnp.exp(logp_k) * (logp_k - logp_b), -1))
+        total = total + cfg.w_cls_blur * terms["cls_blur"]
     return total, terms, x_k
 
 
@@ -187,6 +207,9 @@ def sample_batch(step: int, cfg: MirrorDecoderConfig, images: np.ndarray, labels
     s, t = pr[:, 0], pr[:, 1]
     idx = np.array([by_class[c][rng.integers(0, len(by_class[c]))] for c in s])
     k = rng.uniform(0.0, 1.0, B).astype(np.float32)
+    if cfg.k_cf_fraction:  # bias towards the counterfactual side (drawn after k: same stream otherwise)
+        cf_side = rng.uniform(size=B) < cfg.k_cf_fraction
+        k = np.where(cf_side, 0.5 + 0.5 * (1.0 - k), k).astype(np.float32)
     k[: int(round(cfg.rec_fraction * B))] = 0.0
     ref = np.empty(B, np.int64)
     for i in range(B):
@@ -379,7 +402,9 @@ def train_mirror_decoder(
 
     t0 = time.perf_counter()
     buf: list = []
-    bar = tqdm(range(start, cfg.steps), desc="mirror decoder", disable=not progress, leave=False, initial=start, total=cfg.steps)
+    from cfjax.progress import progress_bar  # a tqdm bar on a terminal, a status line every ~30 s in a log
+
+    bar = progress_bar(range(start, cfg.steps), desc="mirror decoder", disable=not progress, leave=False, initial=start, total=cfg.steps)
     for i in bar:
         if stop_after is not None and i - start >= stop_after:
             save_last(i, history)
