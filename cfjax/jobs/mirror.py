@@ -309,10 +309,16 @@ def load_oracle(train, test, root: Path, cfg: MirrorJobConfig, progress: bool = 
 
 
 def decoder_dir(root: Path, dcfg: md.MirrorDecoderConfig) -> Path:
-    """``root/mirror_decoder`` (all pairs) or ``root/mirror_decoder_<s>-<t>_...`` (restricted)."""
+    """``root/mirror_decoder-<hash>`` (all pairs) or ``root/mirror_decoder_<s>-<t>_...-<hash>``
+    (restricted); ``<hash>`` is a digest of the whole decoder config, so decoders of different
+    configs (ablations) live side by side and a resumed training finds its own ``last``."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(dcfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
     if dcfg.pairs is None:
-        return root / "mirror_decoder"
-    return root / ("mirror_decoder_" + "_".join(f"{s}-{t}" for s, t in dcfg.pairs))
+        return root / f"mirror_decoder-{h}"
+    return root / ("mirror_decoder_" + "_".join(f"{s}-{t}" for s, t in dcfg.pairs) + f"-{h}")
 
 
 def get_decoder(clf_trained, train, test, root: Path, dcfg: md.MirrorDecoderConfig, progress: bool = True):
