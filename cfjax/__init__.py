@@ -40,6 +40,7 @@ from cfjax.methods.attribution import (
     predict_attributes,
 )
 from cfjax.methods.mirror import (
+    MirrorCFE,
     MirrorResult,
     ReflectResult,
     bind_mirror_decoder,
@@ -85,6 +86,7 @@ __all__ = [
     "GlobalSums",
     "InputError",
     "MirrorDecoder",
+    "MirrorCFE",
     "MirrorDecoderConfig",
     "MirrorResult",
     "ReflectResult",

@@ -216,3 +216,14 @@ def test_torch_weights_is_numpy_only_and_names_bad_arguments():
     assert tw.linear(sd, "fc")["kernel"].shape == (12, 5) and "bias" not in tw.linear(sd, "fc")
     assert tw.conv2d(sd, "c")["kernel"].shape == (3, 3, 2, 4)
     assert tw.conv_padding("same", 4) == [(1, 2), (1, 2)]
+
+
+def test_readme_byom_blocks_are_the_tested_docs_blocks():
+    """The README's "Bring your own model" code is verbatim from docs/byom.md (run above)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Bring your own model", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    docs = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "byom.md").read_text(), re.S)
+    assert blocks and all(b in docs for b in blocks)

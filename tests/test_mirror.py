@@ -268,3 +268,25 @@ def test_mirror_cfe_with_a_plain_feature_function_and_no_skips():
     np.testing.assert_allclose(np.asarray(r.logits_path)[inside], np.asarray(r.logits_features)[inside], atol=2e-2)
     with pytest.raises(InputError, match="target"):
         mr.mirror_cfe(fmaps, Wm, b, decode, x, s, s)
+
+
+def test_mirror_cfe_object_compiles_once_and_checks_inputs():
+    traces = []
+    Wm = jax.random.normal(jax.random.key(0), (3, 4))
+    b = jnp.zeros(3)
+
+    def fmaps(x):
+        traces.append(1)  # runs only while tracing
+        return [x]
+
+    run = mr.MirrorCFE(fmaps, Wm, b, lambda F, skips, s, t, k: F, solver="exact", ks=jnp.linspace(0, 1, 11))
+    x = jax.random.normal(jax.random.key(1), (5, 2, 2, 4))
+    s = jnp.argmax(x.mean((1, 2)) @ Wm.T + b, -1)
+    r1 = run(x, s, (s + 1) % 3)
+    n = len(traces)
+    r2 = run(x * 1.5, s, (s + 2) % 3)  # new data, new classes, same shapes: no retrace
+    assert len(traces) == n and r1.found.shape == r2.found.shape == (5,)
+    with pytest.raises(InputError, match="target"):
+        run(x, s, s)
+    with pytest.raises(InputError, match="solver"):
+        mr.MirrorCFE(fmaps, Wm, b, lambda *a: a[0], solver="newton")

@@ -432,6 +432,49 @@ def mirror_cfe(
     )
 
 
+class MirrorCFE:
+    """Compile once, call many: :func:`mirror_cfe` over a batch with the models and options bound.
+
+    ``MirrorCFE(feature_maps, W, b, decode, ks=..., solver=...)(x [n, H, W, c], source [n],
+    target [n]) -> MirrorResult`` (batched fields). The batched program is jitted once per input
+    shape; classes are data, so any pair reuses it.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> W = jax.random.normal(jax.random.key(0), (3, 4)); b = jnp.zeros(3)
+      >>> run = MirrorCFE(lambda x: [x], W, b, lambda F, skips, s, t, k: F, solver="exact")
+      >>> x = jax.random.normal(jax.random.key(1), (5, 2, 2, 4))
+      >>> s = jnp.argmax(x.mean((1, 2)) @ W.T + b, -1); t = (s + 1) % 3
+      >>> bool(run(x, s, t).found.all())
+      True
+    """
+
+    def __init__(self, feature_maps: Callable, W, b, decode: Callable, **options):
+        if options.get("solver", "jaxopt") not in SOLVERS:
+            from cfjax.errors import bad_arg
+
+            raise bad_arg("solver", repr(options["solver"]), f"one of {SOLVERS}")
+        self.W, self.b = jnp.asarray(W), jnp.asarray(b)
+        self.options = dict(options)
+        one = lambda x, s, t: mirror_cfe(feature_maps, self.W, self.b, decode, x, s, t, **self.options)  # noqa: E731
+        self._run = jax.jit(jax.vmap(one))
+
+    def __call__(self, x: Float[Array, "n H W c"], source: Int[Array, "n"], target: Int[Array, "n"]) -> MirrorResult:
+        from cfjax.errors import bad_arg
+
+        x = jnp.asarray(x)
+        source, target = jnp.asarray(source, jnp.int32), jnp.asarray(target, jnp.int32)
+        if x.ndim != 4 or source.shape != (x.shape[0],) or target.shape != (x.shape[0],):
+            raise bad_arg("x/source/target", f"shapes {tuple(x.shape)}, {tuple(source.shape)}, {tuple(target.shape)}", "[n, H, W, c], [n], [n]")
+        K = self.W.shape[0]
+        s_np, t_np = np.asarray(source), np.asarray(target)
+        if s_np.min() < 0 or t_np.min() < 0 or max(s_np.max(), t_np.max()) >= K:
+            raise bad_arg("source/target", f"classes outside [0, {K - 1}]", f"class indices in [0, {K - 1}]")
+        if np.any(s_np == t_np):
+            raise bad_arg("target", f"target == source at rows {np.flatnonzero(s_np == t_np)[:5].tolist()}", "a target different from the source")
+        return self._run(x, source, target)
+
+
 # ------------------------------------------------------------------ applying a decoder
 
 
@@ -477,6 +520,7 @@ def batched_decoder(module, params, W, rho_l: float = 0.1, rho_u: float = 0.5) -
 __all__ = [
     "SOLVERS",
     "STATUS_NAMES",
+    "MirrorCFE",
     "MirrorResult",
     "mirror_cfe",
     "ReflectResult",
