@@ -106,7 +106,11 @@ def test_job_rows_are_cfjax_mirror_cfe(smoke_run):
     clf = cf.bind_classifier(clf_t.module, clf_t.params)
     decode = cf.bind_mirror_decoder(dec.module, dec.params, clf.W, cfg.decoder.rho_l, cfg.decoder.rho_u)
     preds = np.argmax(np.asarray(jax.vmap(clf.logits)(jnp.asarray(test.images))), -1)
-    sel = np.flatnonzero((test.labels == 3) & (preds == 3))[: cfg.limit]
+    sel = np.flatnonzero((test.labels == 3) & (preds == 3))
+    if len(sel) == 0:  # the job's documented fallback when the (smoke) classifier gets no 3 right
+        assert s["selection"].startswith("label == source (")
+        sel = np.flatnonzero(test.labels == 3)
+    sel = sel[: cfg.limit]
     assert len(sel) == s["n_counterfactuals"] == len(rows["k_cf"])
     ks = mr.default_k_grid(cfg.k_step)
     r = jax.jit(jax.vmap(lambda x: cf.mirror_cfe(clf.feature_maps, clf.W, clf.b, decode, x, 3, 8, ks=ks, solver=cfg.solver,
