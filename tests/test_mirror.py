@@ -290,3 +290,20 @@ def test_mirror_cfe_object_compiles_once_and_checks_inputs():
         run(x, s, s)
     with pytest.raises(InputError, match="solver"):
         mr.MirrorCFE(fmaps, Wm, b, lambda *a: a[0], solver="newton")
+
+
+def test_mirror_rows_in_decode_slices_equal_one_pass():
+    """``max_decode`` bounds the images decoded at once (sequential slices); the rows are the same."""
+    from cfjax.jobs.mirror import Backbone, decode_slices, mirror_rows
+
+    clf, decode, x = _tiny_models(3)
+    bb = Backbone(lambda x: [x], lambda x: x.reshape(x.shape[0], -1)[:, :8], "test")
+    ks = mr.default_k_grid(0.1)
+    src = jnp.argmax(jax.vmap(clf.logits)(x), -1).astype(jnp.int32)
+    tgt = (src + 3) % 10
+    mask = jnp.arange(6) < 5
+    assert decode_slices(6, 11, 22) == 3 and decode_slices(6, 11, None) == 1 and decode_slices(6, 11, 5) == 6
+    f = lambda md: jax.jit(lambda x, s, t, m: mirror_rows(clf, decode, bb, x, s, t, m, ks=ks, solver="exact", max_decode=md))(x, src, tgt, mask)  # noqa: E731
+    a, b = f(None), f(22)
+    for k in a:
+        np.testing.assert_allclose(np.asarray(a[k], np.float64), np.asarray(b[k], np.float64), rtol=1e-4, atol=1e-5, err_msg=k)

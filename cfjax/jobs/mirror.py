@@ -63,6 +63,9 @@ class MirrorJobConfig:
     """Transition grid ``0, k_step, ..., 1``; the first counterfactual is searched at k > 0.5."""
     chunk_size: int = 32
     """Images per sharded step (each decodes ``1/k_step + 1`` transitions)."""
+    max_decode: int | None = 2048
+    """At most this many images decoded at once in a step (the step runs in sequential slices,
+    :func:`decode_slices`): bounds peak memory whatever ``chunk_size``. None: no bound."""
     limit: int | None = None
     """Pair job: explain at most N source images; global pass: the first N test images (None: all)."""
     decoder: md.MirrorDecoderConfig = md.MirrorDecoderConfig()
@@ -115,7 +118,7 @@ class MirrorJobConfig:
             raise bad_arg("solver", repr(self.solver), f"one of {mr.SOLVERS}")
         for name in ("maxiter", "chunk_size", "checkpoint_every", "n_figure_examples"):
             check_positive_int(getattr(self, name), name)
-        for name in ("limit", "data_limit", "backbone_epochs"):
+        for name in ("limit", "data_limit", "backbone_epochs", "max_decode"):
             check_positive_int(getattr(self, name), name, allow_none=True)
         check_positive_int(self.decoder.steps, "decoder.steps")
         check_positive_int(self.decoder.batch_size, "decoder.batch_size")
@@ -171,6 +174,7 @@ def mirror_rows(
     oracle_logits: Callable | None = None,
     lpips_fn: Callable | None = None,
     fid_features: Callable | None = None,
+    max_decode: int | None = None,
     return_images: bool = False,
 ) -> dict:
     """:func:`cfjax.mirror_cfe` on a batch (vmapped) and its per-example metric rows (pure).
@@ -188,6 +192,10 @@ def mirror_rows(
       lpips_fn: optional batched ``(x, y) -> [n]`` paper-standard LPIPS(AlexNet)
         (:func:`cfjax.eval.lpips.lpips_distance`): row ``lpips_alex`` (source vs counterfactual).
       fid_features: optional batched ``x -> [n, 2048]`` (Inception-v3 pool3): row ``fid_feats``.
+      max_decode: bound on the images decoded at once: the batch runs as ``S`` sequential
+        slices of ``n / S`` examples (``lax.map``; ``S`` the smallest divisor of ``n`` with
+        ``(n / S) * m <= max_decode``), so peak memory follows this value, not ``n * m``.
+        ``None``: the whole batch at once.
 
     Returns:
       rows ``[n, ...]``: ``source, target, w, ok, k_cf, index, found, status, iterations,
@@ -198,9 +206,15 @@ def mirror_rows(
     """
     W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
     ks = jnp.asarray(ks, jnp.float32)
-    r = jax.vmap(lambda xi, s, t: mr.mirror_cfe(clf.feature_maps, W, b, decode, xi, s, t, ks=ks, solver=solver, maxiter=maxiter, tol=tol))(
-        x, source, target)
+    run = jax.vmap(lambda xi, s, t: mr.mirror_cfe(clf.feature_maps, W, b, decode, xi, s, t, ks=ks, solver=solver, maxiter=maxiter, tol=tol))
     n = x.shape[0]
+    S = decode_slices(n, int(ks.shape[0]), max_decode)
+    if S == 1:
+        r = run(x, source, target)
+    else:  # [n, ...] -> [S, n/S, ...]: the scanned axis is unsharded, each slice spans every device
+        split = lambda a: jnp.moveaxis(a.reshape(n // S, S, *a.shape[1:]), 1, 0)  # noqa: E731
+        r = jax.lax.map(lambda args: run(*args), (split(x), split(source), split(target)))
+        r = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1).reshape(n, *a.shape[2:]), r)
     take = lambda a: jnp.take_along_axis(a, r.index.reshape(n, *([1] * (a.ndim - 1))), axis=1)[:, 0]  # noqa: E731
     onehot_t = jax.nn.one_hot(target, W.shape[0])
     p_lin = jnp.sum(jax.nn.softmax(r.logits_features) * onehot_t[:, None], -1)  # [n, m]
@@ -233,6 +247,17 @@ def mirror_rows(
         rows["x_k"] = r.x_path
         rows["x_cf"] = r.x_cf
     return rows
+
+
+def decode_slices(n: int, m: int, max_decode: int | None) -> int:
+    """The number of sequential slices ``S`` (a divisor of ``n``) so that ``(n / S) * m <= max_decode``
+    (``S = n`` when even one example's ``m`` decodes exceed it)."""
+    if max_decode is None or n * m <= max_decode:
+        return 1
+    for S in range(2, n + 1):
+        if n % S == 0 and (n // S) * m <= max_decode:
+            return S
+    return n
 
 
 PER_EXAMPLE = ("source", "target", "k_cf", "index", "found", "status", "iterations", "converged", "residual", "p_lin", "p_dec", "target_prob")
@@ -472,7 +497,7 @@ class MirrorJob:
         def rows_fn(batch, mask):
             return mirror_rows(clf, decode, backbone, batch["x"], batch["source"], batch["target"], mask, ks=ks, solver=cfg.solver,
                                maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, oracle_logits=oracle_logits, lpips_fn=lpips_fn,
-                               fid_features=fid_features)
+                               fid_features=fid_features, max_decode=cfg.max_decode)
 
         desc = f"mirror {src[0]}->{tgt[0]}" if self.per_pair else "mirror (all pairs)"
         return [Pass("mirror", rows_fn, mirror_evaluators(test.num_classes, test.class_names, len(ks), d, oracle=orc is not None, lpips_alex=lpips_fn is not None,
@@ -790,6 +815,7 @@ __all__ = [
     "get_decoder",
     "load_models",
     "mirror_evaluators",
+    "decode_slices",
     "mirror_rows",
     "run_mirror_explanation",
     "run_mirror_global",
