@@ -2,6 +2,13 @@
 
     python experiments/bench.py --out bench.json [--batch-sizes 64 256 1024] [--steps 100]
         [--torch] [--full-test-set] [--upsample resize transpose]
+    python experiments/bench.py --model celeba64 --out bench_celeba64.json --batch-sizes 16 64 --steps 20 --torch
+
+``--model celeba64`` swaps the MNIST-sized models for CelebA-sized ones (64x64x3 images): a
+VAE decoder with latent 128 (4x4x256 grid, four nearest-x2 + 3x3 conv stages of 256/128/64/64
+channels) and a plain GAP-CNN classifier (cfjax Classifier, widths 64/128/256/256, two convs
+per block, 2 classes, ~2.3 M parameters; not residual). Only the latent attack (and
+``--torch``) is measured for it.
 
 Measures, per (method, batch size, steps): compile time, steady-state wall time (median of
 ``--repeats``), counterfactuals/s, FLOPs per counterfactual (dense convs + matmuls counted from the jaxpr by cfjax.flops;
@@ -56,17 +63,31 @@ def matmul_peak(dtype=jnp.float32, n=None, repeats=5) -> float:
     return 2 * n**3 / _time(lambda: f(a), repeats)
 
 
-def build(upsample="resize", seed=0):
-    clf_m = Classifier()
-    vae_m = VAE(image_shape=(28, 28, 1), latent_dim=16, upsample=upsample)
-    cp = clf_m.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 1)))
-    vp = vae_m.init(jax.random.key(seed + 1), jnp.zeros((1, 28, 28, 1)), jax.random.key(2))
+MODELS = {
+    # image shape, latent dim, VAE widths (decoder mirrors them), classifier kwargs
+    "mnist": dict(image_shape=(28, 28, 1), latent_dim=16, vae_widths=(16, 32, 64), clf=dict()),
+    "celeba64": dict(image_shape=(64, 64, 3), latent_dim=128, vae_widths=(64, 128, 256, 256),
+                     clf=dict(num_classes=2, widths=(64, 128, 256, 256), convs_per_block=2)),
+}
+
+
+def build(upsample="resize", seed=0, model="mnist"):
+    cfg = MODELS[model]
+    shape = (1, *cfg["image_shape"])
+    clf_m = Classifier(**cfg["clf"])
+    vae_m = VAE(image_shape=cfg["image_shape"], latent_dim=cfg["latent_dim"], widths=cfg["vae_widths"], upsample=upsample)
+    cp = clf_m.init(jax.random.key(seed), jnp.zeros(shape))
+    vp = vae_m.init(jax.random.key(seed + 1), jnp.zeros(shape), jax.random.key(2))
     return clf_m, cp, vae_m, vp
 
 
-def bench_attack(clf, vae, batch, steps, repeats):
-    z0 = jax.random.normal(jax.random.key(1), (batch, 16))
-    tgt = jnp.arange(batch) % 10
+def n_params(tree) -> int:
+    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def bench_attack(clf, vae, batch, steps, repeats, latent_dim=16, num_classes=10):
+    z0 = jax.random.normal(jax.random.key(1), (batch, latent_dim))
+    tgt = jnp.arange(batch) % num_classes
     f = jax.jit(lambda z, t: atk.attack_batch(vae.decode, clf.logits, z, t, steps=steps, threshold=0.999, early_exit_every=0))
     t0 = time.perf_counter()
     compiled = f.lower(z0, tgt).compile()
@@ -151,6 +172,8 @@ def full_test_set(clf, vae, n_images=10000, k=10, steps=100, chunk=8192):
 
 def torch_side_by_side(clf_m, cp, vae_m, vp, batch, steps, per_image_n=4):
     """Same latent attack in PyTorch eager with the Flax weights copied over."""
+    H, W, _ = vae_m.image_shape
+    D, K = vae_m.latent_dim, clf_m.num_classes
     import torch
     import torch.nn.functional as Fn
 
@@ -164,7 +187,9 @@ def torch_side_by_side(clf_m, cp, vae_m, vp, batch, steps, per_image_n=4):
         return Fn.conv2d(x, w, T(p["bias"]), stride=stride, padding=1)
 
     widths = clf_m.widths
-    grid = (4, 4)
+    n_up = len(vae_m.widths)
+    grid = (-(-H // 2**n_up), -(-W // 2**n_up))
+    top, left = (grid[0] * 2**n_up - H) // 2, (grid[1] * 2**n_up - W) // 2
 
     def decode(z):
         h = z @ T(V["from_z"]["kernel"]) + T(V["from_z"]["bias"])
@@ -173,19 +198,20 @@ def torch_side_by_side(clf_m, cp, vae_m, vp, batch, steps, per_image_n=4):
             h = h.repeat_interleave(2, 2).repeat_interleave(2, 3)
             h = Fn.leaky_relu(conv(h, V[f"dec{i}"]), 0.2)
         h = torch.sigmoid(conv(h, V["out"]))
-        return h[:, :, 2:30, 2:30]
+        return h[:, :, top : top + H, left : left + W]
 
     def logits(x):
         h = (x - 0.5) / 0.5
         for b in range(len(widths)):
             if b > 0:
                 h = Fn.max_pool2d(h, 2, ceil_mode=True)
-            h = Fn.relu(conv(h, P[f"block{b}_conv0"]))
+            for i in range(clf_m.convs_per_block):
+                h = Fn.relu(conv(h, P[f"block{b}_conv{i}"]))
         return h.mean((2, 3)) @ T(P["head"]["kernel"]) + T(P["head"]["bias"])
 
     def run(n):
-        z = torch.randn(n, 16, device=dev, requires_grad=True)
-        tgt = torch.arange(n, device=dev) % 10
+        z = torch.randn(n, D, device=dev, requires_grad=True)
+        tgt = torch.arange(n, device=dev) % K
         opt = torch.optim.Adam([z], lr=0.1)
         for _ in range(steps):
             opt.zero_grad()
@@ -196,7 +222,7 @@ def torch_side_by_side(clf_m, cp, vae_m, vp, batch, steps, per_image_n=4):
             torch.cuda.synchronize()
 
     # check the port: same logits as the Flax model on the same latents
-    z = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
+    z = np.random.default_rng(0).normal(size=(4, D)).astype(np.float32)
     jl = np.asarray(jax.vmap(lambda zz: bind_classifier(clf_m, cp).logits(bind_vae(vae_m, vp).decode(zz)))(jnp.asarray(z)))
     with torch.no_grad():
         tl = logits(decode(T(z))).cpu().numpy()
@@ -205,16 +231,23 @@ def torch_side_by_side(clf_m, cp, vae_m, vp, batch, steps, per_image_n=4):
     t0 = time.perf_counter()
     run(batch)
     batched = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(per_image_n):
-        run(1)
-    per_image = (time.perf_counter() - t0) / per_image_n
-    return {"device": dev, "port_max_logit_diff": max_diff, "batched_cf_per_s": batch / batched, "per_image_cf_per_s": 1 / per_image}
+    out = {"device": dev, "threads": torch.get_num_threads(), "port_max_logit_diff": max_diff,
+           "port_max_abs_logit": float(np.abs(jl).max()), "batched_cf_per_s": batch / batched}
+    if per_image_n:
+        t0 = time.perf_counter()
+        for _ in range(per_image_n):
+            run(1)
+        out["per_image_cf_per_s"] = per_image_n / (time.perf_counter() - t0)
+    return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench.json")
+    p.add_argument("--model", choices=sorted(MODELS), default="mnist",
+                   help="mnist: 28x28x1, latent 16 (default); celeba64: 64x64x3, latent 128 (latent attack only)")
+    p.add_argument("--torch-per-image", type=int, default=None,
+                   help="images timed one at a time in the PyTorch loop (default 4 for mnist, 0 for celeba64)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--steps", type=int, nargs="+", default=[100])
     p.add_argument("--repeats", type=int, default=3)
@@ -223,24 +256,35 @@ def main(argv=None):
     p.add_argument("--mirror", action="store_true")
     p.add_argument("--full-test-set", action="store_true")
     a = p.parse_args(argv)
+    cfg = MODELS[a.model]
+    if a.model != "mnist" and (a.mirror or a.full_test_set):
+        p.error("--mirror and --full-test-set are MNIST-only")
+    per_image_n = a.torch_per_image if a.torch_per_image is not None else (4 if a.model == "mnist" else 0)
     res = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-           "machine": platform.machine(), "cpus": os.cpu_count(), "attack": [], "reflect": [], "mirror": [], "torch": []}
+           "machine": platform.machine(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "attack": [], "reflect": [], "mirror": [], "torch": []}
     res["matmul_peak_f32_flops"] = matmul_peak(jnp.float32)
     if jax.default_backend() == "gpu":
         res["matmul_peak_bf16_flops"] = matmul_peak(jnp.bfloat16)
     for up in a.upsample:
-        clf_m, cp, vae_m, vp = build(up)
+        clf_m, cp, vae_m, vp = build(up, model=a.model)
+        if a.model != "mnist":
+            res["model"] = {"name": a.model, "image_shape": list(cfg["image_shape"]), "latent_dim": cfg["latent_dim"],
+                            "vae_widths": list(cfg["vae_widths"]), "classifier": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg["clf"].items()},
+                            "classifier_params": n_params(cp),
+                            "decoder_params": n_params({k: v for k, v in vp["params"].items() if not k.startswith(("enc", "mu", "logvar"))})}
+            print(json.dumps(res["model"]), flush=True)
         clf, vae = bind_classifier(clf_m, cp), bind_vae(vae_m, vp)
         for steps in a.steps:
             for bs in a.batch_sizes:
-                r = bench_attack(clf, vae, bs, steps, a.repeats)
+                r = bench_attack(clf, vae, bs, steps, a.repeats, cfg["latent_dim"], clf_m.num_classes)
                 r.update(upsample=up, batch=bs, steps=steps, frac_of_matmul_peak=r["flops_per_s"] / res["matmul_peak_f32_flops"])
                 res["attack"].append(r)
                 print(json.dumps(r), flush=True)
                 if a.torch and up == "resize":
-                    t = torch_side_by_side(clf_m, cp, vae_m, vp, bs, steps)
-                    t.update(batch=bs, steps=steps, jax_over_torch_batched=r["cf_per_s"] / t["batched_cf_per_s"],
-                             jax_over_torch_per_image=r["cf_per_s"] / t["per_image_cf_per_s"])
+                    t = torch_side_by_side(clf_m, cp, vae_m, vp, bs, steps, per_image_n)
+                    t.update(batch=bs, steps=steps, jax_over_torch_batched=r["cf_per_s"] / t["batched_cf_per_s"])
+                    if "per_image_cf_per_s" in t:
+                        t["jax_over_torch_per_image"] = r["cf_per_s"] / t["per_image_cf_per_s"]
                     res["torch"].append(t)
                     print(json.dumps(t), flush=True)
         if a.mirror and up == a.upsample[0]:
@@ -257,6 +301,7 @@ def main(argv=None):
         if a.full_test_set and up == a.upsample[0]:
             res["full_test_set"] = full_test_set(clf, vae)
             print(json.dumps(res["full_test_set"]), flush=True)
+    res["loadavg_end"] = os.getloadavg()
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     atomic_write_json(a.out, res)
     print(f"wrote {a.out}")

@@ -52,6 +52,7 @@ def main(argv=None) -> dict:
     p.add_argument("--backbone-epochs", type=int, default=2)
     p.add_argument("--oracle-epochs", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="first N test images")
+    p.add_argument("--figures", action="store_true", help="per-pair transition strips and confidence curves in the report")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args(argv)
     pairs = MIRROR_PAIRS[a.data] if a.data in MIRROR_PAIRS else None
@@ -64,7 +65,7 @@ def main(argv=None) -> dict:
     elif a.decoder_pairs != "all":
         dec = dataclasses.replace(dec, pairs=parse_pairs(a.decoder_pairs, name="--decoder-pairs"))
     cfg = dataclasses.replace(base, decoder=dec, classifier_augment_blur=a.classifier_blur, backbone_epochs=a.backbone_epochs,
-                              oracle_epochs=a.oracle_epochs, limit=a.limit, figures=False, chunk_size=64)
+                              oracle_epochs=a.oracle_epochs, limit=a.limit, figures=a.figures, chunk_size=64)
     out = Path(a.out)
     models_dir = Path(a.models_dir) if a.models_dir else out.parent / "models"
     t0 = time.perf_counter()
