@@ -100,7 +100,8 @@ def test_job_rows_are_cfjax_mirror_cfe(smoke_run):
     s = json.loads((out / "summary.json").read_text())
     parts = [dict(np.load(f)) for f in sorted((out / "per_example" / "mirror").glob("chunk_*.npz"))]
     rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    cfg = mjob.MirrorJobConfig.smoke()
+    cfg = mjob.resolve_decoder_pairs(mjob.MirrorJobConfig.smoke(), "mnist5k", ((3, 8),))
+    assert cfg.decoder.pairs == mjob.MIRROR_PAIRS["mnist5k"]  # the default: one decoder for the paper pairs
     train, test, clf_t, _, root = mjob.load_models("mnist5k", out / "models", cfg, progress=False, backbone=False)
     dec, _ = mjob.get_decoder(clf_t, train, test, root, cfg.decoder, progress=False)
     clf = cf.bind_classifier(clf_t.module, clf_t.params)

@@ -40,15 +40,17 @@ class MirrorDecoderConfig:
     """Decoder channels per skip level, deepest first."""
     editor_width: int = 8
     fk_channels: int = 16
-    skip_mode: str = "full"
-    """``"full"`` (full-resolution source skip + reduced ``F_k`` into the editor) or ``"eq12"``
-    (the paper's Eq. 12: the skip pooled to ``F_k``'s resolution + the full ``F_k``)."""
+    skip_mode: str = "eq12"
+    """``"eq12"`` (the paper's Eq. 12: the skip pooled to ``F_k``'s resolution + the full
+    ``F_k``; default since the ablations in BUILD_NOTES) or ``"full"`` (the earlier editor: the
+    full-resolution source skip + a reduced, upsampled ``F_k``)."""
     disc_widths: tuple[int, ...] = (32, 64)
     rho_l: float = 0.1
     """CSP threshold bounds: ``rho = clip(1 - k, rho_l, rho_u)``."""
     rho_u: float = 0.5
-    steps: int = 1500
-    """~0.25-0.45 s/step on 2 CPU cores (mnist5k, batch 32): 6-11 minutes."""
+    steps: int = 3000
+    """~0.4-0.8 s/step on 2 idle CPU cores with the default losses (mnist5k / Fashion-MNIST,
+    batch 32): 20-40 minutes; ~2 minutes on a GPU."""
     batch_size: int = 32
     learning_rate: float = 2e-4
     b1: float = 0.5
@@ -56,18 +58,16 @@ class MirrorDecoderConfig:
     w_cls: float = 1.0
     w_adv: float = 1.0
     w_rec: float = 1.0
-    w_fea: float = 0.1
-    """Down-weighted from 1: ``||z_k - GAP(F(G))||_2`` is in raw feature units (``||z|| ~ 35``
-    for the default MNIST classifier, so ~10x the other terms) and has an irreducible floor
-    (about 11% of the reflected ``z`` entries are negative, out of reach of post-ReLU features);
-    at weight 1 it starved ``L_cls`` (flip rate at k=1 after 600 steps: 0.39 vs 0.74 at 0.1)."""
-    fea_normalized: bool = False
+    w_fea: float = 1.0
+    """Weight of ``L_fea``; with ``fea_normalized`` (default) the term is a relative error of
+    order 1, so the paper's equal weight works (raw units, ``||z|| ~ 35``, needed 0.1)."""
+    fea_normalized: bool = True
     """Divide ``L_fea`` by ``||z_k||`` (a relative error, ~1 scale like the other terms)."""
-    w_cls_blur: float = 0.0
+    w_cls_blur: float = 1.0
     """Weight of ``L_cls`` on the Gaussian-blurred (sigma 1) decoded image: the decoded
     counterfactual must keep the class ``softmax(W z_k + b)`` says after the blur that denoised
     validity applies (a cfjax addition, not in the paper; 0 turns it off)."""
-    k_cf_fraction: float = 0.0
+    k_cf_fraction: float = 0.5
     """Fraction of the non-reconstruction rows whose ``k`` is drawn from (0.5, 1] (the
     counterfactual side) instead of [0, 1]."""
     w_tri: float = 1.0
