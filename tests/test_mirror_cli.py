@@ -64,7 +64,7 @@ def test_cli_smoke_writes_summary_figures_report(smoke_run):
         assert (out / "figures" / fig).stat().st_size > 1000, fig
     html = (out / "report.html").read_text()
     assert "transitions.png" in html and "Mirror-CFE" in html
-    assert len(list((out / "models" / "mnist5k").glob("mirror_decoder-*/best"))) == 1
+    assert len(list((out / "models" / "mnist5k").glob("mirror_decoder_3-8_8-3_4-9_9-4_5-6_6-5-*/best"))) == 1  # the paper-pairs decoder
     assert (out / "models" / "mnist5k" / "domain_backbone" / "best").is_dir()
 
 
