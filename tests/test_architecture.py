@@ -129,7 +129,8 @@ def test_nothing_refers_to_files_outside_the_repo():
         if f.name == "test_architecture.py":
             continue
         text = f.read_text()
-        for needle in ("DESIGN.md", "../shared", "shared/DESIGN"):
+        # the needles are spelled in pieces so this test does not itself cite the outside files
+        for needle in ("DESIGN" + ".md", ".." + "/shared", "shared" + "/DESIGN"):
             if needle in text:
                 hits.append(f"{f.relative_to(ROOT)}: {needle}")
     assert not hits, hits
