@@ -113,6 +113,8 @@ def _mirror_args(p, *, pair: bool) -> None:
     g.add_argument("--maxiter", type=int, default=None, help="L-BFGS iteration cap")
     g.add_argument("--k-step", type=float, default=None, help="transition grid step (default 0.05)")
     g.add_argument("--decoder-steps", type=int, default=None, help="decoder training steps")
+    g.add_argument("--decoder-warm-start", default=None, metavar="DIR",
+                   help="continue this finished shorter decoder run (same options, fewer steps) instead of starting over")
     g.add_argument("--models-dir", default=None, help="model cache (default OUT/models)")
     g.add_argument("--limit", type=int, default=None, help="explain at most N images")
     g.add_argument("--chunk-size", "--batch-size", dest="chunk_size", type=int, default=None, help="images per sharded step")
@@ -147,7 +149,8 @@ def mirror_config(a):
         over["oracle"] = False
     if a.no_lpips:
         over["lpips_alex"] = False
-    over.update(_given(inception_weights=a.inception_weights, lpips_weights=a.lpips_weights))
+    over.update(_given(inception_weights=a.inception_weights, lpips_weights=a.lpips_weights,
+                       decoder_warm_start=getattr(a, "decoder_warm_start", None)))
     return dataclasses.replace(base, decoder=dataclasses.replace(base.decoder, **dec), **over)
 
 
@@ -240,6 +243,8 @@ def _train_parser(p: argparse.ArgumentParser):
     sp.add_argument("--batch-size", type=int, default=None)
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--classifier-blur", type=float, default=None, help="train the classifier with this fraction of blurred images")
+    sp.add_argument("--warm-start", default=None, metavar="DIR",
+                    help="continue this finished shorter run (its decoder workdir; same options, fewer steps) up to --steps")
     sp.add_argument("--data-dir", default=None)
     sp.add_argument("--smoke", action="store_true")
 
@@ -288,7 +293,8 @@ def _train_decoder(a):
         dec["pairs"] = ((s, t), (t, s))
     if "steps" in dec:
         dec["checkpoint_every"] = max(1, min(base.decoder.checkpoint_every, dec["steps"]))
-    cfg = dataclasses.replace(base, decoder=dataclasses.replace(base.decoder, **dec), **_given(classifier_augment_blur=a.classifier_blur))
+    cfg = dataclasses.replace(base, decoder=dataclasses.replace(base.decoder, **dec),
+                              **_given(classifier_augment_blur=a.classifier_blur, decoder_warm_start=a.warm_start))
     print(json.dumps(train_decoder(a.data, a.out, cfg, models_dir=a.models_dir, data_dir=a.data_dir), indent=1))
 
 

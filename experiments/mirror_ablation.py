@@ -53,6 +53,7 @@ def main(argv=None) -> dict:
     p.add_argument("--oracle-epochs", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="first N test images")
     p.add_argument("--figures", action="store_true", help="per-pair transition strips and confidence curves in the report")
+    p.add_argument("--warm-start", default=None, help="continue this shorter decoder run (same options, fewer steps)")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args(argv)
     pairs = MIRROR_PAIRS[a.data] if a.data in MIRROR_PAIRS else None
@@ -65,7 +66,8 @@ def main(argv=None) -> dict:
     elif a.decoder_pairs != "all":
         dec = dataclasses.replace(dec, pairs=parse_pairs(a.decoder_pairs, name="--decoder-pairs"))
     cfg = dataclasses.replace(base, decoder=dec, classifier_augment_blur=a.classifier_blur, backbone_epochs=a.backbone_epochs,
-                              oracle_epochs=a.oracle_epochs, limit=a.limit, figures=a.figures, chunk_size=64)
+                              oracle_epochs=a.oracle_epochs, limit=a.limit, figures=a.figures, chunk_size=64,
+                              decoder_warm_start=a.warm_start)
     out = Path(a.out)
     models_dir = Path(a.models_dir) if a.models_dir else out.parent / "models"
     t0 = time.perf_counter()
@@ -74,7 +76,7 @@ def main(argv=None) -> dict:
             "l1_pm1", "first_cf_k_mean", "converged_rate", "n_counterfactuals")
     row = {k: s.get(k) for k in keys}
     row.update(
-        data=a.data, classifier_blur=a.classifier_blur, decoder_pairs=a.decoder_pairs, steps=a.steps, options=over,
+        data=a.data, classifier_blur=a.classifier_blur, decoder_pairs=a.decoder_pairs, steps=a.steps, options=over, warm_start=a.warm_start,
         target_prob_gap_at_cf=s["faithfulness"]["target_prob_gap_at_cf"], decoder_train_s=s["decoder_load_or_train_s"],
         classifier_accuracy=s["classifier_accuracy"], oracle_accuracy=s.get("oracle_accuracy"), total_s=time.perf_counter() - t0,
         pairs={k: {kk: v.get(kk) for kk in ("validity", "denoised_validity", "oracle_validity", "l1", "validity_k1", "denoised_validity_k1",

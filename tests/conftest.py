@@ -25,3 +25,81 @@ def mnist_small():
     itr = np.sort(rng.choice(len(tr), 1000, replace=False))
     ite = np.sort(rng.choice(len(te), 200, replace=False))
     return cdata.subset(tr, itr), cdata.subset(te, ite)
+
+
+# ------------------------------------------------------------------ headless Chromium (report checks)
+
+_PROBE = """<pre id='cfjax-probe'></pre><script>
+window.addEventListener('load', function () {
+  var im = Array.prototype.slice.call(document.images);
+  var head = document.getElementById('headline'), fig = document.querySelector('figure img');
+  var top = function (e) { return e ? e.getBoundingClientRect().top + window.scrollY : null; };
+  document.getElementById('cfjax-probe').textContent = JSON.stringify({
+    images: im.length,
+    decoded: im.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
+    missing_alt: im.filter(function (i) { return !i.alt; }).length,
+    resources: performance.getEntriesByType('resource').map(function (e) { return e.name; }),
+    headline_top: top(head), first_figure_top: top(fig), viewport_height: window.innerHeight,
+    headline_text: head ? head.textContent : null,
+    sortable_tables: document.querySelectorAll('table.sortable').length
+  });
+});
+</script>"""
+
+
+def _chromium():
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _artifact_dir():
+    from pathlib import Path
+
+    d = Path(os.environ.get("CFJAX_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def open_in_browser(tmp_path_factory):
+    """``open_in_browser(html_path, name) -> dict``: copy ``html_path`` ALONE to an empty folder
+    (no figures/ beside it), load it in headless Chromium with every network lookup failing, and
+    return what the page saw after ``load``: images and how many decoded, resource requests,
+    the layout positions of the headline and the first figure, the viewport height. A screenshot
+    (1280x900) is kept as ``test-artifacts/<name>.png`` (``$CFJAX_TEST_ARTIFACTS``). Skips when
+    no Chromium is installed (``.ci/run`` installs Debian's ``chromium``)."""
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium on PATH (apt-get install chromium; .ci/run does)")
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-extensions", "--no-first-run",
+             "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9", "--window-size=1280,900"]
+
+    def run(html_path, name: str) -> dict:
+        d = tmp_path_factory.mktemp("browser")
+        page = d / "report.html"
+        shutil.copy(html_path, page)  # alone: a relative figure link would not resolve
+        text = page.read_text()
+        probe = d / "probe.html"
+        probe.write_text(text.replace("</body>", _PROBE + "</body>") if "</body>" in text else text + _PROBE)
+        dom = subprocess.run(flags + ["--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+        m = re.search(r"<pre id=\"cfjax-probe\">(.*?)</pre>", dom.stdout, re.S)
+        assert m, f"the page did not finish loading in Chromium (rc {dom.returncode}): {dom.stderr[-800:]}"
+        import html as _html
+
+        seen = json.loads(_html.unescape(m.group(1)))
+        shot = _artifact_dir() / f"{name}.png"
+        subprocess.run(flags + [f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
+        seen["screenshot"] = str(shot) if shot.is_file() else None
+        return seen
+
+    return run

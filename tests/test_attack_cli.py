@@ -63,7 +63,7 @@ def test_explain_cli_smoke(tmp_path):
         dv = sum(n_ok_pairs[p] * v["denoised_validity"] for p, v in pr.items() if n_ok_pairs[p]) / n_ok
         assert abs(dv - s["denoised_validity"]) < 1e-4
     assert all(v["l1"] is None for p, v in pr.items() if not n_ok_pairs[p])
-    assert "per class pair" in (out / "report.html").read_text()
+    assert "Per class pair" in (out / "report.html").read_text()
     pix = s["baseline_pixel"]
     assert sum(v["n"] for v in pix["pairs"].values()) == pix["n_counterfactuals"]
     for k in CORE:

@@ -44,7 +44,7 @@ def test_mirror_global_pass_equals_the_per_pair_job(tmp_path):
     np.testing.assert_allclose(go["p_dec"][sel], po["p_dec"], atol=1e-4)
     np.testing.assert_array_equal(go["found"][sel], po["found"])
     np.testing.assert_array_equal(go["converged"][sel], po["converged"])
-    assert "per class pair" in (tmp_path / "g" / "report.html").read_text()
+    assert "Per class pair" in (tmp_path / "g" / "report.html").read_text()
 
 
 def test_global_rejects_bad_pairs_and_distributed_flags(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Mirror-CFE end to end through the CLI (smoke configuration: tiny models, seconds of work)."""
 
 import json
+import shutil
 import math
 
 import numpy as np
@@ -26,6 +27,8 @@ def _rate(v):
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("mirror")
     rc = cli.main(["mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--out", str(out), "--smoke"])
+    if (out / "report.html").is_file():  # kept: a later test reruns into ``out`` with --no-figures
+        shutil.copy(out / "report.html", out.parent / f"{out.name}_first_report.html")
     return rc, out
 
 
@@ -122,3 +125,15 @@ def test_job_rows_are_cfjax_mirror_cfe(smoke_run):
     p_dec = np.asarray(jax.nn.softmax(r.logits_path)[..., 8])
     np.testing.assert_allclose(p_dec, rows["p_dec"], atol=1e-4)
     assert s["validity"] == pytest.approx(float(np.mean(np.asarray(r.found))))
+
+
+def test_pair_report_renders_in_chromium(smoke_run, open_in_browser):
+    """The report alone (no figures/ beside it) shows the headline, then every figure decoded,
+    in a real browser, with no request leaving the page."""
+    _, out = smoke_run
+    seen = open_in_browser(out.parent / f"{out.name}_first_report.html", "report_mirror_pair")
+    assert seen["images"] >= 4 and seen["decoded"] == seen["images"] and seen["missing_alt"] == 0
+    assert seen["resources"] == []
+    assert seen["headline_top"] < seen["first_figure_top"] < seen["viewport_height"]  # both on the first screen
+    for label in ("validity", "denoised validity", "L1", "Mirror-CFE", "3->8"):
+        assert label in seen["headline_text"], label

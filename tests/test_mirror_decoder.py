@@ -159,6 +159,32 @@ def test_train_history_checkpoints_resume_and_reuse(tiny_clf, mnist_small, tmp_p
     np.testing.assert_allclose(yb[0], y0, atol=1e-5)
 
 
+def test_warm_start_extends_a_finished_run(tiny_clf, mnist_small, tmp_path):
+    """A finished 6-step run continued to 12 steps equals an uninterrupted 12-step run (batches
+    are drawn by step index); any other config difference, or a longer source run, is refused."""
+    from cfjax.errors import InputError
+
+    _, clf = tiny_clf
+    tr, te = mnist_small
+    short = dataclasses.replace(TINY, steps=6)
+    md.train_mirror_decoder(clf, tr, short, test=te, workdir=tmp_path / "short", classifier_digest="tiny", progress=False)
+    full = md.train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "full", classifier_digest="tiny", progress=False)
+    ext = md.load_or_train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "ext", classifier_digest="tiny", progress=False,
+                                          warm_start=tmp_path / "short")
+    assert ext.metrics["steps_run"] == 6 and [h["step"] for h in ext.history] == [4, 6, 8, 12]  # the short run logged its end
+    for x, y in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(ext.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    with pytest.raises(CheckpointError, match="w_cls"):
+        md.train_mirror_decoder(clf, tr, dataclasses.replace(TINY, w_cls=2.0), workdir=tmp_path / "x", classifier_digest="tiny",
+                                progress=False, warm_start=tmp_path / "short")
+    with pytest.raises(InputError, match="warm_start"):
+        md.train_mirror_decoder(clf, tr, dataclasses.replace(TINY, steps=4), workdir=tmp_path / "y", classifier_digest="tiny",
+                                progress=False, warm_start=tmp_path / "short")
+    with pytest.raises(InputError, match="warm_start"):
+        md.train_mirror_decoder(clf, tr, TINY, workdir=tmp_path / "z", classifier_digest="tiny", progress=False, warm_start=tmp_path / "none")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
 def test_eq12_editor_shapes_and_k_sampling_bias(tiny_clf, mnist_small):
     """skip_mode='eq12' builds and decodes at every skip resolution; k_cf_fraction moves that
     share of the non-reconstruction rows to (0.5, 1]; the new loss terms are finite and

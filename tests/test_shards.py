@@ -194,3 +194,13 @@ def test_ray_two_workers(tmp_path):
     assert s["n_counterfactuals"] == 18
     recs = [json.loads((tmp_path / "ray" / f"shard_{i}" / "shard.json").read_text()) for i in range(2)]
     assert [r_["passes"]["latent"]["rows"] for r_ in recs] == [9, 9] and recs[0]["fingerprint"] == recs[1]["fingerprint"]
+
+
+@pytest.mark.parametrize("which", ["attack", "mirror"])
+def test_merged_report_renders_in_chromium(which, attack_shards, mirror_shards, open_in_browser):
+    root = (attack_shards if which == "attack" else mirror_shards)[0]
+    seen = open_in_browser(root / "merged" / "report.html", f"report_merged_{which}")
+    assert seen["images"] >= 2 and seen["decoded"] == seen["images"] and seen["missing_alt"] == 0
+    assert seen["resources"] == []
+    assert seen["headline_top"] < seen["first_figure_top"] < seen["viewport_height"]
+    assert "validity" in seen["headline_text"] and seen["sortable_tables"] == 1

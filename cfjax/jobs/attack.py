@@ -431,6 +431,22 @@ class AttackJob:
     def title(self, ctx: Context, summary: dict) -> str:
         return f"Counterfactual Attacks on {ctx.dataset}"
 
+    def headline(self, ctx: Context, summary: dict) -> list:
+        ga = summary.get("global_attribution") or {}
+        top = sorted(((k, v["mean"]) for k, v in ga.items() if v.get("count") and v.get("mean") is not None), key=lambda t: -abs(t[1]))[:3]
+        pix = summary.get("baseline_pixel") or {}
+        rate = summary.get("cf_per_s")
+        return [
+            ("method", "Counterfactual Attacks (latent space)"), ("data", summary["dataset"]),
+            ("classifier accuracy", summary.get("classifier_accuracy")),
+            ("counterfactuals", f"{summary['n_counterfactuals']:,} from {summary['n_examples']:,} images"),
+            ("validity", summary["validity"]), ("denoised validity", summary.get("denoised_validity")), ("L1 [0,1]", summary["l1"]),
+            ("LPIPS (AlexNet)", summary.get("lpips_alex")), ("mean steps", summary.get("mean_steps")),
+            ("top global attributions", ", ".join(f"{k} {v:+.2f}" for k, v in top) or None),
+            ("pixel baseline validity / D.Val", f"{report.fmt_number(pix['validity'])} / {report.fmt_number(pix.get('denoised_validity'))}" if pix else None),
+            ("throughput", f"{report.fmt_number(rate)} cf/s" if rate else None),
+        ]
+
 
 def run_attack_explanation(
     dataset: str,
@@ -508,23 +524,23 @@ def _figures(out: Path, models, clf, vae, pred, glob, dglob, cfg: AttackJobConfi
     titles = [f"{names[s]}->{names[t]}" for s, t in pairs]
     recon = jax.vmap(vae.decode)(z0)
     report.grid_figure(x, recon, lat.x, figdir / "grid.png", titles)
-    figs.append(("Counterfactuals", "figures/grid.png", "original | VAE reconstruction | latent counterfactual | difference (counterfactual - reconstruction; red = ink added)"))
+    figs.append(("Counterfactuals", "figures/grid.png", "Each row: original | VAE reconstruction | latent counterfactual | difference (red = ink added, blue = removed); look for a change of shape towards the target class, not scattered noise."))
     report.progression_strip(lat.trajectory, lat.trajectory_probs, figdir / "progression.png", titles, every=cfg.record_every, steps_taken=lat.steps_taken)
-    figs.append(("Progression", "figures/progression.png", f"decoded latent every {cfg.record_every} steps with the target probability; frozen once past {cfg.threshold}"))
+    figs.append(("Progression", "figures/progression.png", f"The decoded latent every {cfg.record_every} steps with the target probability above it: watch the shape change until p passes {cfg.threshold} (frozen after)."))
     report.side_by_side(x, lat, pix, figdir / "latent_vs_pixel.png", titles)
-    figs.append(("Latent vs pixel attack", "figures/latent_vs_pixel.png", "same images and targets: the pixel attack flips the class with scattered adversarial noise; the latent attack redraws the digit"))
+    figs.append(("Latent vs pixel attack", "figures/latent_vs_pixel.png", "Same images and targets: the pixel attack flips the class with scattered adversarial noise, the latent attack redraws the shape."))
     report.pair_heatmap(pair_val, names, figdir / "validity_pairs.png", "latent attack validity per pair")
-    figs.append(("Validity per pair", "figures/validity_pairs.png", f"fraction of counterfactuals reaching p_target >= {cfg.threshold} within {cfg.steps} steps"))
+    figs.append(("Validity per pair", "figures/validity_pairs.png", f"Fraction of counterfactuals reaching p_target >= {cfg.threshold} within {cfg.steps} steps, source rows by target columns: dark cells are the hard pairs."))
     if pix_val is not None:
         report.pair_heatmap(pix_val, names, figdir / "validity_pairs_pixel.png", "pixel attack validity per pair")
-        figs.append(("Validity per pair (pixel baseline)", "figures/validity_pairs_pixel.png", f"within {cfg.pixel_steps} steps"))
+        figs.append(("Validity per pair (pixel baseline)", "figures/validity_pairs_pixel.png", f"The pixel-space baseline's validity within {cfg.pixel_steps} steps, to compare cell by cell with the latent attack above."))
     report.attribution_bars(glob["overall"], figdir / "attribution_overall.png", "global attribution, all pairs")
-    figs.append(("Global attribution", "figures/attribution_overall.png", "mean change of each attribute's predicted probability (from the latent predictors) over all successful counterfactuals, +- std"))
+    figs.append(("Global attribution", "figures/attribution_overall.png", "What the classifier's decisions hinge on: the mean change of each attribute's predicted probability over all successful counterfactuals (+- std); the longest bars matter most."))
     keys = [f"{names[s]}->{names[t]}" for s, t in pairs]
     report.attribution_bars(glob, figdir / "attribution_pairs.png", "global attribution per pair", pairs=keys)
-    figs.append(("Global attribution per pair", "figures/attribution_pairs.png", "the paper's pairs; blue: the attribute rises towards the target class"))
+    figs.append(("Global attribution per pair", "figures/attribution_pairs.png", "The paper's pairs: blue bars rise towards the target class, red bars fall."))
     report.attribution_bars(dglob, figdir / "descriptor_change_pairs.png", "measured descriptor change per pair", pairs=keys)
-    figs.append(("Measured descriptor change per pair", "figures/descriptor_change_pairs.png", "standardised descriptor of the counterfactual minus that of the reconstruction, measured on the images (a check of the latent predictors)"))
+    figs.append(("Measured descriptor change per pair", "figures/descriptor_change_pairs.png", "The same change measured on the images (standardised descriptors, counterfactual minus reconstruction): its signs should agree with the panel above."))
     return figs
 
 

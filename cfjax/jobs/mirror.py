@@ -74,6 +74,10 @@ class MirrorJobConfig:
     dataset's paper pairs when every explained pair is one of them (one decoder per dataset for
     those 6 directed pairs, as measured in BUILD_NOTES), else the explained pairs in both
     directions (all ordered pairs beyond 12); ``"all"``: one decoder for every ordered pair."""
+    decoder_warm_start: str | None = None
+    """Continue a shorter decoder run instead of starting from scratch: a decoder workdir (e.g.
+    ``models/fashion_mnist/mirror_decoder_..._-<hash>``) trained with the same config except a
+    smaller ``decoder.steps`` (:func:`cfjax.training.mirror_decoder.train_mirror_decoder`)."""
     backbone_seed: int = 1
     backbone_epochs: int | None = 2
     """Epochs of the domain backbone (LPIPS/FID features only; None: the classifier's schedule)."""
@@ -140,6 +144,8 @@ class MirrorJobConfig:
             raise bad_arg("inception_weights", repr(self.inception_weights), "an existing Inception-v3 weight file (.pth or .npz)")
         if self.lpips_weights is not None and not Path(self.lpips_weights).is_file():
             raise bad_arg("lpips_weights", repr(self.lpips_weights), "an existing AlexNet-LPIPS weight file")
+        if self.decoder_warm_start is not None and not (Path(self.decoder_warm_start) / "last").is_dir():
+            raise bad_arg("decoder_warm_start", repr(self.decoder_warm_start), "a decoder workdir holding a 'last' checkpoint")
         if self.decoder_pairs not in ("auto", "all"):
             raise bad_arg("decoder_pairs", repr(self.decoder_pairs), "'auto' or 'all'")
         if self.decoder.train_solver not in mr.SOLVERS:
@@ -356,12 +362,14 @@ def decoder_dir(root: Path, dcfg: md.MirrorDecoderConfig) -> Path:
     return root / ("mirror_decoder_" + "_".join(f"{s}-{t}" for s, t in dcfg.pairs) + f"-{h}")
 
 
-def get_decoder(clf_trained, train, test, root: Path, dcfg: md.MirrorDecoderConfig, progress: bool = True):
-    """Train (or reuse) the decoder for ``clf_trained``: ``(DecoderTrained, seconds)``."""
+def get_decoder(clf_trained, train, test, root: Path, dcfg: md.MirrorDecoderConfig, progress: bool = True, warm_start=None):
+    """Train (or reuse) the decoder for ``clf_trained``: ``(DecoderTrained, seconds)``
+    (``warm_start``: :attr:`MirrorJobConfig.decoder_warm_start`)."""
     clf = bind_classifier(clf_trained.module, clf_trained.params)
     digest = ckpt.tree_digest(clf_trained.params)
     t0 = time.perf_counter()
-    dec = md.load_or_train_mirror_decoder(clf, train, dcfg, test=test, workdir=decoder_dir(root, dcfg), classifier_digest=digest, progress=progress)
+    dec = md.load_or_train_mirror_decoder(clf, train, dcfg, test=test, workdir=decoder_dir(root, dcfg), classifier_digest=digest, progress=progress,
+                                          warm_start=warm_start)
     return dec, time.perf_counter() - t0
 
 
@@ -446,7 +454,7 @@ class MirrorJob:
         models_dir = Path(self.models_dir) if self.models_dir is not None else ctx.out / "models"
         prog = ctx.progress and ctx.lead
         train, test, clf_t, bb_t, root = load_models(ctx.dataset, models_dir, cfg, data_dir=ctx.data_dir, progress=prog)
-        dec, dec_s = get_decoder(clf_t, train, test, root, cfg.decoder, prog)
+        dec, dec_s = get_decoder(clf_t, train, test, root, cfg.decoder, prog, cfg.decoder_warm_start)
         preds = batched_predict(jax.jit(lambda x: jnp.argmax(clf_t.module.apply(clf_t.params, x), -1)), test.images)
         oracle = load_oracle(train, test, root, cfg, prog) if cfg.oracle else None
         return MirrorModels(train, test, clf_t, bb_t, dec, dec_s, preds, oracle)
@@ -596,6 +604,19 @@ class MirrorJob:
         data = {"x": models.test.images[idx[:n]], "source": src[:n], "target": tgt[:n]}
         return _figures(ctx.out, models.test, models.preds, clf, decode, backbone, ks, ctx.config, data, summary, models.decoder.history, ctx.dataset)
 
+    def headline(self, ctx: Context, summary: dict) -> list:
+        rate = summary.get("cf_per_s")
+        pair = [("pair", summary["pair"])] if self.per_pair else [("pairs", len(summary.get("pairs_requested") or ()))]
+        extra = [("D.Val ceiling (real targets)", summary.get("denoised_validity_real_target")),
+                 ("FID (domain backbone)", summary.get("fid_domain")), ("FID (Inception-v3)", summary.get("fid_inception"))] if self.per_pair else []
+        return [
+            ("method", "Mirror-CFE"), ("data", summary["dataset"]), *pair, ("classifier accuracy", summary.get("classifier_accuracy")),
+            ("counterfactuals", summary["n_counterfactuals"]), ("validity", summary["validity"]),
+            ("denoised validity", summary.get("denoised_validity")), ("oracle validity", summary.get("oracle_validity")),
+            ("L1 [0,1]", summary.get("l1")), ("LPIPS (AlexNet)", summary.get("lpips_alex")), ("first CF k (mean)", summary.get("first_cf_k_mean")),
+            ("converged", summary.get("converged_rate")), *extra, ("throughput", f"{report.fmt_number(rate)} cf/s" if rate else None),
+        ]
+
     def title(self, ctx: Context, summary: dict) -> str:
         if self.per_pair:
             return f"Mirror-CFE on {ctx.dataset}: {summary['pair']}"
@@ -679,7 +700,7 @@ def train_decoder(dataset: str, out_dir, config: MirrorJobConfig, *, models_dir=
     out = check_writable_dir(out_dir, "out")
     models_dir = Path(models_dir) if models_dir else out / "models"
     train, test, clf_t, _, root = load_models(dataset, models_dir, config, data_dir=data_dir, progress=progress, backbone=False)
-    d, s_ = get_decoder(clf_t, train, test, root, config.decoder, progress)
+    d, s_ = get_decoder(clf_t, train, test, root, config.decoder, progress, config.decoder_warm_start)
     return {"data": dataset, "decoder_dir": str(decoder_dir(root, config.decoder)), "wall_s": round(s_, 1), **d.metrics}
 
 
@@ -734,7 +755,7 @@ def _global_figures(out: Path, test, clf, decode, backbone, ks, cfg: MirrorJobCo
         name = f"strip_{a}_{b}.png"
         atomic_savefig(_strip_figure(x, o, ks, title), out / "figures" / name)
         figs.append((f"Transitions {names[a]} -> {names[b]}", f"figures/{name}",
-                     "source, decoded G(F_k) along k with the classifier's target probability, the first counterfactual (smallest k > 0.5 classified as target), difference"))
+                     "Read each row left to right: the source, the decoded G(F_k) as k goes 0 -> 1 with the classifier's target probability, the first counterfactual (smallest k > 0.5 classified as target) and its difference; the target class should be visible by the first counterfactual."))
     pc = summary.get("pair_curves", {})
     if pc:
         fig, ax = plt.subplots(figsize=(5.2, 3.4))
@@ -751,7 +772,7 @@ def _global_figures(out: Path, test, clf, decode, backbone, ks, cfg: MirrorJobCo
         ax.set_title("mean target probability along k: decoded (solid) vs features (dashed)", fontsize=7)
         atomic_savefig(fig, out / "figures" / "confidence_vs_k_pairs.png")
         figs.append(("Confidence vs k per pair", "figures/confidence_vs_k_pairs.png",
-                     "solid: the classifier on the decoded image G(F_k); dashed: softmax(W z_k + b) of the interpolated features"))
+                     "Solid: the classifier on the decoded image G(F_k); dashed: softmax(W z_k + b) of the interpolated features; where solid lags dashed, the decoder does not follow the features."))
     return figs
 
 
@@ -783,7 +804,7 @@ def _figures(out: Path, test, preds, clf, decode, backbone, ks, cfg: MirrorJobCo
     fig = _strip_figure(data["x"][:ne], o, ks)
     atomic_savefig(fig, figdir / "transitions.png")
     figs.append(("Transition strips", "figures/transitions.png",
-                 f"{names[s]} -> {names[t]}: source, decoded G(F_k) along k with the classifier's target probability, the first counterfactual (smallest k > 0.5 classified as target), difference"))
+                 f"{names[s]} -> {names[t]}, read each row left to right: the source, the decoded G(F_k) as k goes 0 -> 1 with the classifier's target probability, the first counterfactual (smallest k > 0.5 classified as target) and its difference; a {names[t]} should be visible by the first counterfactual."))
     # confidence vs k
     cv = summary["curves"]
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
@@ -801,7 +822,7 @@ def _figures(out: Path, test, preds, clf, decode, backbone, ks, cfg: MirrorJobCo
     ax.legend(fontsize=6, loc="upper left")
     ax.set_title(f"{names[s]} -> {names[t]}: confidence along the transition (n={summary['n_counterfactuals']})", fontsize=8)
     atomic_savefig(fig, figdir / "confidence_vs_k.png")
-    figs.append(("Confidence vs k", "figures/confidence_vs_k.png", "mean (thick) and per-example (thin) target probability implied by the interpolated features vs the classifier's probability on the decoded image"))
+    figs.append(("Confidence vs k", "figures/confidence_vs_k.png", "Mean (thick) and per-example (thin) target probability of the interpolated features (blue) and of the decoded image (orange): the orange curve should cross 0.5 soon after k = 0.5."))
     # grid over pairs
     rows = []
     for ps, pt in pairs:
@@ -821,7 +842,7 @@ def _figures(out: Path, test, preds, clf, decode, backbone, ks, cfg: MirrorJobCo
             report.show(axes[i, 3], np.mean(og["x_cf"][i] - xr[i], -1), "CF - source" if i == 0 else None, cmap="RdBu_r", vmin=-1, vmax=1)
             axes[i, 0].set_ylabel(f"{names[ps]}->{names[pt]}", fontsize=6)
         atomic_savefig(fig, figdir / "pairs_grid.png")
-        figs.append(("Grid over pairs", "figures/pairs_grid.png", "one correctly classified test image per pair: source | reconstruction | first counterfactual | difference (one decoder serves every pair)"))
+        figs.append(("Grid over pairs", "figures/pairs_grid.png", "One correctly classified test image per pair: source | reconstruction | first counterfactual | difference; one decoder serves every pair."))
     # decoder loss history
     if history:
         fig, ax = plt.subplots(figsize=(4.8, 3.0))
@@ -834,7 +855,7 @@ def _figures(out: Path, test, preds, clf, decode, backbone, ks, cfg: MirrorJobCo
         ax.legend(fontsize=6, ncol=3)
         ax.set_title("decoder losses (means per log interval)", fontsize=8)
         atomic_savefig(fig, figdir / "decoder_losses.png")
-        figs.append(("Decoder training", "figures/decoder_losses.png", "per-term loss history of the decoder (L_cls, L_adv, L_rec, L_fea, L_tri; d = discriminator)"))
+        figs.append(("Decoder training", "figures/decoder_losses.png", "The decoder's per-term loss history (L_cls, L_adv, L_rec, L_fea, L_tri; d = discriminator): flat tails mean training has converged."))
     return figs
 
 

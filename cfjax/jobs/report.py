@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -209,78 +209,180 @@ def side_by_side(original, latent, pixel, path, row_titles: Sequence[str] | None
     return atomic_savefig(fig, path)
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return ", ".join(_fmt(x) for x in v)
+def fmt_number(v) -> str:
+    """A number for reading: 3 significant digits (``0.97362 -> "0.974"``, ``1399.3 -> "1,400"``,
+    ``1.2e-05 -> "1.20e-05"``); ints, bools and text unchanged. Exact values stay in
+    ``summary.json``."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}" if abs(int(v)) >= 10000 else str(int(v))
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if not np.isfinite(v):
+            return str(v)
+        if v == 0.0:
+            return "0"
+        r = float(f"{v:.3g}")
+        if abs(r) >= 1000:
+            return f"{r:,.0f}"
+        if abs(r) < 1e-3:
+            return f"{v:.2e}"
+        return f"{r:.{max(0, 2 - int(np.floor(np.log10(abs(r)))))}f}"
     return str(v)
 
 
+def _fmt(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v)
+    return fmt_number(v)
+
+
 def _table(d: dict) -> str:
-    rows = [f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in d.items() if not isinstance(v, dict)]
+    rows = [f"<tr><th scope='row'>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in d.items() if not isinstance(v, dict)]
     return "<table>" + "".join(rows) + "</table>"
 
 
 def _attr_table(stats: dict, top_k: int = 10) -> str:
     items = sorted(((n, v) for n, v in stats.items() if v.get("count")), key=lambda t: -abs(t[1]["mean"] or 0.0))[:top_k]
-    head = "<tr><th>attribute</th><th>mean (signed)</th><th>mean |change|</th><th>std</th><th>count</th></tr>"
+    head = "<tr><th scope='col'>attribute</th><th scope='col'>mean (signed)</th><th scope='col'>mean |change|</th><th scope='col'>std</th><th scope='col'>count</th></tr>"
     rows = [
-        f"<tr><td>{html.escape(n)}</td><td>{v['mean']:+.4f}</td><td>{v['mean_abs']:.4f}</td><td>{v['std']:.4f}</td><td>{v['count']}</td></tr>"
+        f"<tr><td>{html.escape(n)}</td><td>{html.escape(fmt_number(v['mean']))}</td><td>{html.escape(fmt_number(v['mean_abs']))}</td>"
+        f"<td>{html.escape(fmt_number(v['std']))}</td><td>{v['count']}</td></tr>"
         for n, v in items
     ]
     return "<table>" + head + "".join(rows) + "</table>"
 
 
-def _rows_table(rows: dict, label: str = "pair") -> str:
-    """A table with one row per key of ``rows`` (dicts of scalars sharing keys)."""
+def _sort_key(v):
+    """Missing values last whatever the direction of the sort."""
+    return (v is None or (isinstance(v, float) and not np.isfinite(v)), v if isinstance(v, (int, float)) else 0.0)
+
+
+def _rows_table(rows: dict, label: str = "pair", sort_by: str | None = None, table_id: str = "pairs-table") -> str:
+    """One row per key of ``rows`` (dicts of scalars sharing keys), sorted ascending by ``sort_by``
+    (worst first for a rate such as validity); every column sorts on a click (inline script)."""
     cols = list(dict.fromkeys(c for r in rows.values() for c, v in r.items() if not isinstance(v, dict)))
-    head = f"<tr><th>{html.escape(label)}</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"
-    body = [
-        f"<tr><td>{html.escape(str(name))}</td>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
-        for name, r in rows.items()
-    ]
-    return "<table>" + head + "".join(body) + "</table>"
+    items = list(rows.items())
+    if sort_by in cols:
+        items.sort(key=lambda kv: _sort_key(kv[1].get(sort_by)))
+    head = f"<tr><th scope='col'>{html.escape(label)}</th>" + "".join(f"<th scope='col'>{html.escape(c)}</th>" for c in cols) + "</tr>"
+
+    def cell(v):
+        num = v if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else ""
+        return f"<td data-v='{num}'>{html.escape(_fmt(v))}</td>"
+
+    body = [f"<tr><td>{html.escape(str(name))}</td>" + "".join(cell(r.get(c)) for c in cols) + "</tr>" for name, r in items]
+    return f"<table id='{table_id}' class='sortable'><thead>{head}</thead><tbody>" + "".join(body) + "</tbody></table>"
 
 
-def write_report(out_dir, summary: dict, figures: Sequence[tuple[str, str, str]], title: str = "cfjax report") -> Path:
-    """Write ``out_dir/report.html``: the summary as tables, then the figures.
+_SORT_JS = """
+document.querySelectorAll('table.sortable').forEach(function (t) {
+  t.querySelectorAll('th').forEach(function (th, i) {
+    th.title = 'click to sort'; th.style.cursor = 'pointer';
+    th.addEventListener('click', function () {
+      var asc = th.dataset.asc !== '1'; th.dataset.asc = asc ? '1' : '0';
+      var rows = Array.prototype.slice.call(t.tBodies[0].rows);
+      rows.sort(function (a, b) {
+        var x = a.cells[i], y = b.cells[i];
+        var u = x.dataset.v, v = y.dataset.v;
+        if (u !== undefined && v !== undefined && u !== '' && v !== '') return (asc ? 1 : -1) * (parseFloat(u) - parseFloat(v));
+        if (u === '' && v !== '') return 1; if (v === '' && u !== '') return -1;
+        return (asc ? 1 : -1) * x.textContent.localeCompare(y.textContent);
+      });
+      rows.forEach(function (r) { t.tBodies[0].appendChild(r); });
+    });
+  });
+});
+"""
 
-    The top-level scalars of ``summary`` form the first table, each dict holding scalars
-    (e.g. ``baseline_pixel``, ``status_counts``, and one level inside them) a table of its own, and
-    ``global_attribution`` (if present) a ranked attribute table, ``pairs`` (if present: per
-    class-pair metrics) one row per pair. Figures are
-    ``(title, path relative to out_dir, caption)`` shown with ``<img src=...>``; the folder
-    is self-contained (move it as a whole).
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}"
+    "h1{font-size:22px;margin:.3em 0}h2{font-size:18px;margin:1.2em 0 .4em}"
+    "#headline{display:flex;flex-wrap:wrap;gap:6px;margin:.5em 0 1em}"
+    "#headline>div{border:1px solid #ccd;border-radius:6px;padding:4px 10px;background:#f6f7fb;min-width:7em}"
+    "#headline .label{font-size:11px;color:#556}#headline .value{font-size:17px;font-weight:600}"
+    "table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:13px}"
+    "th{background:#f0f0f4}img{max-width:100%;height:auto}figure{margin:1em 0 1.6em}"
+    "figcaption{font-size:13px;color:#333;max-width:900px}details{margin:1.5em 0}summary{cursor:pointer;font-weight:600}"
+)
+
+
+def embed_png(path) -> str:
+    """A ``data:image/png;base64,...`` URI of ``path`` (the report stays one self-contained file)."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _figure_html(out_dir: Path, fig) -> str:
+    t, rel, cap = fig[:3]
+    alt = fig[3] if len(fig) > 3 and fig[3] else f"{t}: {cap}"
+    path = out_dir / rel
+    if not path.is_file():
+        return f"<figure><figcaption><b>{html.escape(t)}</b>: figure file {html.escape(str(rel))} is missing</figcaption></figure>"
+    return (f"<figure><img src='{embed_png(path)}' alt='{html.escape(alt, quote=True)}' data-file='{html.escape(str(rel), quote=True)}'>"
+            f"<figcaption><b>{html.escape(t)}.</b> {html.escape(cap)}</figcaption></figure>")
+
+
+def write_report(
+    out_dir,
+    summary: dict,
+    figures: Sequence[tuple],
+    title: str = "cfjax report",
+    *,
+    headline: Sequence[tuple[str, Any]] | None = None,
+    pairs_sort: str | None = "validity",
+) -> Path:
+    """Write ``out_dir/report.html``, one self-contained file ordered for a reader.
+
+    1. ``headline``: ``(label, value)`` boxes (method, data, classifier, n, validity, ...); values
+       are rounded to 3 significant digits (:func:`fmt_number`; exact values in ``summary.json``).
+    2. the figures, embedded as PNG data URIs (the files stay on disk too), each with its caption
+       and alt text: ``(title, path relative to out_dir, caption[, alt])``; the alt text defaults
+       to ``"title: caption"``.
+    3. ``global_attribution`` (if present) as a ranked attribute table, then ``pairs`` (if
+       present) one row per class pair sorted by ``pairs_sort`` ascending (worst pairs first;
+       every column sorts on a click; the sorting script is inline).
+    4. run details, collapsed (``<details>``): every top-level scalar of ``summary`` and each dict
+       of scalars (configuration, timings, environment).
+
+    No external resource is referenced (no scripts, styles, fonts or images from elsewhere), so
+    ``report.html`` alone shows everything offline.
 
     Returns:
       The report path.
     """
     out_dir = Path(out_dir)
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
-        "th,td{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:13px}img{max-width:100%}"
-        "figure{margin:1.5em 0}figcaption{font-size:13px;color:#444}</style></head><body>",
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        "<h2>Summary</h2>",
-        _table(summary),
     ]
+    if headline:
+        boxes = [f"<div><div class='label'>{html.escape(str(k))}</div><div class='value'>{html.escape(_fmt(v))}</div></div>"
+                 for k, v in headline if v is not None]
+        parts.append("<section id='headline' aria-label='headline'>" + "".join(boxes) + "</section>")
+    if figures:
+        parts.append("<section id='figures'><h2>Figures</h2>" + "".join(_figure_html(out_dir, f) for f in figures) + "</section>")
+    ga = summary.get("global_attribution")
+    if isinstance(ga, dict) and ga and all(isinstance(v, dict) for v in ga.values()):
+        parts += ["<section id='attribution'><h2>Global attribution (all pairs, successful counterfactuals)</h2>", _attr_table(ga), "</section>"]
+    pr = summary.get("pairs")
+    if isinstance(pr, dict) and pr and all(isinstance(v, dict) for v in pr.values()):
+        order = f"sorted by {pairs_sort}, lowest first; " if pairs_sort else ""
+        parts += ["<section id='pairs'><h2>Per class pair (source -> target)</h2>",
+                  f"<p>{len(pr)} pairs, {html.escape(order)}click a column header to sort.</p>", _rows_table(pr, sort_by=pairs_sort), "</section>"]
+    parts += ["<details id='details'><summary>Run details: configuration, timings, environment</summary>", _table(summary)]
     for k, v in summary.items():
+        if k in ("pairs", "global_attribution"):
+            continue
         if isinstance(v, dict) and v and not all(isinstance(x, dict) for x in v.values()):
             parts += [f"<h3>{html.escape(k)}</h3>", _table(v)]
             for kk, vv in v.items():  # one level further (e.g. baseline_pixel.status_counts)
                 if isinstance(vv, dict) and vv and not any(isinstance(x, dict) for x in vv.values()):
                     parts += [f"<h4>{html.escape(k)}.{html.escape(kk)}</h4>", _table(vv)]
-    ga = summary.get("global_attribution")
-    if isinstance(ga, dict) and ga and all(isinstance(v, dict) for v in ga.values()):
-        parts += ["<h3>global_attribution (all pairs, successful counterfactuals)</h3>", _attr_table(ga)]
-    pr = summary.get("pairs")
-    if isinstance(pr, dict) and pr and all(isinstance(v, dict) for v in pr.values()):
-        parts += ["<h3>per class pair (source -> target)</h3>", _rows_table(pr)]
-    parts.append("<h2>Figures</h2>")
-    for t, rel, cap in figures:
-        parts.append(f"<figure><h3>{html.escape(t)}</h3><img src='{html.escape(str(rel))}'><figcaption>{html.escape(cap)}</figcaption></figure>")
-    parts.append("<p>All numbers: <a href='summary.json'>summary.json</a></p></body></html>")
+    parts.append("<p>Exact values of every number: <code>summary.json</code> next to this file.</p></details>")
+    parts.append(f"<script>{_SORT_JS}</script></body></html>")
     return atomic_write_text(out_dir / "report.html", "\n".join(parts))

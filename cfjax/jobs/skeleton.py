@@ -9,7 +9,9 @@
                                        sharded, checkpointed, resumable program per pass
     summarize(context, models, results)   summary fields from the evaluators' finalized sums
     figures(context, models, summary)     PNGs for the report (process 0 only)
-    write summary.json + report.html      atomically (process 0 only)
+    headline(context, summary)            the report's first block: (label, value) pairs
+    write summary.json + report.html      atomically (process 0 only); one self-contained HTML
+                                          file (cfjax.jobs.report.write_report)
 
 A method contributes a :class:`Method` (its per-chunk step as ``Pass.rows_fn`` and its
 evaluator list); this module knows nothing about either paper.
@@ -332,6 +334,11 @@ class Method(Protocol):
 
     def title(self, ctx: Context, summary: dict) -> str: ...
 
+    def headline(self, ctx: Context, summary: dict) -> list:
+        """``(label, value)`` pairs shown first in the report (method, data, classifier, n,
+        validity, denoised validity, L1, the method's own key numbers, throughput)."""
+        ...
+
     def checkpoint_every(self, config: Any) -> int: ...
 
 
@@ -377,7 +384,7 @@ def run_job(method: Method, dataset: str, out_dir, config: Any, *, data_dir=None
     if isinstance(summary.get("phase_wall_s"), dict):
         summary["phase_wall_s"]["figures"] = time.perf_counter() - t_fig
     summary["total_wall_s"] = time.perf_counter() - ctx.t_start
-    write_outputs(out, summary, figs, method.title(ctx, summary))
+    write_outputs(out, summary, figs, method.title(ctx, summary), method.headline(ctx, summary))
     if records is not None:
         shards = [{"dir": str(Path(r["dir"]).resolve()), "shard": r["shard"],
                    "passes": {k: {f: v[f] for f in ("rows", "rows_slice", "wall_s", "resumed")} for k, v in r["passes"].items()}} for r in records]
@@ -385,12 +392,12 @@ def run_job(method: Method, dataset: str, out_dir, config: Any, *, data_dir=None
     return summary
 
 
-def write_outputs(out: Path, summary: dict, figures: list, title: str) -> None:
+def write_outputs(out: Path, summary: dict, figures: list, title: str, headline: list | None = None) -> None:
     """``summary.json`` and ``report.html`` (each written to a temporary name, then renamed)."""
     from cfjax.jobs import report
 
     atomic_write_json(out / "summary.json", summary)
-    report.write_report(out, summary, figures, title=title)
+    report.write_report(out, summary, figures, title=title, headline=headline)
 
 
 __all__ = ["MERGE_FILE", "SHARD_FILE", "STATES_FILE", "Context", "Method", "Pass", "PassResult", "batched_predict", "check_shard",

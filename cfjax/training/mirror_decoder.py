@@ -308,6 +308,23 @@ def _decoder_config(cfg: MirrorDecoderConfig, image_shape, num_classes: int, dat
     }
 
 
+def _warm_start(src: Path, state, config: dict):
+    """``(state, step, history)`` from ``src/last`` (same config but ``decoder.steps``, which must
+    not exceed this run's)."""
+    from cfjax import checkpoint as ckpt
+    from cfjax.errors import bad_arg
+
+    if not (src / "last").is_dir():
+        raise bad_arg("warm_start", repr(str(src)), "a decoder workdir holding a 'last' checkpoint")
+    theirs = ckpt.read_meta(src / "last").get("config", {})
+    steps = theirs.get("decoder", {}).get("steps")
+    if not isinstance(steps, int) or steps > config["decoder"]["steps"]:
+        raise bad_arg("warm_start", repr(str(src)), f"a run of at most {config['decoder']['steps']} steps (it has {steps!r})")
+    same = {**config, "decoder": {**config["decoder"], "steps": steps}}
+    state, meta = ckpt.restore(src / "last", state, kind="mirror-decoder-train-state", config=same)
+    return state, int(meta["extra"]["step"]), list(meta["extra"]["history"])
+
+
 def train_mirror_decoder(
     clf,
     train,
@@ -318,6 +335,7 @@ def train_mirror_decoder(
     classifier_digest: str = "?",
     progress: bool = True,
     stop_after: int | None = None,
+    warm_start: str | Path | None = None,
 ) -> DecoderTrained:
     """Train the Mirror-CFE decoder against a frozen classifier.
 
@@ -334,6 +352,11 @@ def train_mirror_decoder(
         another classifier is never reused silently.
       stop_after: run at most this many steps in this call and return without the final
         evaluation/``best`` (tests use it to simulate a crash; ``last`` is written).
+      warm_start: another run's workdir whose ``last`` was written with the same config except
+        a smaller (or equal) ``steps``: training continues from its step (weights, both optimiser
+        states, history) up to ``cfg.steps`` -- extending a finished 3,000-step decoder to 10,000
+        costs 7,000 steps. Used only when ``workdir`` has no ``last`` of its own; any other
+        config difference is refused.
 
     Returns:
       :class:`DecoderTrained` with the per-term loss history.
@@ -378,6 +401,8 @@ def train_mirror_decoder(
     if workdir is not None and (workdir / "last").is_dir():
         state, meta = ckpt.restore(workdir / "last", state, kind="mirror-decoder-train-state", config=config)
         start, history = int(meta["extra"]["step"]), list(meta["extra"]["history"])
+    elif warm_start is not None:
+        state, start, history = _warm_start(Path(warm_start), state, config)
 
     def build():
         def step(state, batch):
@@ -443,9 +468,11 @@ def load_or_train_mirror_decoder(
     workdir: str | Path,
     classifier_digest: str = "?",
     progress: bool = True,
+    warm_start: str | Path | None = None,
 ) -> DecoderTrained:
     """Reuse ``workdir/best`` when it was written with the same config (decoder config, image
-    shape, data, classifier digest), else train (resuming from ``workdir/last``)."""
+    shape, data, classifier digest), else train (resuming from ``workdir/last``, or continuing
+    ``warm_start``'s shorter run: :func:`train_mirror_decoder`)."""
     from cfjax import checkpoint as ckpt
 
     cfg = cfg or MirrorDecoderConfig()
@@ -461,7 +488,8 @@ def load_or_train_mirror_decoder(
             like = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), shapes)
             params, meta = ckpt.restore(workdir / "best", like, kind="mirror-decoder", config=config)
             return DecoderTrained(g_module, params, d_module, None, meta["extra"].get("history", []), meta["extra"].get("metrics", {}), config)
-    return train_mirror_decoder(clf, train, cfg, test=test, workdir=workdir, classifier_digest=classifier_digest, progress=progress)
+    return train_mirror_decoder(clf, train, cfg, test=test, workdir=workdir, classifier_digest=classifier_digest, progress=progress,
+                                warm_start=warm_start)
 
 
 __all__ = [
