@@ -59,8 +59,12 @@ def main(argv=None) -> dict:
     pairs = MIRROR_PAIRS[a.data] if a.data in MIRROR_PAIRS else None
     base = MirrorJobConfig.smoke() if a.smoke else MirrorJobConfig()
     over = dict(kv.split("=", 1) for kv in a.set)
+    def typed(k, v):  # "1" for a float field is 1.0: the decoder cache key then equals the default config's
+        v, d = _value(v), getattr(base.decoder, k)
+        return float(v) if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool) else v
+
     dec = dataclasses.replace(base.decoder, steps=a.steps, checkpoint_every=min(base.decoder.checkpoint_every, a.steps),
-                              **{k: _value(v) for k, v in over.items()})
+                              **{k: typed(k, v) for k, v in over.items()})
     if a.decoder_pairs == "paper":
         dec = dataclasses.replace(dec, pairs=tuple(pairs))
     elif a.decoder_pairs != "all":
@@ -79,8 +83,11 @@ def main(argv=None) -> dict:
         data=a.data, classifier_blur=a.classifier_blur, decoder_pairs=a.decoder_pairs, steps=a.steps, options=over, warm_start=a.warm_start,
         target_prob_gap_at_cf=s["faithfulness"]["target_prob_gap_at_cf"], decoder_train_s=s["decoder_load_or_train_s"],
         classifier_accuracy=s["classifier_accuracy"], oracle_accuracy=s.get("oracle_accuracy"), total_s=time.perf_counter() - t0,
-        pairs={k: {kk: v.get(kk) for kk in ("validity", "denoised_validity", "oracle_validity", "l1", "validity_k1", "denoised_validity_k1",
-                                            "first_cf_k_mean")} for k, v in s["pairs"].items()},
+        pairs={k: {**{kk: v.get(kk) for kk in ("validity", "denoised_validity", "oracle_validity", "l1", "validity_k1", "denoised_validity_k1",
+                                               "oracle_validity_k1", "first_cf_k_mean", "lpips_alex")},
+                   # what real images of the target class score (the ceilings of D.Val and oracle validity)
+                   **{f"real_target_{kk}": s["real_target_ceiling"].get(k.split("->")[-1], {}).get(kk) for kk in ("denoised_validity", "oracle_validity")}}
+               for k, v in s["pairs"].items()},
         command="python experiments/mirror_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
     )
     atomic_write_json(out / "row.json", row)
