@@ -40,6 +40,7 @@ window.addEventListener('load', function () {
     missing_alt: im.filter(function (i) { return !i.alt; }).length,
     resources: performance.getEntriesByType('resource').map(function (e) { return e.name; }),
     headline_top: top(head), first_figure_top: top(fig), viewport_height: window.innerHeight,
+    page_width: document.documentElement.scrollWidth, viewport_width: window.innerWidth,
     headline_text: head ? head.textContent : null,
     sortable_tables: document.querySelectorAll('table.sortable').length
   });
@@ -70,17 +71,19 @@ def open_in_browser(tmp_path_factory):
     """``open_in_browser(html_path, name) -> dict``: copy ``html_path`` ALONE to an empty folder
     (no figures/ beside it), load it in headless Chromium with every network lookup failing, and
     return what the page saw after ``load``: images and how many decoded, resource requests,
-    the layout positions of the headline and the first figure, the viewport height. A screenshot
-    (1280x900) is kept as ``test-artifacts/<name>.png`` (``$CFJAX_TEST_ARTIFACTS``). Skips when
-    no Chromium is installed (``.ci/run`` installs Debian's ``chromium``)."""
+    the layout positions of the headline and the first figure, the viewport height, the page's
+    scroll width vs the viewport width (no horizontal scrolling). A screenshot
+    (1280x900) is kept as ``test-artifacts/<name>.png`` (``$CFJAX_TEST_ARTIFACTS``). ``None``
+    when no Chromium is installed (``.ci/run`` installs Debian's ``chromium``): the dedicated
+    browser tests then skip with that reason."""
     import json
     import re
     import shutil
     import subprocess
 
     exe = _chromium()
-    if exe is None:
-        pytest.skip("no Chromium on PATH (apt-get install chromium; .ci/run does)")
+    if exe is None:  # tests that only add a browser check to other work go on; test_report.py skips
+        return None
     flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-extensions", "--no-first-run",
              "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9", "--window-size=1280,900"]
 

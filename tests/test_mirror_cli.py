@@ -131,10 +131,13 @@ def test_job_rows_are_cfjax_mirror_cfe(smoke_run):
 def test_pair_report_renders_in_chromium(smoke_run, open_in_browser):
     """The report alone (no figures/ beside it) shows the headline, then every figure decoded,
     in a real browser, with no request leaving the page."""
+    if open_in_browser is None:
+        pytest.skip("no Chromium on PATH (apt-get install chromium; .ci/run does)")
     _, out = smoke_run
     seen = open_in_browser(out.parent / f"{out.name}_first_report.html", "report_mirror_pair")
     assert seen["images"] >= 4 and seen["decoded"] == seen["images"] and seen["missing_alt"] == 0
     assert seen["resources"] == []
     assert seen["headline_top"] < seen["first_figure_top"] < seen["viewport_height"]  # both on the first screen
+    assert seen["page_width"] <= seen["viewport_width"], "the page scrolls sideways"
     for label in ("validity", "denoised validity", "L1", "Mirror-CFE", "3->8"):
         assert label in seen["headline_text"], label

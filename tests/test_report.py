@@ -15,7 +15,7 @@ from cfjax.jobs import report  # noqa: E402
 
 @pytest.mark.parametrize("v, want", [
     (0.97362, "0.974"), (13.446, "13.4"), (1399.3, "1,400"), (1.2e-05, "1.20e-05"), (0.0, "0"), (1.0, "1.00"),
-    (-0.0312, "-0.0312"), (123456, "123,456"), (42, "42"), (True, "True"), (None, "None"), (float("nan"), "nan"),
+    (-0.0312, "-0.0312"), (123456, "123,456"), (42, "42"), (True, "True"), (None, "None"), (float("nan"), "n/a"), (float("inf"), "inf"),
 ])
 def test_fmt_number_three_significant_digits(v, want):
     assert report.fmt_number(v) == want
@@ -70,13 +70,21 @@ def test_report_missing_figure_is_said_not_linked(tmp_path):
     assert "is missing" in html and "<img" not in html
 
 
+def _need(open_in_browser):
+    if open_in_browser is None:
+        pytest.skip("no Chromium on PATH (apt-get install chromium; .ci/run does)")
+    return open_in_browser
+
+
 def test_report_renders_in_chromium(small_report, open_in_browser):
+    open_in_browser = _need(open_in_browser)
     path, _ = small_report
     seen = open_in_browser(path, "report_unit")
     assert seen["images"] == 2 and seen["decoded"] == 2 and seen["missing_alt"] == 0
     assert seen["resources"] == []
     assert seen["headline_top"] < seen["first_figure_top"] < seen["viewport_height"]
     assert "validity" in seen["headline_text"] and seen["sortable_tables"] == 1
+    assert seen["page_width"] <= seen["viewport_width"], "the page scrolls sideways"
     assert seen["screenshot"]
     shot = plt.imread(seen["screenshot"])
     assert shot.shape[0] >= 600 and float(np.std(shot)) > 0.01  # something is drawn
@@ -85,6 +93,7 @@ def test_report_renders_in_chromium(small_report, open_in_browser):
 def test_browser_probe_catches_broken_and_external_images(small_report, open_in_browser, tmp_path):
     """The browser check can fail: a corrupt embedded PNG does not decode, an external image is
     a resource request."""
+    open_in_browser = _need(open_in_browser)
     path, _ = small_report
     html = path.read_text()
     bad = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]{40}", "data:image/png;base64,AAAA", html, count=1)

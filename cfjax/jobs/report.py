@@ -220,7 +220,7 @@ def fmt_number(v) -> str:
     if isinstance(v, (float, np.floating)):
         v = float(v)
         if not np.isfinite(v):
-            return str(v)
+            return "n/a" if np.isnan(v) else str(v)
         if v == 0.0:
             return "0"
         r = float(f"{v:.3g}")
@@ -240,7 +240,7 @@ def _fmt(v) -> str:
 
 def _table(d: dict) -> str:
     rows = [f"<tr><th scope='row'>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in d.items() if not isinstance(v, dict)]
-    return "<table>" + "".join(rows) + "</table>"
+    return "<div class='scroll'><table>" + "".join(rows) + "</table></div>"
 
 
 def _attr_table(stats: dict, top_k: int = 10) -> str:
@@ -273,7 +273,8 @@ def _rows_table(rows: dict, label: str = "pair", sort_by: str | None = None, tab
         return f"<td data-v='{num}'>{html.escape(_fmt(v))}</td>"
 
     body = [f"<tr><td>{html.escape(str(name))}</td>" + "".join(cell(r.get(c)) for c in cols) + "</tr>" for name, r in items]
-    return f"<table id='{table_id}' class='sortable'><thead>{head}</thead><tbody>" + "".join(body) + "</tbody></table>"
+    return (f"<div class='scroll'><table id='{table_id}' class='sortable'><thead>{head}</thead><tbody>" + "".join(body)
+            + "</tbody></table></div>")
 
 
 _SORT_JS = """
@@ -304,7 +305,7 @@ _CSS = (
     "#headline .label{font-size:11px;color:#556}#headline .value{font-size:17px;font-weight:600}"
     "table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:13px}"
     "th{background:#f0f0f4}img{max-width:100%;height:auto}figure{margin:1em 0 1.6em}"
-    "figcaption{font-size:13px;color:#333;max-width:900px}details{margin:1.5em 0}summary{cursor:pointer;font-weight:600}"
+    ".scroll{overflow-x:auto;max-width:100%}td{overflow-wrap:anywhere;max-width:40em}figcaption{font-size:13px;color:#333;max-width:900px}details{margin:1.5em 0}summary{cursor:pointer;font-weight:600}"
 )
 
 
