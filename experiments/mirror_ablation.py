@@ -70,6 +70,7 @@ def main(argv=None) -> dict:
     elif a.decoder_pairs != "all":
         dec = dataclasses.replace(dec, pairs=parse_pairs(a.decoder_pairs, name="--decoder-pairs"))
     cfg = dataclasses.replace(base, decoder=dec, classifier_augment_blur=a.classifier_blur, backbone_epochs=a.backbone_epochs,
+                              decoder_pairs="all" if a.decoder_pairs == "all" else base.decoder_pairs,  # "auto" would pick the paper pairs
                               oracle_epochs=a.oracle_epochs, limit=a.limit, figures=a.figures, chunk_size=64,
                               decoder_warm_start=a.warm_start)
     out = Path(a.out)
