@@ -125,22 +125,31 @@ def bench_reflect(clf, batch, solver, repeats):
     return {"compile_s": compile_s, "wall_s": wall, "cf_per_s": batch / wall}
 
 
-def bench_mirror_chunk(clf_m, cp, batch, repeats, solver="jaxopt"):
-    """The whole Mirror-CFE step per image (feature maps, reflection + L-BFGS, 21 decoded
-    transitions, first counterfactual, metrics): :func:`cfjax.jobs.mirror.mirror_rows` with a
-    randomly initialised decoder (throughput does not depend on the weights)."""
+def random_mirror_parts(clf_m, cp, x1, seed: int):
+    """``(clf, decode, backbone, ks)`` for a Mirror-CFE step on 28x28x1 images: the bound
+    classifier, the default decoder architecture with random weights (``jax.random.key(seed)``,
+    shapes from one image ``x1`` [1, 28, 28, 1]), the classifier as backbone, the k grid
+    (throughput and memory do not depend on the weights)."""
     from cfjax.methods import mirror as mr
-    from cfjax.jobs.mirror import classifier_backbone, mirror_rows
+    from cfjax.jobs.mirror import classifier_backbone
 
     clf = bind_classifier(clf_m, cp)
     dcfg = md.MirrorDecoderConfig()
     g, _ = md.build_decoder(dcfg, (28, 28, 1))
-    x = jax.random.uniform(jax.random.key(5), (batch, 28, 28, 1))
-    maps = jax.vmap(clf.feature_maps)(x[:1])
-    gp = g.init(jax.random.key(6), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
+    maps = jax.vmap(clf.feature_maps)(x1)
+    gp = g.init(jax.random.key(seed), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
     dec = mr.bind_mirror_decoder(g, gp, clf.W, dcfg.rho_l, dcfg.rho_u)
-    bb = classifier_backbone(clf_m, cp)
-    ks = mr.default_k_grid(0.05)
+    return clf, dec, classifier_backbone(clf_m, cp), mr.default_k_grid(0.05)
+
+
+def bench_mirror_chunk(clf_m, cp, batch, repeats, solver="jaxopt"):
+    """The whole Mirror-CFE step per image (feature maps, reflection + L-BFGS, 21 decoded
+    transitions, first counterfactual, metrics): :func:`cfjax.jobs.mirror.mirror_rows` with a
+    randomly initialised decoder (throughput does not depend on the weights)."""
+    from cfjax.jobs.mirror import mirror_rows
+
+    x = jax.random.uniform(jax.random.key(5), (batch, 28, 28, 1))
+    clf, dec, bb, ks = random_mirror_parts(clf_m, cp, x[:1], seed=6)
     src = jnp.arange(batch, dtype=jnp.int32) % 10
     tgt = (src + 1 + jnp.arange(batch, dtype=jnp.int32) % 9) % 10
     mask = jnp.ones(batch, bool)

@@ -25,22 +25,15 @@ sys.path.insert(0, str(ROOT))
 CHILD = r"""
 import json, resource, sys, time
 import jax, jax.numpy as jnp
-from cfjax.jobs.mirror import classifier_backbone, mirror_rows
-from cfjax.methods import mirror as mr
-from cfjax.models import Classifier, bind_classifier
-from cfjax.training import mirror_decoder as md
+sys.path.insert(0, "experiments")
+from bench import random_mirror_parts
+from cfjax.jobs.mirror import mirror_rows
+from cfjax.models import Classifier
 batch, max_decode = int(sys.argv[1]), (None if sys.argv[2] == "none" else int(sys.argv[2]))
 clf_m = Classifier(num_classes=10)
 x = jax.random.uniform(jax.random.key(0), (batch, 28, 28, 1))
 cp = clf_m.init(jax.random.key(1), x[:1])
-clf = bind_classifier(clf_m, cp)
-dcfg = md.MirrorDecoderConfig()
-g, _ = md.build_decoder(dcfg, (28, 28, 1))
-maps = jax.vmap(clf.feature_maps)(x[:1])
-gp = g.init(jax.random.key(2), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
-dec = mr.bind_mirror_decoder(g, gp, clf.W, dcfg.rho_l, dcfg.rho_u)
-bb = classifier_backbone(clf_m, cp)
-ks = mr.default_k_grid(0.05)
+clf, dec, bb, ks = random_mirror_parts(clf_m, cp, x[:1], seed=2)
 src = jnp.arange(batch, dtype=jnp.int32) % 10
 tgt = (src + 1) % 10
 f = jax.jit(lambda x, s, t: mirror_rows(clf, dec, bb, x, s, t, jnp.ones(x.shape[0], bool), ks=ks, solver="exact", max_decode=max_decode)["l1"].sum())
