@@ -307,3 +307,60 @@ def test_mirror_rows_in_decode_slices_equal_one_pass():
     a, b = f(None), f(22)
     for k in a:
         np.testing.assert_allclose(np.asarray(a[k], np.float64), np.asarray(b[k], np.float64), rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_compose_residual_keeps_the_source_at_k0_and_adds_only_the_decoders_change():
+    x = jax.random.uniform(jax.random.key(0), (5, 5, 1))
+    path = jax.random.uniform(jax.random.key(1), (4, 5, 5, 1))
+    out = np.asarray(mr.compose_residual(x, path))
+    np.testing.assert_allclose(out[0], np.asarray(x), atol=1e-7)
+    # an obviously correct loop: per k and pixel, clip(x + path_k - path_0) to [0, 1]
+    xn, pn = np.asarray(x), np.asarray(path)
+    for k in range(4):
+        ref = np.minimum(np.maximum(xn + pn[k] - pn[0], 0.0), 1.0)
+        np.testing.assert_allclose(out[k], ref, atol=1e-6)
+    # through mirror_cfe: with an image-valued "decoder" offset by a constant (a reconstruction
+    # error), the residual path equals the source at k = 0 and the offset never reaches x_cf
+    Wm = jax.random.normal(jax.random.key(3), (3, 4))
+    b = jnp.zeros(3)
+    xi = 0.2 + 0.3 * jax.random.uniform(jax.random.key(4), (2, 2, 4))
+    s = int(jnp.argmax(Wm @ xi.mean((0, 1)) + b))
+    fmaps = lambda v: [v]  # noqa: E731
+    dec = lambda F, skips, so, ta, k: F + 0.1  # noqa: E731
+    r = mr.mirror_cfe(fmaps, Wm, b, dec, xi, s, (s + 1) % 3, solver="exact", compose="residual", ks=jnp.linspace(0, 1, 5))
+    np.testing.assert_allclose(np.asarray(r.x_path[0]), np.asarray(xi), atol=1e-6)
+    with pytest.raises(InputError, match="compose"):
+        mr.mirror_cfe(fmaps, Wm, b, dec, xi, s, (s + 1) % 3, compose="blend")
+
+
+def test_real_target_ceilings_match_a_per_image_loop():
+    from types import SimpleNamespace
+
+    from cfjax.eval import metrics
+    from cfjax.jobs.mirror import real_target_ceilings
+
+    rng = np.random.default_rng(0)
+    imgs = rng.uniform(size=(40, 6, 6, 1)).astype(np.float32)
+    imgs[::3] = 0.0  # some flat images: ties go to class 0
+    labels = rng.integers(0, 3, 40)
+    Wc = jnp.asarray(rng.normal(size=(36, 3)).astype(np.float32))
+    clf = SimpleNamespace(module=SimpleNamespace(apply=lambda p, v: v.reshape(v.shape[0], -1) @ p), params=Wc)
+    test = SimpleNamespace(images=imgs, labels=labels, class_names=["a", "b", "c"])
+    got = real_target_ceilings(test, clf, None, (0, 2))
+    for t, name in ((0, "a"), (2, "c")):
+        real = imgs[labels == t]
+        clean = np.array([int(np.argmax(v.reshape(-1) @ np.asarray(Wc))) == t for v in real])
+        blur = np.array([int(np.argmax(np.asarray(metrics.gaussian_blur(jnp.asarray(v[None]), 1.0))[0].reshape(-1) @ np.asarray(Wc))) == t
+                         for v in real])
+        row = got[name]
+        assert row["n"] == len(real) and "oracle_validity" not in row
+        assert row["validity"] == pytest.approx(clean.mean()) and row["denoised_validity"] == pytest.approx(blur.mean())
+        assert row["denoised_validity_given_valid"] == pytest.approx(blur[clean].mean())
+
+
+def test_job_config_refuses_an_unknown_compose_mode():
+    from cfjax.jobs.mirror import MirrorJobConfig
+
+    MirrorJobConfig(compose="residual").validate()
+    with pytest.raises(InputError, match="compose"):
+        MirrorJobConfig(compose="blend").validate()

@@ -40,7 +40,8 @@ def test_cli_smoke_writes_summary_figures_report(smoke_run):
     assert s["method"] == "mirror" and s["dataset"] == "mnist5k" and (s["source"], s["target"]) == (3, 8)
     assert 1 <= s["n_examples"] <= 16 and s["n_counterfactuals"] == s["n_examples"]
     for k in ("validity", "fail_rate", "converged_rate", "denoised_validity", "target_prob_mean", "validity_k1",
-              "oracle_validity", "oracle_validity_real_target", "denoised_validity_real_target"):
+              "oracle_validity", "oracle_validity_real_target", "denoised_validity_real_target",
+              "denoised_validity_real_target_given_valid"):
         assert _rate(s[k]), (k, s[k])
     assert abs(s["validity"] + s["fail_rate"] - 1.0) < 1e-6
     assert s["converged_rate"] > 0.9  # L-BFGS on a linear least-squares problem converges

@@ -66,6 +66,11 @@ class MirrorJobConfig:
     max_decode: int | None = 2048
     """At most this many images decoded at once in a step (the step runs in sequential slices,
     :func:`decode_slices`): bounds peak memory whatever ``chunk_size``. None: no bound."""
+    compose: str = "decoded"
+    """How each transition image is formed: ``"decoded"`` (the paper: ``G(F_k)``) or
+    ``"residual"`` (the source plus the decoder's change since ``k = 0``,
+    :func:`cfjax.methods.mirror.compose_residual`: the reconstruction error is not counted as an
+    edit)."""
     limit: int | None = None
     """Pair job: explain at most N source images; global pass: the first N test images (None: all)."""
     decoder: md.MirrorDecoderConfig = md.MirrorDecoderConfig()
@@ -146,6 +151,8 @@ class MirrorJobConfig:
             raise bad_arg("lpips_weights", repr(self.lpips_weights), "an existing AlexNet-LPIPS weight file")
         if self.decoder_warm_start is not None and not (Path(self.decoder_warm_start) / "last").is_dir():
             raise bad_arg("decoder_warm_start", repr(self.decoder_warm_start), "a decoder workdir holding a 'last' checkpoint")
+        if self.compose not in mr.COMPOSE_MODES:
+            raise bad_arg("compose", repr(self.compose), f"one of {mr.COMPOSE_MODES}")
         if self.decoder_pairs not in ("auto", "all"):
             raise bad_arg("decoder_pairs", repr(self.decoder_pairs), "'auto' or 'all'")
         if self.decoder.train_solver not in mr.SOLVERS:
@@ -192,6 +199,7 @@ def mirror_rows(
     fid_features: Callable | None = None,
     max_decode: int | None = None,
     return_images: bool = False,
+    compose: str = "decoded",
 ) -> dict:
     """:func:`cfjax.mirror_cfe` on a batch (vmapped) and its per-example metric rows (pure).
 
@@ -212,6 +220,8 @@ def mirror_rows(
         slices of ``n / S`` examples (``lax.map``; ``S`` the smallest divisor of ``n`` with
         ``(n / S) * m <= max_decode``), so peak memory follows this value, not ``n * m``.
         ``None``: the whole batch at once.
+      compose: how each path image is formed (:func:`cfjax.mirror_cfe`): ``"decoded"`` (the
+        paper) or ``"residual"`` (the source plus the decoder's change since ``k = 0``).
 
     Returns:
       rows ``[n, ...]``: ``source, target, w, ok, k_cf, index, found, status, iterations,
@@ -222,7 +232,8 @@ def mirror_rows(
     """
     W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
     ks = jnp.asarray(ks, jnp.float32)
-    run = jax.vmap(lambda xi, s, t: mr.mirror_cfe(clf.feature_maps, W, b, decode, xi, s, t, ks=ks, solver=solver, maxiter=maxiter, tol=tol))
+    run = jax.vmap(lambda xi, s, t: mr.mirror_cfe(clf.feature_maps, W, b, decode, xi, s, t, ks=ks, solver=solver, maxiter=maxiter, tol=tol,
+                                                     compose=compose))
     n = x.shape[0]
     S = decode_slices(n, int(ks.shape[0]), max_decode)
     if S == 1:
@@ -516,7 +527,7 @@ class MirrorJob:
         def rows_fn(batch, mask):
             return mirror_rows(clf, decode, backbone, batch["x"], batch["source"], batch["target"], mask, ks=ks, solver=cfg.solver,
                                maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, oracle_logits=oracle_logits, lpips_fn=lpips_fn,
-                               fid_features=fid_features, max_decode=cfg.max_decode)
+                               fid_features=fid_features, max_decode=cfg.max_decode, compose=cfg.compose)
 
         desc = f"mirror {src[0]}->{tgt[0]}" if self.per_pair else "mirror (all pairs)"
         return [Pass("mirror", rows_fn, mirror_evaluators(test.num_classes, test.class_names, len(ks), d, oracle=orc is not None, lpips_alex=lpips_fn is not None,
@@ -559,6 +570,7 @@ class MirrorJob:
         fid = metrics.fid_from_moments(cf_m, real_m) if float(cf_m.n) >= 2 and float(real_m.n) >= 2 else float("nan")
         ceil = real_target_ceilings(test, models.classifier, models.oracle, (t,), cfg.blur_sigma)[test.class_names[t]]
         real_dval = ceil["denoised_validity"]
+        res["denoised_validity_real_target_given_valid"] = ceil["denoised_validity_given_valid"]
         if "oracle_validity" in ceil:
             res["oracle_validity_real_target"] = ceil["oracle_validity"]
         if inc_m is not None:
@@ -579,7 +591,7 @@ class MirrorJob:
             "cf_per_s": res["n_counterfactuals"] / r.wall_s if r.wall_s > 0 else float("nan"),
             "denoised_validity_real_target": real_dval, "fid_domain": fid, "fid_n": [int(float(cf_m.n)), int(float(real_m.n))],
             "perceptual_backbone": BACKBONE_LABEL, "solver": cfg.solver, "maxiter": cfg.maxiter, "tol": cfg.tol,
-            "k_grid": {"step": cfg.k_step, "first_cf_search": "k > 0.5"},
+            "k_grid": {"step": cfg.k_step, "first_cf_search": "k > 0.5"}, "compose": cfg.compose,
             "csp_rho": {"rho_l": cfg.decoder.rho_l, "rho_u": cfg.decoder.rho_u},
             "decoder": {
                 "pairs": "all ordered pairs (one decoder per dataset)" if cfg.decoder.pairs is None else [list(p) for p in cfg.decoder.pairs],
@@ -608,7 +620,8 @@ class MirrorJob:
     def headline(self, ctx: Context, summary: dict) -> list:
         rate = summary.get("cf_per_s")
         pair = [("pair", summary["pair"])] if self.per_pair else [("pairs", len(summary.get("pairs_requested") or ()))]
-        extra = [("D.Val ceiling (real targets)", summary.get("denoised_validity_real_target")),
+        extra = [("D.Val of real targets", summary.get("denoised_validity_real_target")),
+                 ("D.Val of real targets the classifier recognises", summary.get("denoised_validity_real_target_given_valid")),
                  ("FID (domain backbone)", summary.get("fid_domain")), ("FID (Inception-v3)", summary.get("fid_inception"))] if self.per_pair else []
         return [
             ("method", "Mirror-CFE"), ("data", summary["dataset"]), *pair, ("classifier accuracy", summary.get("classifier_accuracy")),
@@ -631,12 +644,19 @@ def real_target_ceilings(test, classifier: ct.Trained, oracle: ct.Trained | None
     (when given), "n": images}}``. A classifier that is not blur-robust caps denoised validity
     below 1 for counterfactuals too; a weak oracle caps oracle validity."""
     names = test.class_names
+    fclean = jax.jit(lambda x: jnp.argmax(classifier.module.apply(classifier.params, x), -1))
     fblur = jax.jit(lambda x: jnp.argmax(classifier.module.apply(classifier.params, metrics.gaussian_blur(x, blur_sigma)), -1))
     fo = jax.jit(lambda x: jnp.argmax(oracle.module.apply(oracle.params, x), -1)) if oracle is not None else None
     out = {}
     for t in targets:
         real = test.images[test.labels == t]
-        row = {"n": int(len(real)), "denoised_validity": float(np.mean(batched_predict(fblur, real) == t)) if len(real) else float("nan")}
+        row = {"n": int(len(real))}
+        if len(real):
+            clean, blur = batched_predict(fclean, real) == t, batched_predict(fblur, real) == t
+            row.update(validity=float(np.mean(clean)), denoised_validity=float(np.mean(blur)),
+                       denoised_validity_given_valid=float(np.mean(blur[clean])) if clean.any() else float("nan"))
+        else:
+            row.update(validity=float("nan"), denoised_validity=float("nan"), denoised_validity_given_valid=float("nan"))
         if fo is not None:
             row["oracle_validity"] = float(np.mean(batched_predict(fo, real) == t)) if len(real) else float("nan")
         out[names[int(t)]] = row
@@ -766,7 +786,8 @@ def _global_figures(out: Path, test, clf, decode, backbone, ks, cfg: MirrorJobCo
     sel = [np.flatnonzero((src == a) & (tgt == b))[:n_per_pair] for a, b in pairs]
     nb = max(len(v) for v in sel)
     jrun = jax.jit(lambda x, so, ta: mirror_rows(clf, decode, backbone, x, so, ta, jnp.ones(x.shape[0], bool), ks=ks, solver=cfg.solver,
-                                                 maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, return_images=True))
+                                                 maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, return_images=True,
+                                                 compose=cfg.compose))
     figs = []
     for (a, b), r in zip(pairs, sel):
         x = test.images[idx[r]]
@@ -814,7 +835,8 @@ def _figures(out: Path, test, preds, clf, decode, backbone, ks, cfg: MirrorJobCo
     ne = min(cfg.n_figure_examples, len(data["x"]))
     nb = max(ne, len(pairs))  # both figure batches padded to one size: one compile
     jrun = jax.jit(lambda x, so, ta: mirror_rows(clf, decode, backbone, x, so, ta, jnp.ones(x.shape[0], bool), ks=ks, solver=cfg.solver,
-                                                 maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, return_images=True))
+                                                 maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, return_images=True,
+                                                 compose=cfg.compose))
 
     def run(x, so, ta):
         n = len(x)

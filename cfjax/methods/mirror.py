@@ -323,6 +323,22 @@ converged), ``no_flip`` (no decoded image on the path is classified as the targe
 ``not_converged`` (a counterfactual was found but the refinement did not meet its tolerance)."""
 
 
+COMPOSE_MODES = ("decoded", "residual")
+
+
+def compose_residual(
+    x: Float[Array, "H W c"], x_path: Float[Array, "m H W c"], lo: float = 0.0, hi: float = 1.0
+) -> Float[Array, "m H W c"]:
+    """The source plus the decoder's change along the path: ``clip(x + x_path - x_path[0])``.
+
+    ``x_path[0]`` is the decoded image at ``k = 0`` (the reconstruction ``G(F_s)``), so at
+    ``k = 0`` this returns ``x`` itself and at every ``k`` only what the transition changes is
+    applied to the real image; the decoder's reconstruction error (blur, lost print) is not
+    counted as part of the counterfactual. Values are clipped to the image range ``[lo, hi]``.
+    """
+    return jnp.clip(x[None] + x_path - x_path[:1], lo, hi)
+
+
 class MirrorResult(NamedTuple):
     """Result of :func:`mirror_cfe` for one example (``m`` grid points, ``K`` classes).
 
@@ -371,6 +387,7 @@ def mirror_cfe(
     maxiter: int = 100,
     tol: float = 1e-5,
     k_min: float = 0.5,
+    compose: str = "decoded",
 ) -> MirrorResult:
     r"""Mirror-CFE for one image: reflect -> refine -> transitions -> decode -> first counterfactual.
 
@@ -381,7 +398,9 @@ def mirror_cfe(
        ``(W_t - W_s) . f + (b_t - b_s) = 0``, refined (L-BFGS by default) so that
        ``W GAP(F') + b`` equals the source logits with entries s and t swapped;
     2. :func:`transitions`: :math:`F_k = F + k (F' - F)` for every ``k`` of the grid;
-    3. ``x_k = decode(F_k, skips, source, target, k)`` for every ``k``;
+    3. ``x_k = decode(F_k, skips, source, target, k)`` for every ``k`` (with
+       ``compose="residual"``: :func:`compose_residual`, the source plus the decoder's change
+       ``x + x_k - x_0``);
     4. :func:`first_counterfactual`: the smallest ``k > k_min`` whose decoded image the
        classifier (``W GAP(F(x_k)) + b``) assigns to ``target``.
 
@@ -398,6 +417,10 @@ def mirror_cfe(
       ks: the increasing grid (default :func:`default_k_grid`, 0, 0.05, ..., 1).
       solver, maxiter, tol: of :func:`reflect`.
       k_min: counterfactuals are searched at ``k > k_min`` (the logits cross at 0.5).
+      compose: ``"decoded"`` (the paper: the counterfactual is the decoded image ``G(F_k)``) or
+        ``"residual"`` (:func:`compose_residual`: the source plus what the decoder changes
+        between ``k = 0`` and ``k``, so the decoder's reconstruction error does not count as
+        an edit; needs ``ks[0] == 0``; a cfjax option, not in the paper).
 
     Returns:
       :class:`MirrorResult`.
@@ -413,6 +436,10 @@ def mirror_cfe(
       >>> bool(r.found), int(jnp.argmax(r.logits_path[-1])) == t
       (True, True)
     """
+    if compose not in COMPOSE_MODES:
+        from cfjax.errors import bad_arg
+
+        raise bad_arg("compose", repr(compose), f"one of {COMPOSE_MODES}")
     W, b = jnp.asarray(W), jnp.asarray(b)
     ks = default_k_grid() if ks is None else jnp.asarray(ks, jnp.float32)
     maps = list(feature_maps(x))
@@ -420,6 +447,8 @@ def mirror_cfe(
     res = reflect(F_s, W, b, source, target, solver=solver, maxiter=maxiter, tol=tol)
     F_k = transitions(F_s, res.F_r, ks)
     x_k = jax.vmap(decode, in_axes=(0, None, None, None, 0))(F_k, skips, source, target, ks)
+    if compose == "residual":
+        x_k = compose_residual(x, x_k)
     z_dec = jax.vmap(lambda xi: gap(list(feature_maps(xi))[-1]))(x_k)
     logits_dec = z_dec @ W.T + b
     k_cf, idx, found = first_counterfactual(logits_dec, ks, target, k_min=k_min)
@@ -518,7 +547,9 @@ def batched_decoder(module, params, W, rho_l: float = 0.1, rho_u: float = 0.5) -
 
 
 __all__ = [
+    "COMPOSE_MODES",
     "SOLVERS",
+    "compose_residual",
     "STATUS_NAMES",
     "MirrorCFE",
     "MirrorResult",
