@@ -51,6 +51,7 @@ def main(argv=None) -> dict:
     p.add_argument("--decoder-pairs", default="paper", help="'paper' (the 6 explained pairs), 'all', or 'S,T;S,T'")
     p.add_argument("--set", action="append", default=[], help="decoder option KEY=VALUE (MirrorDecoderConfig field)")
     p.add_argument("--classifier-epochs", type=int, default=None, help="epochs of the explained classifier (default: the zoo's)")
+    p.add_argument("--classifier-flip", action="store_true", help="train the explained classifier with left-right flips")
     p.add_argument("--backbone-epochs", type=int, default=2)
     p.add_argument("--oracle-epochs", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="first N test images")
@@ -75,9 +76,11 @@ def main(argv=None) -> dict:
                               decoder_pairs="all" if a.decoder_pairs == "all" else base.decoder_pairs,  # "auto" would pick the paper pairs
                               oracle_epochs=a.oracle_epochs, limit=a.limit, figures=a.figures, chunk_size=64,
                               decoder_warm_start=a.warm_start)
-    if a.classifier_epochs is not None:
+    if a.classifier_epochs is not None or a.classifier_flip:
         zc = cfg.models or zoo.defaults_for(a.data)
-        cfg = dataclasses.replace(cfg, models=dataclasses.replace(zc, classifier_train=dataclasses.replace(zc.classifier_train, epochs=a.classifier_epochs)))
+        tc = dataclasses.replace(zc.classifier_train, augment_flip=a.classifier_flip)
+        tc = tc if a.classifier_epochs is None else dataclasses.replace(tc, epochs=a.classifier_epochs)
+        cfg = dataclasses.replace(cfg, models=dataclasses.replace(zc, classifier_train=tc))
     out = Path(a.out)
     models_dir = Path(a.models_dir) if a.models_dir else out.parent / "models"
     t0 = time.perf_counter()
@@ -86,7 +89,7 @@ def main(argv=None) -> dict:
             "l1_pm1", "first_cf_k_mean", "converged_rate", "n_counterfactuals")
     row = {k: s.get(k) for k in keys}
     row.update(
-        data=a.data, classifier_blur=a.classifier_blur, classifier_epochs=a.classifier_epochs, decoder_pairs=a.decoder_pairs, steps=a.steps, options=over, warm_start=a.warm_start,
+        data=a.data, classifier_blur=a.classifier_blur, classifier_epochs=a.classifier_epochs, classifier_flip=a.classifier_flip, decoder_pairs=a.decoder_pairs, steps=a.steps, options=over, warm_start=a.warm_start,
         target_prob_gap_at_cf=s["faithfulness"]["target_prob_gap_at_cf"], decoder_train_s=s["decoder_load_or_train_s"],
         classifier_accuracy=s["classifier_accuracy"], oracle_accuracy=s.get("oracle_accuracy"), total_s=time.perf_counter() - t0,
         pairs={k: {**{kk: v.get(kk) for kk in ("validity", "denoised_validity", "oracle_validity", "l1", "validity_k1", "denoised_validity_k1",

@@ -169,3 +169,16 @@ def test_blur_augmentation_option():
     with pytest.raises(InputError, match="augment_blur"):
         ct.fit(params={"w": jnp.zeros(1)}, loss_fn=None, eval_fn=None, train_arrays=(np.zeros((4, 1)),), test_arrays=(np.zeros((4, 1)),),
                cfg=ct.TrainConfig(augment_blur=2.0, batch_size=2), select="loss")
+
+
+def test_flip_augmentation_option():
+    import jax
+
+    assert "augment_flip" not in ct.TrainConfig().as_dict() and ct.TrainConfig(augment_flip=True).as_dict()["augment_flip"] is True
+    x = jax.random.uniform(jax.random.key(0), (400, 6, 7, 1))
+    y = np.asarray(ct.random_flip(jax.random.key(1), x))
+    xn = np.asarray(x)
+    flipped = np.array([np.array_equal(y[i], xn[i, :, ::-1]) for i in range(len(xn))])
+    same = np.array([np.array_equal(y[i], xn[i]) for i in range(len(xn))])
+    assert np.all(flipped ^ same)  # each image either kept or mirrored left-right, never both/neither
+    assert 0.4 < flipped.mean() < 0.6

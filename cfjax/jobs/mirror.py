@@ -352,9 +352,9 @@ def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None
 
 def load_oracle(train, test, root: Path, cfg: MirrorJobConfig, progress: bool = True) -> ct.Trained:
     """The oracle: an independently trained classifier (``cfg.oracle_widths``, seed
-    ``cfg.oracle_seed``, no blur augmentation), cached under ``root/oracle_classifier``."""
+    ``cfg.oracle_seed``, no blur or flip augmentation), cached under ``root/oracle_classifier``."""
     zc = cfg.models or zoo.defaults_for(train.name)
-    tcfg = dataclasses.replace(zc.classifier_train, seed=cfg.oracle_seed, augment_blur=0.0)
+    tcfg = dataclasses.replace(zc.classifier_train, seed=cfg.oracle_seed, augment_blur=0.0, augment_flip=False)
     if cfg.oracle_epochs is not None:
         tcfg = dataclasses.replace(tcfg, epochs=cfg.oracle_epochs)
     mcfg = ct.ClassifierConfig(num_classes=train.num_classes, widths=tuple(cfg.oracle_widths), convs_per_block=cfg.oracle_convs_per_block)

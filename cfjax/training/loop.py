@@ -70,13 +70,18 @@ class TrainConfig:
     """Fraction of training images Gaussian-blurred (sigma 0.5, 1 or 1.5, uniformly; classifier
     training only): makes the classifier blur-robust, so that denoised validity (sigma-1 blur)
     measures the counterfactual rather than the classifier's fragility."""
+    augment_flip: bool = False
+    """Mirror half of the training images left-right (classifier training only; for data whose
+    classes are left-right symmetric, e.g. garments): the classifier's evidence (its CAMs) then
+    cannot sit on one side only."""
 
     def as_dict(self) -> dict:
         """The config as recorded in checkpoints (options at their off value are left out, so
         checkpoints written before an option existed still match)."""
         d = dataclasses.asdict(self)
-        if not d["augment_blur"]:
-            d.pop("augment_blur")
+        for k in ("augment_blur", "augment_flip"):
+            if not d[k]:
+                d.pop(k)
         return d
 
     @classmethod
@@ -253,6 +258,12 @@ def random_blur(key: jax.Array, x: jax.Array, fraction: float) -> jax.Array:
     return jnp.where(on[:, None, None, None], pick, x)
 
 
+def random_flip(key: jax.Array, x: jax.Array) -> jax.Array:
+    """Mirror a random half of the images in ``x`` [n, h, w, c] left-right."""
+    on = jax.random.uniform(key, (x.shape[0],)) < 0.5
+    return jnp.where(on[:, None, None, None], x[:, :, ::-1], x)
+
+
 def _check_same_images(train, test) -> None:
     if tuple(test.images.shape[1:]) != tuple(train.images.shape[1:]):
         raise bad_arg("test.images", f"image shape {tuple(test.images.shape[1:])}", f"the training images' shape {tuple(train.images.shape[1:])}")
@@ -295,6 +306,8 @@ def train_classifier(
             x = random_shift(key, x, train_cfg.augment_shift)
         if train_cfg.augment_blur:
             x = random_blur(jax.random.fold_in(key, 1), x, train_cfg.augment_blur)
+        if train_cfg.augment_flip:
+            x = random_flip(jax.random.fold_in(key, 2), x)
         logits = module.apply(p, x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), {}
 
