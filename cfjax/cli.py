@@ -114,6 +114,9 @@ def _mirror_args(p, *, pair: bool) -> None:
     g.add_argument("--k-step", type=float, default=None, help="transition grid step (default 0.05)")
     g.add_argument("--compose", choices=["decoded", "residual"], default=None,
                    help="counterfactual image: the decoded G(F_k) (paper, default) or the source + the decoder's change since k=0")
+    g.add_argument("--cf-threshold", type=float, default=None, metavar="P",
+                   help="first counterfactual = the first k > 0.5 whose decoded image gets target probability >= P "
+                        "(default: the paper's rule, the target is the argmax class)")
     g.add_argument("--decoder-steps", type=int, default=None, help="decoder training steps")
     g.add_argument("--decoder-warm-start", default=None, metavar="DIR",
                    help="continue this finished shorter decoder run (same options, fewer steps) instead of starting over")
@@ -143,7 +146,7 @@ def mirror_config(a):
         dec["checkpoint_every"] = max(1, min(base.decoder.checkpoint_every, dec["steps"]))
     if getattr(a, "pair_decoder", False) and a.source is not None and a.target is not None:
         dec["pairs"] = ((a.source, a.target), (a.target, a.source))
-    over = _given(solver=a.solver, maxiter=a.maxiter, k_step=a.k_step, compose=a.compose, limit=a.limit, chunk_size=a.chunk_size,
+    over = _given(solver=a.solver, maxiter=a.maxiter, k_step=a.k_step, compose=a.compose, cf_threshold=a.cf_threshold, limit=a.limit, chunk_size=a.chunk_size,
                   checkpoint_every=a.checkpoint_every, classifier_augment_blur=a.classifier_blur)
     if a.no_figures:
         over["figures"] = False

@@ -162,6 +162,7 @@ def test_mirror_source_equal_target_exits_2_fast_and_writes_nothing(tmp_path):
         (["global", "mirror", "--data", "imagenet"], "data"),
         (["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--k-step", "0.3"], "k_step"),
         (["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--chunk-size", "0"], "chunk_size"),
+        (["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--cf-threshold", "1.2"], "cf_threshold"),
         (["explain", "attack", "--data", "mnist5k", "--threshold", "1.5"], "threshold"),
         (["global", "attack", "--data", "mnist5k", "--targets", "10"], "targets"),
         (["train", "mirror-decoder", "--data", "mnist5k", "--pair", "3,3"], "--pair"),

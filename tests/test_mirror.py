@@ -157,6 +157,33 @@ def test_first_counterfactual_picks_smallest_k_above_half():
     assert not bool(mr.first_counterfactual(only_half, ks, 2)[2])
 
 
+def test_first_counterfactual_threshold_matches_a_loop():
+    ks = mr.default_k_grid(0.05)
+    m = ks.shape[0]
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        logits = rng.normal(size=(m, 4)).astype(np.float32) * 2.0
+        t = int(rng.integers(0, 4))
+        for thr in (None, 0.4, 0.6, 0.9):
+            # the obvious loop: walk k upwards, take the first k > 0.5 that is argmax-t and confident enough
+            ref = None
+            for i in range(m):
+                p = np.exp(logits[i] - logits[i].max())
+                p = p / p.sum()
+                if float(ks[i]) > 0.5 + 1e-6 and int(np.argmax(logits[i])) == t and (thr is None or p[t] >= thr):
+                    ref = i
+                    break
+            k, idx, found = mr.first_counterfactual(jnp.asarray(logits), ks, t, threshold=thr)
+            assert bool(found) == (ref is not None), (trial, thr)
+            assert int(idx) == (m - 1 if ref is None else ref), (trial, thr)
+    # a higher threshold never picks an earlier k
+    logits = jnp.zeros((m, 3)).at[:, 2].set(jnp.linspace(-3.0, 6.0, m))
+    idx = [int(mr.first_counterfactual(logits, ks, 2, threshold=th)[1]) for th in (None, 0.6, 0.8, 0.95)]
+    assert idx == sorted(idx) and idx[0] < idx[-1]
+    with pytest.raises(InputError, match="threshold"):
+        mr.mirror_cfe(lambda v: [v], jnp.eye(3, 4), jnp.zeros(3), lambda F, *a: F, jnp.ones((2, 2, 4)), 0, 1, threshold=1.5)
+
+
 def test_cams_and_csp_mask_shapes_bounds_monotone():
     F, Wm, b = _problem(3)
     cams = mr.class_activation_maps(F, Wm)
@@ -358,9 +385,13 @@ def test_real_target_ceilings_match_a_per_image_loop():
         assert row["denoised_validity_given_valid"] == pytest.approx(blur[clean].mean())
 
 
-def test_job_config_refuses_an_unknown_compose_mode():
+def test_job_config_refuses_an_unknown_compose_mode_or_threshold():
     from cfjax.jobs.mirror import MirrorJobConfig
 
     MirrorJobConfig(compose="residual").validate()
     with pytest.raises(InputError, match="compose"):
         MirrorJobConfig(compose="blend").validate()
+    MirrorJobConfig(cf_threshold=0.8).validate()
+    for bad in (0.0, 1.0, -0.2):
+        with pytest.raises(InputError, match="cf_threshold"):
+            MirrorJobConfig(cf_threshold=bad).validate()

@@ -71,6 +71,11 @@ class MirrorJobConfig:
     ``"residual"`` (the source plus the decoder's change since ``k = 0``,
     :func:`cfjax.methods.mirror.compose_residual`: the reconstruction error is not counted as an
     edit)."""
+    cf_threshold: float | None = None
+    """The first counterfactual's rule: None (the paper): the smallest ``k > 0.5`` whose decoded
+    image the classifier assigns to the target; a probability: it must also give the target at
+    least that probability (:func:`cfjax.methods.mirror.first_counterfactual`; a cfjax option:
+    a later, less borderline counterfactual, traded against proximity; BUILD_NOTES measures it)."""
     limit: int | None = None
     """Pair job: explain at most N source images; global pass: the first N test images (None: all)."""
     decoder: md.MirrorDecoderConfig = md.MirrorDecoderConfig()
@@ -153,6 +158,8 @@ class MirrorJobConfig:
             raise bad_arg("decoder_warm_start", repr(self.decoder_warm_start), "a decoder workdir holding a 'last' checkpoint")
         if self.compose not in mr.COMPOSE_MODES:
             raise bad_arg("compose", repr(self.compose), f"one of {mr.COMPOSE_MODES}")
+        if self.cf_threshold is not None and not 0.0 < self.cf_threshold < 1.0:
+            raise bad_arg("cf_threshold", self.cf_threshold, "None (the paper's argmax rule) or a probability in (0, 1)")
         if self.decoder_pairs not in ("auto", "all"):
             raise bad_arg("decoder_pairs", repr(self.decoder_pairs), "'auto' or 'all'")
         if self.decoder.train_solver not in mr.SOLVERS:
@@ -200,6 +207,7 @@ def mirror_rows(
     max_decode: int | None = None,
     return_images: bool = False,
     compose: str = "decoded",
+    threshold: float | None = None,
 ) -> dict:
     """:func:`cfjax.mirror_cfe` on a batch (vmapped) and its per-example metric rows (pure).
 
@@ -222,6 +230,8 @@ def mirror_rows(
         ``None``: the whole batch at once.
       compose: how each path image is formed (:func:`cfjax.mirror_cfe`): ``"decoded"`` (the
         paper) or ``"residual"`` (the source plus the decoder's change since ``k = 0``).
+      threshold: the first counterfactual's rule (:func:`cfjax.methods.mirror.first_counterfactual`;
+        None: the paper's argmax rule).
 
     Returns:
       rows ``[n, ...]``: ``source, target, w, ok, k_cf, index, found, status, iterations,
@@ -233,7 +243,7 @@ def mirror_rows(
     W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
     ks = jnp.asarray(ks, jnp.float32)
     run = jax.vmap(lambda xi, s, t: mr.mirror_cfe(clf.feature_maps, W, b, decode, xi, s, t, ks=ks, solver=solver, maxiter=maxiter, tol=tol,
-                                                     compose=compose))
+                                                     compose=compose, threshold=threshold))
     n = x.shape[0]
     S = decode_slices(n, int(ks.shape[0]), max_decode)
     if S == 1:
@@ -527,7 +537,7 @@ class MirrorJob:
         def rows_fn(batch, mask):
             return mirror_rows(clf, decode, backbone, batch["x"], batch["source"], batch["target"], mask, ks=ks, solver=cfg.solver,
                                maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, oracle_logits=oracle_logits, lpips_fn=lpips_fn,
-                               fid_features=fid_features, max_decode=cfg.max_decode, compose=cfg.compose)
+                               fid_features=fid_features, max_decode=cfg.max_decode, compose=cfg.compose, threshold=cfg.cf_threshold)
 
         desc = f"mirror {src[0]}->{tgt[0]}" if self.per_pair else "mirror (all pairs)"
         return [Pass("mirror", rows_fn, mirror_evaluators(test.num_classes, test.class_names, len(ks), d, oracle=orc is not None, lpips_alex=lpips_fn is not None,
@@ -591,7 +601,7 @@ class MirrorJob:
             "cf_per_s": res["n_counterfactuals"] / r.wall_s if r.wall_s > 0 else float("nan"),
             "denoised_validity_real_target": real_dval, "fid_domain": fid, "fid_n": [int(float(cf_m.n)), int(float(real_m.n))],
             "perceptual_backbone": BACKBONE_LABEL, "solver": cfg.solver, "maxiter": cfg.maxiter, "tol": cfg.tol,
-            "k_grid": {"step": cfg.k_step, "first_cf_search": "k > 0.5"}, "compose": cfg.compose,
+            "k_grid": {"step": cfg.k_step, "first_cf_search": "k > 0.5", "cf_threshold": cfg.cf_threshold}, "compose": cfg.compose,
             "csp_rho": {"rho_l": cfg.decoder.rho_l, "rho_u": cfg.decoder.rho_u},
             "decoder": {
                 "pairs": "all ordered pairs (one decoder per dataset)" if cfg.decoder.pairs is None else [list(p) for p in cfg.decoder.pairs],
@@ -787,7 +797,7 @@ def _global_figures(out: Path, test, clf, decode, backbone, ks, cfg: MirrorJobCo
     nb = max(len(v) for v in sel)
     jrun = jax.jit(lambda x, so, ta: mirror_rows(clf, decode, backbone, x, so, ta, jnp.ones(x.shape[0], bool), ks=ks, solver=cfg.solver,
                                                  maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, return_images=True,
-                                                 compose=cfg.compose))
+                                                 compose=cfg.compose, threshold=cfg.cf_threshold))
     figs = []
     for (a, b), r in zip(pairs, sel):
         x = test.images[idx[r]]
@@ -836,7 +846,7 @@ def _figures(out: Path, test, preds, clf, decode, backbone, ks, cfg: MirrorJobCo
     nb = max(ne, len(pairs))  # both figure batches padded to one size: one compile
     jrun = jax.jit(lambda x, so, ta: mirror_rows(clf, decode, backbone, x, so, ta, jnp.ones(x.shape[0], bool), ks=ks, solver=cfg.solver,
                                                  maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, return_images=True,
-                                                 compose=cfg.compose))
+                                                 compose=cfg.compose, threshold=cfg.cf_threshold))
 
     def run(x, so, ta):
         n = len(x)

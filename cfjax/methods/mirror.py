@@ -252,6 +252,7 @@ def first_counterfactual(
     target,
     *,
     k_min: float = 0.5,
+    threshold: float | None = None,
 ) -> tuple[Float[Array, ""], Int[Array, ""], Bool[Array, ""]]:
     """The first counterfactual along a transition.
 
@@ -260,14 +261,19 @@ def first_counterfactual(
       ks: the grid, increasing (e.g. :func:`default_k_grid`).
       target: the target class.
       k_min: only ``k > k_min`` count (the logits cross the boundary at 0.5).
+      threshold: None (the paper): a decoded image counts when ``target`` is its argmax class;
+        a float in (0, 1): its softmax target probability must also be ``>= threshold`` (a
+        confidence margin, like the attack's stop rule; a cfjax option, not in the paper).
 
     Returns:
       ``(k, index, found)``: the smallest grid ``k > k_min`` whose decoded image is classified
-      as ``target``; when none is, ``found`` is False, ``index`` the last grid point and ``k``
-      NaN.
+      as ``target`` (with ``threshold``: that confidently); when none is, ``found`` is False,
+      ``index`` the last grid point and ``k`` NaN.
     """
     ks = jnp.asarray(ks)
     ok = (jnp.argmax(decoded_logits, -1) == target) & (ks > k_min + 1e-6)
+    if threshold is not None:
+        ok = ok & (jax.nn.softmax(decoded_logits, -1)[:, target] >= threshold)
     found = jnp.any(ok)
     idx = jnp.where(found, jnp.argmax(ok), ks.shape[0] - 1)
     return jnp.where(found, ks[idx], jnp.nan), idx.astype(jnp.int32), found
@@ -388,6 +394,7 @@ def mirror_cfe(
     tol: float = 1e-5,
     k_min: float = 0.5,
     compose: str = "decoded",
+    threshold: float | None = None,
 ) -> MirrorResult:
     r"""Mirror-CFE for one image: reflect -> refine -> transitions -> decode -> first counterfactual.
 
@@ -402,7 +409,8 @@ def mirror_cfe(
        ``compose="residual"``: :func:`compose_residual`, the source plus the decoder's change
        ``x + x_k - x_0``);
     4. :func:`first_counterfactual`: the smallest ``k > k_min`` whose decoded image the
-       classifier (``W GAP(F(x_k)) + b``) assigns to ``target``.
+       classifier (``W GAP(F(x_k)) + b``) assigns to ``target`` (with ``threshold``: with at
+       least that target probability).
 
     Pure and ``jax.vmap``-able over ``x``, ``source`` and ``target`` (they may be traced).
 
@@ -421,6 +429,7 @@ def mirror_cfe(
         ``"residual"`` (:func:`compose_residual`: the source plus what the decoder changes
         between ``k = 0`` and ``k``, so the decoder's reconstruction error does not count as
         an edit; needs ``ks[0] == 0``; a cfjax option, not in the paper).
+      threshold: of :func:`first_counterfactual` (None, the paper: the argmax rule).
 
     Returns:
       :class:`MirrorResult`.
@@ -440,6 +449,10 @@ def mirror_cfe(
         from cfjax.errors import bad_arg
 
         raise bad_arg("compose", repr(compose), f"one of {COMPOSE_MODES}")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        from cfjax.errors import bad_arg
+
+        raise bad_arg("threshold", threshold, "None (argmax rule) or a probability in (0, 1)")
     W, b = jnp.asarray(W), jnp.asarray(b)
     ks = default_k_grid() if ks is None else jnp.asarray(ks, jnp.float32)
     maps = list(feature_maps(x))
@@ -451,7 +464,7 @@ def mirror_cfe(
         x_k = compose_residual(x, x_k)
     z_dec = jax.vmap(lambda xi: gap(list(feature_maps(xi))[-1]))(x_k)
     logits_dec = z_dec @ W.T + b
-    k_cf, idx, found = first_counterfactual(logits_dec, ks, target, k_min=k_min)
+    k_cf, idx, found = first_counterfactual(logits_dec, ks, target, k_min=k_min, threshold=threshold)
     status = jnp.where(~found, NO_FLIP, jnp.where(res.converged, FOUND, NOT_CONVERGED)).astype(jnp.int32)
     z_k = gap(F_k)
     return MirrorResult(
