@@ -213,3 +213,34 @@ def test_eq12_editor_shapes_and_k_sampling_bias(tiny_clf, mnist_small):
     assert all(np.isfinite(float(v)) for v in terms.values()) and float(terms["fea"]) < 5.0  # normalised: a relative error
     gnorm = sum(float(jnp.sum(v**2)) for v in jax.tree_util.tree_leaves(gr))
     assert np.isfinite(gnorm) and gnorm > 0
+
+
+def test_conditional_discriminator_is_the_patch_gan_plus_a_class_projection(tiny_clf, mnist_small, tmp_path):
+    x = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
+    y = jnp.array([0, 4, 9])
+    dc = PatchDiscriminator(widths=(8, 16), num_classes=10)
+    dp = dc.init(jax.random.key(1), x, y)
+    out = dc.apply(dp, x, y)
+    assert out.shape == (3, 7, 7, 1)
+    # reference: with the class embedding zeroed, the conditional D is the unconditional one
+    # with the same conv weights; another label shifts every patch of an image by one scalar
+    du = PatchDiscriminator(widths=(8, 16))
+    shared = {"params": {k: v for k, v in dp["params"].items() if k != "class_embed"}}
+    zeroed = {"params": {**dp["params"], "class_embed": jax.tree_util.tree_map(jnp.zeros_like, dp["params"]["class_embed"])}}
+    np.testing.assert_allclose(np.asarray(dc.apply(zeroed, x, y)), np.asarray(du.apply(shared, x)), atol=1e-6)
+    diff = np.asarray(dc.apply(dp, x, (y + 1) % 10) - out)
+    np.testing.assert_allclose(diff, np.broadcast_to(diff[:, :1, :1], diff.shape), atol=1e-5)
+    assert np.all(np.abs(diff[:, 0, 0, 0]) > 0)
+    with pytest.raises(ValueError, match="labels"):
+        dc.apply(dp, x)
+    # the label a decoded image is shown with: the target past the boundary, else the source
+    np.testing.assert_array_equal(np.asarray(md.fake_class(jnp.array([1, 1, 1]), jnp.array([7, 7, 7]), jnp.array([0.2, 0.5, 0.6]))), [1, 1, 7])
+    # trains end to end; recorded in the checkpoint config only when on (old decoders still match)
+    _, clf = tiny_clf
+    tr, te = mnist_small
+    assert "disc_conditional" not in TINY.as_dict()
+    cfg = dataclasses.replace(TINY, disc_conditional=True)
+    out = md.train_mirror_decoder(clf, tr, cfg, test=te, workdir=tmp_path / "c", progress=False)
+    assert out.config["decoder"]["disc_conditional"] is True
+    assert all(np.isfinite(h["adv"]) and np.isfinite(h["d"]) for h in out.history)
+    assert "class_embed" in out.disc_params["params"]

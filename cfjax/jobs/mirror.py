@@ -378,7 +378,7 @@ def decoder_dir(root: Path, dcfg: md.MirrorDecoderConfig) -> Path:
     import hashlib
     import json
 
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(dcfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    h = hashlib.sha256(json.dumps(dcfg.as_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
     if dcfg.pairs is None:
         return root / f"mirror_decoder-{h}"
     return root / ("mirror_decoder_" + "_".join(f"{s}-{t}" for s, t in dcfg.pairs) + f"-{h}")

@@ -34,7 +34,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 
 def _resize(x: Float[Array, "n h w c"], hw: tuple[int, int]) -> Float[Array, "n H W c"]:
@@ -150,19 +150,31 @@ class MirrorDecoder(nn.Module):
 
 class PatchDiscriminator(nn.Module):
     """A small PatchGAN: stride-2 4x4 convs with LeakyReLU(0.2), then a 3x3 conv to one logit per
-    patch ([n, h', w', 1]; 7x7 patches for 28x28 inputs with two layers). Inputs in [0, 1]."""
+    patch ([n, h', w', 1]; 7x7 patches for 28x28 inputs with two layers). Inputs in [0, 1].
+
+    With ``num_classes > 0`` it is class-conditional by projection (Miyato & Koyama, 2018): every
+    patch logit gets ``<embed(y), mean_patches(h)>`` added, so an image labelled ``y`` must look
+    like a real ``y`` as a whole, not only patch by patch. ``y`` [n] int is then required."""
 
     widths: Sequence[int] = (32, 64)
+    num_classes: int = 0
 
     @nn.compact
-    def __call__(self, x: Float[Array, "n H W c"]) -> Float[Array, "n h w 1"]:
+    def __call__(self, x: Float[Array, "n H W c"], y: Int[Array, "n"] | None = None) -> Float[Array, "n h w 1"]:
         h = 2.0 * x - 1.0
         for i, w in enumerate(self.widths):
             h = nn.Conv(w, (4, 4), strides=(2, 2), padding="SAME", name=f"conv{i}")(h)
             if i > 0:
                 h = nn.LayerNorm(name=f"norm{i}")(h)
             h = nn.leaky_relu(h, 0.2)
-        return nn.Conv(1, (3, 3), padding="SAME", name="logits")(h)
+        logits = nn.Conv(1, (3, 3), padding="SAME", name="logits")(h)
+        if not self.num_classes:
+            return logits
+        if y is None:
+            raise ValueError("a class-conditional PatchDiscriminator needs the labels y [n]")
+        e = nn.Embed(self.num_classes, h.shape[-1], name="class_embed")(y)  # [n, C]
+        proj = jnp.sum(e * jnp.mean(h, axis=(1, 2)), -1)  # [n]
+        return logits + proj[:, None, None, None]
 
 
 __all__ = ["Eq12Editor", "MirrorDecoder", "PatchDiscriminator", "PatternEditor"]

@@ -45,6 +45,11 @@ class MirrorDecoderConfig:
     ``F_k``; default since the ablations in BUILD_NOTES) or ``"full"`` (the earlier editor: the
     full-resolution source skip + a reduced, upsampled ``F_k``)."""
     disc_widths: tuple[int, ...] = (32, 64)
+    disc_conditional: bool = False
+    """A class-conditional (projection) discriminator: real images with their labels, decoded
+    ``G(F_k)`` with the class ``F_k`` stands for (target if ``k > 0.5``, else source), so a
+    counterfactual must look like a real image of the target class as a whole (a cfjax option,
+    not in the paper; BUILD_NOTES measures it)."""
     rho_l: float = 0.1
     """CSP threshold bounds: ``rho = clip(1 - k, rho_l, rho_u)``."""
     rho_u: float = 0.5
@@ -83,6 +88,15 @@ class MirrorDecoderConfig:
     checkpoint_every: int = 250
     eval_examples: int = 256
 
+    def as_dict(self) -> dict:
+        """The config as recorded in checkpoints and cache names (options at their off value are
+        left out, so decoders trained before an option existed still match)."""
+        d = dataclasses.asdict(self)
+        for k in ("disc_conditional",):
+            if not d[k]:
+                d.pop(k)
+        return d
+
     @classmethod
     def smoke(cls) -> "MirrorDecoderConfig":
         """Runs in seconds (tests, ``--smoke``)."""
@@ -113,12 +127,22 @@ class DecoderTrained(NamedTuple):
 
 
 
-def build_decoder(cfg: MirrorDecoderConfig, image_shape):
+def build_decoder(cfg: MirrorDecoderConfig, image_shape, num_classes: int = 0):
+    """``(G, D)`` modules (``num_classes``: needed by a ``disc_conditional`` discriminator)."""
+    from cfjax.errors import bad_arg
     from cfjax.models.mirror_decoder import MirrorDecoder, PatchDiscriminator
 
+    if cfg.disc_conditional and num_classes < 2:
+        raise bad_arg("num_classes", num_classes, "the number of classes (>= 2) for a class-conditional discriminator")
     g = MirrorDecoder(image_shape=tuple(image_shape), widths=tuple(cfg.widths), editor_width=cfg.editor_width, fk_channels=cfg.fk_channels,
                       skip_mode=cfg.skip_mode)
-    return g, PatchDiscriminator(widths=tuple(cfg.disc_widths))
+    return g, PatchDiscriminator(widths=tuple(cfg.disc_widths), num_classes=num_classes if cfg.disc_conditional else 0)
+
+
+def fake_class(source, target, k):
+    """The class ``F_k`` stands for: ``target`` where ``k > 0.5`` (past the boundary), else
+    ``source`` (the label a conditional discriminator sees with ``G(F_k)``)."""
+    return jnp.where(k > 0.5, target, source)
 
 
 
@@ -155,7 +179,7 @@ def mirror_decoder_losses(
     z_g = jax.vmap(clf.features)(x_k)
     logp_g = jax.nn.log_softmax(z_g @ W.T + b)
     L_cls = jnp.mean(jnp.sum(jnp.exp(logp_k) * (logp_k - logp_g), -1))
-    L_adv = jnp.mean(jax.nn.softplus(-d_module.apply(d_params, x_k)))
+    L_adv = jnp.mean(jax.nn.softplus(-d_module.apply(d_params, x_k, fake_class(s, t, k))))
     rec = (k == 0).astype(x.dtype)
     d_sk = jnp.mean(jnp.abs(x_k - x), axis=(1, 2, 3))
     L_rec = jnp.sum(rec * d_sk) / jnp.maximum(jnp.sum(rec), 1.0)
@@ -177,9 +201,11 @@ def mirror_decoder_losses(
     return total, terms, x_k
 
 
-def discriminator_loss(d_params, d_module, real, fake):
-    """Non-saturating GAN discriminator loss ``softplus(-D(real)) + softplus(D(fake))`` (means)."""
-    return jnp.mean(jax.nn.softplus(-d_module.apply(d_params, real))) + jnp.mean(jax.nn.softplus(d_module.apply(d_params, fake)))
+def discriminator_loss(d_params, d_module, real, fake, y_real=None, y_fake=None):
+    """Non-saturating GAN discriminator loss ``softplus(-D(real)) + softplus(D(fake))`` (means;
+    ``y_real``/``y_fake``: the labels a class-conditional discriminator sees)."""
+    return (jnp.mean(jax.nn.softplus(-d_module.apply(d_params, real, y_real)))
+            + jnp.mean(jax.nn.softplus(d_module.apply(d_params, fake, y_fake))))
 
 
 def _pair_table(cfg: MirrorDecoderConfig, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -300,7 +326,7 @@ def evaluate_mirror_decoder(
 
 def _decoder_config(cfg: MirrorDecoderConfig, image_shape, num_classes: int, data_name: str, classifier_digest: str) -> dict:
     return {
-        "decoder": dataclasses.asdict(cfg),
+        "decoder": cfg.as_dict(),
         "image_shape": list(image_shape),
         "num_classes": int(num_classes),
         "data": data_name,
@@ -378,14 +404,14 @@ def train_mirror_decoder(
     pairs = _pair_table(cfg, labels, K)
     by_class = [np.flatnonzero(labels == c) for c in range(K)]
     image_shape = images.shape[1:]
-    g_module, d_module = build_decoder(cfg, image_shape)
+    g_module, d_module = build_decoder(cfg, image_shape, K)
     x0 = jnp.asarray(images[:1])
 
     def build_init():
         def init(kg, kd, x0):
             maps = jax.vmap(clf.feature_maps)(x0)
             ones = [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]]
-            return g_module.init(kg, maps[-1], list(maps[:-1]), ones), d_module.init(kd, x0)
+            return g_module.init(kg, maps[-1], list(maps[:-1]), ones), d_module.init(kd, x0, jnp.zeros(x0.shape[:1], jnp.int32))
 
         return init
 
@@ -411,7 +437,8 @@ def train_mirror_decoder(
                 return total, (terms, x_k)
 
             (total, (terms, x_k)), gg = jax.value_and_grad(g_loss, has_aux=True)(state["g"])
-            d_l, dg = jax.value_and_grad(discriminator_loss)(state["d"], d_module, batch["x"], jax.lax.stop_gradient(x_k))
+            d_l, dg = jax.value_and_grad(discriminator_loss)(state["d"], d_module, batch["x"], jax.lax.stop_gradient(x_k), batch["source"],
+                                                            fake_class(batch["source"], batch["target"], batch["k"]))
             ug, opt_g = tx_g.update(gg, state["opt_g"], state["g"])
             ud, opt_d = tx_d.update(dg, state["opt_d"], state["d"])
             new = {"g": optax.apply_updates(state["g"], ug), "d": optax.apply_updates(state["d"], ud), "opt_g": opt_g, "opt_d": opt_d}
@@ -481,7 +508,7 @@ def load_or_train_mirror_decoder(
     if (workdir / "best").is_dir():
         meta = ckpt.read_meta(workdir / "best")
         if meta.get("kind") == "mirror-decoder" and meta.get("config") == ckpt._jsonable(config):
-            g_module, d_module = build_decoder(cfg, config["image_shape"])
+            g_module, d_module = build_decoder(cfg, config["image_shape"], config["num_classes"])
             x0 = jnp.zeros((1, *config["image_shape"]), jnp.float32)
             maps = jax.vmap(clf.feature_maps)(x0)
             shapes = jax.eval_shape(lambda: g_module.init(jax.random.key(0), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]]))
@@ -498,6 +525,7 @@ __all__ = [
     "build_decoder",
     "discriminator_loss",
     "evaluate_mirror_decoder",
+    "fake_class",
     "load_or_train_mirror_decoder",
     "mirror_decoder_losses",
     "sample_batch",
