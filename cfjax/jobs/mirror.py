@@ -286,6 +286,11 @@ def mirror_rows(
     return rows
 
 
+def _rows_options(cfg: MirrorJobConfig) -> dict:
+    """The :func:`mirror_rows` options a job config sets (one place for the pass and the figures)."""
+    return dict(solver=cfg.solver, maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, compose=cfg.compose, threshold=cfg.cf_threshold)
+
+
 def decode_slices(n: int, m: int, max_decode: int | None) -> int:
     """The number of sequential slices ``S`` (a divisor of ``n``) so that ``(n / S) * m <= max_decode``
     (``S = n`` when even one example's ``m`` decodes exceed it)."""
@@ -535,9 +540,8 @@ class MirrorJob:
         fid_features = None if inc is None else inc.features
 
         def rows_fn(batch, mask):
-            return mirror_rows(clf, decode, backbone, batch["x"], batch["source"], batch["target"], mask, ks=ks, solver=cfg.solver,
-                               maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, oracle_logits=oracle_logits, lpips_fn=lpips_fn,
-                               fid_features=fid_features, max_decode=cfg.max_decode, compose=cfg.compose, threshold=cfg.cf_threshold)
+            return mirror_rows(clf, decode, backbone, batch["x"], batch["source"], batch["target"], mask, ks=ks, oracle_logits=oracle_logits, lpips_fn=lpips_fn,
+                               fid_features=fid_features, max_decode=cfg.max_decode, **_rows_options(cfg))
 
         desc = f"mirror {src[0]}->{tgt[0]}" if self.per_pair else "mirror (all pairs)"
         return [Pass("mirror", rows_fn, mirror_evaluators(test.num_classes, test.class_names, len(ks), d, oracle=orc is not None, lpips_alex=lpips_fn is not None,
@@ -795,9 +799,8 @@ def _global_figures(out: Path, test, clf, decode, backbone, ks, cfg: MirrorJobCo
     pairs = list(dict.fromkeys(zip(src.tolist(), tgt.tolist())))[:12]
     sel = [np.flatnonzero((src == a) & (tgt == b))[:n_per_pair] for a, b in pairs]
     nb = max(len(v) for v in sel)
-    jrun = jax.jit(lambda x, so, ta: mirror_rows(clf, decode, backbone, x, so, ta, jnp.ones(x.shape[0], bool), ks=ks, solver=cfg.solver,
-                                                 maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, return_images=True,
-                                                 compose=cfg.compose, threshold=cfg.cf_threshold))
+    jrun = jax.jit(lambda x, so, ta: mirror_rows(clf, decode, backbone, x, so, ta, jnp.ones(x.shape[0], bool), ks=ks, return_images=True,
+                                                 **_rows_options(cfg)))
     figs = []
     for (a, b), r in zip(pairs, sel):
         x = test.images[idx[r]]
@@ -844,9 +847,8 @@ def _figures(out: Path, test, preds, clf, decode, backbone, ks, cfg: MirrorJobCo
         pairs = ((s, t), *pairs)
     ne = min(cfg.n_figure_examples, len(data["x"]))
     nb = max(ne, len(pairs))  # both figure batches padded to one size: one compile
-    jrun = jax.jit(lambda x, so, ta: mirror_rows(clf, decode, backbone, x, so, ta, jnp.ones(x.shape[0], bool), ks=ks, solver=cfg.solver,
-                                                 maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, return_images=True,
-                                                 compose=cfg.compose, threshold=cfg.cf_threshold))
+    jrun = jax.jit(lambda x, so, ta: mirror_rows(clf, decode, backbone, x, so, ta, jnp.ones(x.shape[0], bool), ks=ks, return_images=True,
+                                                 **_rows_options(cfg)))
 
     def run(x, so, ta):
         n = len(x)
