@@ -30,6 +30,7 @@ cluster engine (SLURM arrays, Kubernetes Indexed Jobs, Ray) take their rows with
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import mmap
@@ -352,6 +353,7 @@ def explain_dataset(
 
     bar = progress_bar(total=n_chunks, initial=cursor, desc=desc, disable=not progress or jax.process_index() != 0, unit="chunk")
     done_now = 0
+    met = pc == 1  # multi-process: the processes meet once after compiling the step
     for c in range(cursor, n_chunks):
         if stop_after is not None and done_now >= stop_after:
             break
@@ -368,6 +370,11 @@ def explain_dataset(
         # in flight, however far ahead async dispatch could otherwise read (the next chunk is
         # read and transferred while the previous step computes)
         jax.block_until_ready(acc)
+        if not met:
+            # compile first, then meet: the first cross-process collective of the step must not
+            # wait on a peer that is still compiling (gloo's CPU collectives give up after 30 s)
+            jstep, met = jstep.lower(acc, batch, mask).compile(), True
+            _barrier("cfjax-compiled")
         acc, outs = jstep(acc, batch, mask)
         if outputs_dir is not None and outs is not None:
             _write_outputs(Path(outputs_dir), c, outs, lmask)
@@ -390,6 +397,7 @@ def _max_over_processes(n: int) -> int:
         return n
     from jax.experimental import multihost_utils
 
+    _barrier("cfjax-max")  # meet first: the allgather's CPU (gloo) transport times out after 30 s
     return int(np.max(multihost_utils.process_allgather(np.array([n]))))
 
 
@@ -406,11 +414,32 @@ def process0_first(fn: Callable[[], Any], name: str = "cfjax-process0-first") ->
     return out
 
 
+BARRIER_TIMEOUT_S = 6 * 3600
+"""How long a process waits at a barrier for its peers (e.g. process 0 training the models)."""
+_BARRIER_SEQ = itertools.count()  # barrier ids must be unique; every process calls barriers in the same order
+
+
 def _barrier(name: str) -> None:
+    """Wait until every process gets here. Uses the coordination service's barrier (a timeout
+    of :data:`BARRIER_TIMEOUT_S`), not a collective: on CPU, gloo collectives time out after
+    30 s, too short for a peer that is training models or compiling."""
     if jax.process_count() > 1:
+        client = _coordination_client()
+        if client is not None:
+            client.wait_at_barrier(f"{name}-{next(_BARRIER_SEQ)}", timeout_in_ms=BARRIER_TIMEOUT_S * 1000)
+            return
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def _coordination_client():
+    """The distributed runtime client of ``jax.distributed.initialize`` (``None`` if absent)."""
+    try:
+        from jax._src import distributed
+    except ImportError:  # pragma: no cover - a JAX without the private module
+        return None
+    return getattr(distributed.global_state, "client", None)
 
 
 def _write_outputs(out_dir: Path, c: int, outs, lmask: np.ndarray) -> None:

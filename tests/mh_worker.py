@@ -1,6 +1,7 @@
 """Worker for the 2-process localhost test of explain_dataset (run as a script).
 
-argv: PORT PROCESS_ID OUT_JSON
+argv: PORT PROCESS_ID OUT_JSON [DELAY_S]: with DELAY_S, process 0 first sleeps that long inside
+``process0_first`` (as if training the models) while process 1 waits at the barrier.
 """
 
 import os
@@ -9,6 +10,7 @@ import sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 
 import json  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -16,6 +18,9 @@ from cfjax import parallel  # noqa: E402
 
 port, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 parallel.initialize_distributed(f"127.0.0.1:{port}", 2, pid, cpu_collectives="gloo")
+delay = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+if delay:
+    parallel.process0_first(lambda: time.sleep(delay))
 sys.path.insert(0, os.path.dirname(__file__))
 from test_parallel import _data, _init, _toy_step  # noqa: E402
 

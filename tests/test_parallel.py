@@ -104,9 +104,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.multiprocess
-def test_two_processes_match_single_process(tmp_path):
-    import json
+def _run_two_workers(tmp_path, *extra):
     import os
     import subprocess
     import sys
@@ -115,11 +113,18 @@ def test_two_processes_match_single_process(tmp_path):
     here = os.path.dirname(__file__)
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     procs = [
-        subprocess.Popen([sys.executable, os.path.join(here, "mh_worker.py"), str(port), str(i), str(tmp_path / f"{i}.json")], env=env)
+        subprocess.Popen([sys.executable, os.path.join(here, "mh_worker.py"), str(port), str(i), str(tmp_path / f"{i}.json"), *extra], env=env)
         for i in range(2)
     ]
     for p in procs:
-        assert p.wait(timeout=240) == 0
+        assert p.wait(timeout=300) == 0
+
+
+@pytest.mark.multiprocess
+def test_two_processes_match_single_process(tmp_path):
+    import json
+
+    _run_two_workers(tmp_path)
     outs = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(2)]
     assert outs[0]["devices"] == 4 and outs[0]["local"] == 2
     data = _data(77, seed=5)
@@ -129,6 +134,21 @@ def test_two_processes_match_single_process(tmp_path):
         np.testing.assert_allclose(o["sq"], sq, rtol=1e-5, atol=1e-4)
         assert o["count"] == n
     assert outs[0]["sum"] == outs[1]["sum"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_peer_busy_past_the_cpu_collective_timeout_is_waited_for(tmp_path):
+    """Process 0 spends 40 s in ``process0_first`` (as if training the models) while process 1
+    waits: the barrier is the coordination service's (hours), not a gloo collective (30 s)."""
+    import json
+
+    _run_two_workers(tmp_path, "40")
+    s, _, n = _reference(_data(77, seed=5))
+    for i in range(2):
+        o = json.loads((tmp_path / f"{i}.json").read_text())
+        np.testing.assert_allclose(o["sum"], s, rtol=1e-5, atol=1e-4)
+        assert o["count"] == n
 
 
 # ------------------------------------------------------------------------------ row sources larger than memory
