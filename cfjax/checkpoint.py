@@ -10,6 +10,7 @@ digest (a truncated or corrupted file), with a :class:`~cfjax.errors.CheckpointE
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,6 +36,17 @@ def tree_digest(tree) -> str:
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def recorded_config(cfg: Any, off: dict[str, Any]) -> dict:
+    """A config dataclass as recorded in checkpoints and cache names: every field, except the
+    options in ``off`` that sit at their off value (so that checkpoints written before an option
+    existed still match a config that leaves it off)."""
+    d = dataclasses.asdict(cfg)
+    for k, v in off.items():
+        if d[k] == v:
+            d.pop(k)
+    return d
 
 
 def _jsonable(x: Any) -> Any:

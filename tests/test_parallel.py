@@ -117,7 +117,7 @@ def _run_two_workers(tmp_path, *extra):
         for i in range(2)
     ]
     for p in procs:
-        assert p.wait(timeout=300) == 0
+        assert p.wait(timeout=240) == 0
 
 
 @pytest.mark.multiprocess

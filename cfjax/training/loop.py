@@ -78,11 +78,7 @@ class TrainConfig:
     def as_dict(self) -> dict:
         """The config as recorded in checkpoints (options at their off value are left out, so
         checkpoints written before an option existed still match)."""
-        d = dataclasses.asdict(self)
-        for k in ("augment_blur", "augment_flip"):
-            if not d[k]:
-                d.pop(k)
-        return d
+        return ckpt.recorded_config(self, {"augment_blur": 0.0, "augment_flip": False})
 
     @classmethod
     def smoke(cls) -> "TrainConfig":

@@ -96,11 +96,9 @@ class MirrorDecoderConfig:
     def as_dict(self) -> dict:
         """The config as recorded in checkpoints and cache names (options at their off value are
         left out, so decoders trained before an option existed still match)."""
-        d = dataclasses.asdict(self)
-        for k, off in (("disc_conditional", False), ("cls_temperature", 1.0)):
-            if d[k] == off:
-                d.pop(k)
-        return d
+        from cfjax.checkpoint import recorded_config
+
+        return recorded_config(self, {"disc_conditional": False, "cls_temperature": 1.0})
 
     @classmethod
     def smoke(cls) -> "MirrorDecoderConfig":
