@@ -285,3 +285,5 @@ def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
     from cfjax.errors import InputError
     with pytest.raises(InputError, match="decoder.cls_temperature"):
         MirrorJobConfig(decoder=dataclasses.replace(TINY, cls_temperature=0.0)).validate()
+    with pytest.raises(InputError, match="MirrorDecoderConfig.cls_temperature"):  # a direct call too, before any training
+        md.train_mirror_decoder(clf, tr, dataclasses.replace(TINY, cls_temperature=float("nan")), progress=False)

@@ -398,6 +398,8 @@ def train_mirror_decoder(
     cfg = cfg or MirrorDecoderConfig()
     if cfg.train_solver not in SOLVERS:
         raise bad_arg("MirrorDecoderConfig.train_solver", repr(cfg.train_solver), f"one of {SOLVERS}")
+    if not cfg.cls_temperature > 0:  # also NaN
+        raise bad_arg("MirrorDecoderConfig.cls_temperature", cfg.cls_temperature, "a positive temperature (1 = the paper's L_cls target)")
     images = np.asarray(train.images, np.float32)
     labels = np.asarray(train.labels, np.int32)
     check_images(images, "train.images", check_range=False)
