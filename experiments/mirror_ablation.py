@@ -1,6 +1,6 @@
 """One row of the Mirror-CFE ablation table: train one decoder (paper pairs or all pairs) with the
 given options, explain the dataset's 6 paper pairs in one pass (with an explicit --decoder-pairs list:
-those of its pairs that are paper pairs), write the row.
+those of its pairs that are paper pairs, or all of them when none is), write the row.
 
     python experiments/mirror_ablation.py --data mnist5k --out runs/abl/eq12 --classifier-blur 0.5 \
         --steps 5000 --decoder-pairs paper --set skip_mode=eq12 --set fea_normalized=true --set w_fea=1
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
         dec = dataclasses.replace(dec, pairs=tuple(pairs))
     elif a.decoder_pairs != "all":
         dec = dataclasses.replace(dec, pairs=parse_pairs(a.decoder_pairs, name="--decoder-pairs"))
-        pairs = [p for p in pairs if p in dec.pairs] if pairs else list(dec.pairs)  # a per-pair decoder explains its own pairs
+        pairs = [p for p in (pairs or ()) if p in dec.pairs] or list(dec.pairs)  # a per-pair decoder explains its own pairs
     cfg = dataclasses.replace(base, decoder=dec, classifier_augment_blur=a.classifier_blur, backbone_epochs=a.backbone_epochs,
                               decoder_pairs="all" if a.decoder_pairs == "all" else base.decoder_pairs,  # "auto" would pick the paper pairs
                               oracle_epochs=a.oracle_epochs, limit=a.limit, figures=a.figures, chunk_size=64,
