@@ -119,6 +119,11 @@ def table(summaries: list[dict], attack: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def _l1_scales(l1) -> str:
+    """``L1 on [0, 1] / on [-1, 1]`` (twice the former)."""
+    return f"{_f(l1)} / {_f(None if l1 is None else 2 * l1)}"
+
+
 def _pair(row: dict, key: str) -> str:
     """``first CF / k=1`` for a metric that the global summary holds at both points."""
     return f"{_f(row.get(key))} / {_f(row.get(key + '_k1'))}"
@@ -138,8 +143,7 @@ def global_table(s: dict, attack: dict | None = None) -> str:
             lines.append(f"| {m} (paper) | same pairs, avg | {l1:.2f} (scale not stated) | {lp:.2f} | {dv:.2f} | | ~1.0 | | | |")
     for name, r in s["pairs"].items():
         c = ceil.get(name.split("->")[-1], {})
-        l1 = r.get("l1")
-        lines.append(f"| Mirror-CFE (cfjax) | {name} | {_f(l1)} / {_f(None if l1 is None else 2 * l1)} | {_f(r.get('lpips_alex'))} | "
+        lines.append(f"| Mirror-CFE (cfjax) | {name} | {_l1_scales(r.get('l1'))} | {_f(r.get('lpips_alex'))} | "
                      f"{_pair(r, 'denoised_validity')} | {_f(c.get('denoised_validity_given_valid'))} | {_pair(r, 'validity')} | "
                      f"{_pair(r, 'oracle_validity')} | {_f(r.get('first_cf_k_mean'), 2)} | {r.get('n', '')} |")
     lines.append(f"| **Mirror-CFE (cfjax), all counterfactuals pooled** | all | **{_f(s.get('l1'))} / {_f(s.get('l1_pm1'))}** | "
@@ -148,7 +152,7 @@ def global_table(s: dict, attack: dict | None = None) -> str:
     if attack is not None and isinstance(attack.get("pairs"), dict):
         rows = [(name, attack["pairs"][name]) for name in s["pairs"] if isinstance(attack["pairs"].get(name), dict)]
         for name, a in rows:
-            lines.append(f"| latent attack (cfjax; the attack summary's classifier) | {name} | {_f(a.get('l1'))} / {_f(2 * a['l1'] if a.get('l1') is not None else None)} | | "
+            lines.append(f"| latent attack (cfjax; the attack summary's classifier) | {name} | {_l1_scales(a.get('l1'))} | | "
                          f"{_f(a.get('denoised_validity'))} | | {_f(a.get('validity'))} | | | {a.get('n', '')} |")
     fail, conv = s.get("fail_rate"), s.get("converged_rate")
     lines += ["", f"%fail (no valid counterfactual on the path) {_f(None if fail is None else 100 * fail, 1)}%, converged "

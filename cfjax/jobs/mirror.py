@@ -144,8 +144,7 @@ class MirrorJobConfig:
             check_positive_int(getattr(self, name), name, allow_none=True)
         check_positive_int(self.decoder.steps, "decoder.steps")
         check_positive_int(self.decoder.batch_size, "decoder.batch_size")
-        if not self.decoder.cls_temperature > 0:
-            raise bad_arg("decoder.cls_temperature", self.decoder.cls_temperature, "a positive temperature (1 = the paper's L_cls target)")
+        self.decoder.validate("decoder")
         if not 0.0 < self.k_step <= 0.5 or abs(round(1.0 / self.k_step) * self.k_step - 1.0) > 1e-6:
             raise bad_arg("k_step", self.k_step, "a step in (0, 0.5] that divides 1 (e.g. 0.05)")
         if not self.tol > 0:
@@ -164,8 +163,6 @@ class MirrorJobConfig:
             raise bad_arg("cf_threshold", self.cf_threshold, "None (the paper's argmax rule) or a probability in (0, 1)")
         if self.decoder_pairs not in ("auto", "all"):
             raise bad_arg("decoder_pairs", repr(self.decoder_pairs), "'auto' or 'all'")
-        if self.decoder.train_solver not in mr.SOLVERS:
-            raise bad_arg("decoder.train_solver", repr(self.decoder.train_solver), f"one of {mr.SOLVERS}")
 
 
 class Backbone(NamedTuple):

@@ -101,6 +101,16 @@ class MirrorDecoderConfig:
 
         return recorded_config(self, {"disc_conditional": False, "cls_temperature": 1.0})
 
+    def validate(self, name: str = "MirrorDecoderConfig") -> None:
+        """The checks both :func:`train_mirror_decoder` and ``MirrorJobConfig.validate`` make
+        (raises :class:`cfjax.InputError` naming ``<name>.<field>``)."""
+        from cfjax.errors import bad_arg
+
+        if self.train_solver not in SOLVERS:
+            raise bad_arg(f"{name}.train_solver", repr(self.train_solver), f"one of {SOLVERS}")
+        if not self.cls_temperature > 0:  # also NaN
+            raise bad_arg(f"{name}.cls_temperature", self.cls_temperature, "a positive temperature (1 = the paper's L_cls target)")
+
     @classmethod
     def smoke(cls) -> "MirrorDecoderConfig":
         """Runs in seconds (tests, ``--smoke``)."""
@@ -393,14 +403,10 @@ def train_mirror_decoder(
     """
     from cfjax import checkpoint as ckpt
     from cfjax._checks import check_images, check_labels
-    from cfjax.errors import bad_arg
     from tqdm.auto import tqdm
 
     cfg = cfg or MirrorDecoderConfig()
-    if cfg.train_solver not in SOLVERS:
-        raise bad_arg("MirrorDecoderConfig.train_solver", repr(cfg.train_solver), f"one of {SOLVERS}")
-    if not cfg.cls_temperature > 0:  # also NaN
-        raise bad_arg("MirrorDecoderConfig.cls_temperature", cfg.cls_temperature, "a positive temperature (1 = the paper's L_cls target)")
+    cfg.validate()
     images = np.asarray(train.images, np.float32)
     labels = np.asarray(train.labels, np.int32)
     check_images(images, "train.images", check_range=False)
