@@ -288,3 +288,59 @@ def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
         MirrorJobConfig(decoder=dataclasses.replace(TINY, cls_temperature=0.0)).validate()
     with pytest.raises(InputError, match="MirrorDecoderConfig.cls_temperature"):  # a direct call too, before any training
         md.train_mirror_decoder(clf, tr, dataclasses.replace(TINY, cls_temperature=float("nan")), progress=False)
+
+
+def test_ema_debiased_is_the_weighted_mean_of_the_iterates():
+    """Slow reference: after T updates from zeros, the debiased EMA is sum_t d^(T-t) p_t / sum_t d^(T-t)."""
+    rng = np.random.default_rng(0)
+    seq = [{"w": rng.normal(size=(3, 2)).astype(np.float32), "b": rng.normal(size=2).astype(np.float32)} for _ in range(7)]
+    d = 0.8
+    ema = jax.tree_util.tree_map(jnp.zeros_like, seq[0])
+    for p in seq:
+        ema = md.ema_update(ema, p, d)
+    got = md.ema_debiased(ema, len(seq), d)
+    wts = np.array([d ** (len(seq) - 1 - i) for i in range(len(seq))], np.float64)
+    for key in ("w", "b"):
+        ref = sum(w * p[key].astype(np.float64) for w, p in zip(wts, seq)) / wts.sum()
+        np.testing.assert_allclose(np.asarray(got[key]), ref, rtol=1e-5, atol=1e-6)
+    const = md.ema_debiased(md.ema_update(md.ema_update(jax.tree_util.tree_map(jnp.zeros_like, seq[0]), seq[0], d), seq[0], d), 2, d)
+    np.testing.assert_allclose(np.asarray(const["w"]), seq[0]["w"], rtol=1e-6)  # a constant sequence averages to itself
+    with pytest.raises(ValueError, match="step"):
+        md.ema_debiased(ema, 0, d)
+
+
+def test_ema_and_cosine_schedule_train_resume_and_keep_the_average(tiny_clf, mnist_small, tmp_path):
+    """``ema_decay``: the kept decoder (returned, ``best``, evaluated) is the debiased weight average,
+    not the last iterate; a crash and resume gives the same average; ``lr_schedule="cosine"``
+    trains; both are recorded in the config only when on; bad values are refused before training."""
+    from cfjax.errors import InputError
+
+    _, clf = tiny_clf
+    tr, te = mnist_small
+    ema_cfg = dataclasses.replace(TINY, ema_decay=0.9, lr_schedule="cosine")
+    full = md.train_mirror_decoder(clf, tr, ema_cfg, test=te, workdir=tmp_path / "a", classifier_digest="tiny", progress=False)
+    raw = md.train_mirror_decoder(clf, tr, dataclasses.replace(TINY, lr_schedule="cosine"), test=te, workdir=tmp_path / "r",
+                                  classifier_digest="tiny", progress=False)
+    from cfjax import checkpoint as ckpt
+    last = ckpt.read_meta(tmp_path / "a" / "last")
+    assert last["extra"]["step"] == TINY.steps and last["config"]["decoder"]["ema_decay"] == 0.9
+    # the kept EMA weights are not the last iterate ...
+    diffs = [float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+             zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(raw.params))]
+    assert max(diffs) > 1e-4
+    # ... while training itself is unchanged: the discriminator played the same raw weights as without EMA
+    for x, y in zip(jax.tree_util.tree_leaves(full.disc_params), jax.tree_util.tree_leaves(raw.disc_params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    reloaded = md.load_or_train_mirror_decoder(clf, tr, ema_cfg, test=te, workdir=tmp_path / "a", classifier_digest="tiny", progress=False)
+    for x, y in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(reloaded.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    md.train_mirror_decoder(clf, tr, ema_cfg, test=te, workdir=tmp_path / "b", classifier_digest="tiny", progress=False, stop_after=6)
+    resumed = md.train_mirror_decoder(clf, tr, ema_cfg, test=te, workdir=tmp_path / "b", classifier_digest="tiny", progress=False)
+    for x, y in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert "ema_decay" not in TINY.as_dict() and "lr_schedule" not in TINY.as_dict()
+    assert ema_cfg.as_dict()["lr_schedule"] == "cosine"
+    for bad, field in ((dict(ema_decay=1.0), "ema_decay"), (dict(ema_decay=float("nan")), "ema_decay"), (dict(lr_schedule="linear"), "lr_schedule")):
+        with pytest.raises(InputError, match=f"MirrorDecoderConfig.{field}"):
+            md.train_mirror_decoder(clf, tr, dataclasses.replace(TINY, **bad), workdir=tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()

@@ -24,6 +24,8 @@ from cfjax.methods.mirror import SOLVERS, batched_decoder, gap, reflect, skip_ma
 # The decoder G maps F_k back to an image; it is trained with the classifier frozen
 # (the losses are documented in docs/mirror_cfe.md).
 
+LR_SCHEDULES = ("constant", "cosine")
+
 
 @dataclasses.dataclass(frozen=True)
 class MirrorDecoderConfig:
@@ -58,6 +60,15 @@ class MirrorDecoderConfig:
     batch 32): 20-40 minutes; ~2 minutes on a GPU."""
     batch_size: int = 32
     learning_rate: float = 2e-4
+    lr_schedule: str = "constant"
+    """``"constant"`` (the paper's Adam at ``learning_rate``) or ``"cosine"`` (both Adam
+    optimisers decayed to 0 over ``steps``: the last steps refine instead of moving on)."""
+    ema_decay: float = 0.0
+    """Exponential moving average of the decoder's weights (``0``: off, the paper). With e.g.
+    ``0.999`` the decoder kept after training (``best``, the evaluation, the returned params) is
+    the debiased average of the last ~``1 / (1 - ema_decay)`` steps' weights instead of the last
+    step's, a noisy sample of an adversarial game (standard GAN practice, not in the paper; the
+    discriminator still plays the raw weights)."""
     b1: float = 0.5
     b2: float = 0.999
     w_cls: float = 1.0
@@ -99,7 +110,7 @@ class MirrorDecoderConfig:
         left out, so decoders trained before an option existed still match)."""
         from cfjax.checkpoint import recorded_config
 
-        return recorded_config(self, {"disc_conditional": False, "cls_temperature": 1.0})
+        return recorded_config(self, {"disc_conditional": False, "cls_temperature": 1.0, "lr_schedule": "constant", "ema_decay": 0.0})
 
     def validate(self, name: str = "MirrorDecoderConfig") -> None:
         """The checks both :func:`train_mirror_decoder` and ``MirrorJobConfig.validate`` make
@@ -110,6 +121,10 @@ class MirrorDecoderConfig:
             raise bad_arg(f"{name}.train_solver", repr(self.train_solver), f"one of {SOLVERS}")
         if not self.cls_temperature > 0:  # also NaN
             raise bad_arg(f"{name}.cls_temperature", self.cls_temperature, "a positive temperature (1 = the paper's L_cls target)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise bad_arg(f"{name}.lr_schedule", repr(self.lr_schedule), f"one of {LR_SCHEDULES}")
+        if not 0.0 <= self.ema_decay < 1.0:  # also NaN
+            raise bad_arg(f"{name}.ema_decay", self.ema_decay, "a decay in [0, 1) (0 = no weight averaging)")
 
     @classmethod
     def smoke(cls) -> "MirrorDecoderConfig":
@@ -338,6 +353,29 @@ def evaluate_mirror_decoder(
 
 
 
+def ema_update(ema, params, decay: float):
+    """One step of the weights' exponential moving average: ``decay * ema + (1 - decay) * params``
+    (leaf-wise; ``ema`` starts at zeros, :func:`ema_debiased` corrects for that)."""
+    return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def ema_debiased(ema, step: int, decay: float):
+    """The average :func:`ema_update` holds after ``step`` updates from zeros, divided by
+    ``1 - decay ** step``: the weighted mean of the iterates alone (no weight on the zeros)."""
+    if step <= 0:
+        raise ValueError(f"step: expected >= 1 EMA updates, got {step}")
+    c = 1.0 - float(decay) ** int(step)
+    return jax.tree_util.tree_map(lambda e: e / c, ema)
+
+
+def kept_params(state: dict, step: int, cfg: MirrorDecoderConfig):
+    """The decoder weights a run keeps after ``step`` steps: the debiased EMA when
+    ``cfg.ema_decay`` (and a step was taken), else the last iterate."""
+    if cfg.ema_decay and step > 0:
+        return ema_debiased(state["g_ema"], step, cfg.ema_decay)
+    return state["g"]
+
+
 def _decoder_config(cfg: MirrorDecoderConfig, image_shape, num_classes: int, data_name: str, classifier_digest: str) -> dict:
     return {
         "decoder": cfg.as_dict(),
@@ -430,9 +468,12 @@ def train_mirror_decoder(
     # "rbg" keys: XLA:CPU compiles threefry-based initialisers very slowly (~15 s for G)
     kg, kd = jax.random.split(jax.random.key(cfg.seed, impl="rbg"))
     g_params, d_params = _cached_jit(("init", id(clf), cfg, tuple(image_shape)), clf, build_init)(kg, kd, x0)
-    tx_g = optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2)
-    tx_d = optax.adam(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2)
+    lr = optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps) if cfg.lr_schedule == "cosine" else cfg.learning_rate
+    tx_g = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
+    tx_d = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
     state = {"g": g_params, "d": d_params, "opt_g": tx_g.init(g_params), "opt_d": tx_d.init(d_params)}
+    if cfg.ema_decay:
+        state["g_ema"] = jax.tree_util.tree_map(jnp.zeros_like, g_params)
     config = _decoder_config(cfg, image_shape, K, getattr(train, "name", "?"), classifier_digest)
     start, history = 0, []
     workdir = Path(workdir) if workdir is not None else None
@@ -454,6 +495,8 @@ def train_mirror_decoder(
             ug, opt_g = tx_g.update(gg, state["opt_g"], state["g"])
             ud, opt_d = tx_d.update(dg, state["opt_d"], state["d"])
             new = {"g": optax.apply_updates(state["g"], ug), "d": optax.apply_updates(state["d"], ud), "opt_g": opt_g, "opt_d": opt_d}
+            if cfg.ema_decay:
+                new["g_ema"] = ema_update(state["g_ema"], new["g"], cfg.ema_decay)
             return new, {**terms, "total": total, "d": d_l}
 
         return step
@@ -472,7 +515,7 @@ def train_mirror_decoder(
     for i in bar:
         if stop_after is not None and i - start >= stop_after:
             save_last(i, history)
-            return DecoderTrained(g_module, jax.device_get(state["g"]), d_module, jax.device_get(state["d"]), history, {}, config)
+            return DecoderTrained(g_module, jax.device_get(kept_params(state, i, cfg)), d_module, jax.device_get(state["d"]), history, {}, config)
         batch = {k_: jnp.asarray(v) for k_, v in sample_batch(i, cfg, images, labels, by_class, pairs).items()}
         state, aux = step(state, batch)
         buf.append(aux)
@@ -486,16 +529,17 @@ def train_mirror_decoder(
             save_last(i + 1, history)
     train_s = time.perf_counter() - t0
     ev = test if test is not None else train
-    metrics = evaluate_mirror_decoder(clf, g_module, state["g"], cfg, np.asarray(ev.images, np.float32), np.asarray(ev.labels, np.int32), K,
+    g_kept = kept_params(state, cfg.steps, cfg)
+    metrics = evaluate_mirror_decoder(clf, g_module, g_kept, cfg, np.asarray(ev.images, np.float32), np.asarray(ev.labels, np.int32), K,
                                       n=cfg.eval_examples, seed=cfg.seed)
     metrics["train_s"] = train_s
     metrics["steps_run"] = cfg.steps - start
     if workdir is not None:
         save_last(cfg.steps, history)
-        ckpt.save(workdir / "best", state["g"], kind="mirror-decoder", config=config, extra={"metrics": metrics, "history": history})
+        ckpt.save(workdir / "best", g_kept, kind="mirror-decoder", config=config, extra={"metrics": metrics, "history": history})
     if progress:
         tqdm.write("mirror decoder: " + ", ".join(f"{k_}={v:.4g}" for k_, v in metrics.items()))
-    return DecoderTrained(g_module, jax.device_get(state["g"]), d_module, jax.device_get(state["d"]), history, metrics, config)
+    return DecoderTrained(g_module, jax.device_get(g_kept), d_module, jax.device_get(state["d"]), history, metrics, config)
 
 
 def load_or_train_mirror_decoder(
@@ -536,6 +580,8 @@ __all__ = [
     "MirrorDecoderConfig",
     "build_decoder",
     "discriminator_loss",
+    "ema_debiased",
+    "ema_update",
     "evaluate_mirror_decoder",
     "fake_class",
     "load_or_train_mirror_decoder",
