@@ -62,7 +62,8 @@ class MirrorDecoderConfig:
     learning_rate: float = 2e-4
     lr_schedule: str = "constant"
     """``"constant"`` (the paper's Adam at ``learning_rate``) or ``"cosine"`` (both Adam
-    optimisers decayed to 0 over ``steps``: the last steps refine instead of moving on)."""
+    optimisers decayed to 0 over ``steps``: the last steps refine instead of moving on; a warm
+    start continues on the longer run's schedule)."""
     ema_decay: float = 0.999
     """Exponential moving average of the decoder's weights (``0``: off, the paper's last
     iterate). The decoder kept after training (``best``, the evaluation, the returned params) is
@@ -139,7 +140,8 @@ class DecoderTrained(NamedTuple):
     """A trained Mirror-CFE decoder.
 
     Attributes:
-      module, params: the :class:`~cfjax.models.mirror_decoder.MirrorDecoder` and its params.
+      module, params: the :class:`~cfjax.models.mirror_decoder.MirrorDecoder` and the params
+        the run kept (:func:`kept_params`: the weight average when ``ema_decay`` is on).
       disc_module, disc_params: the patch discriminator (``None`` params after a reload of
         ``best``, which stores G only).
       history: per ``log_every`` steps, the mean of every loss term (``cls, adv, rec, fea, tri,
@@ -586,6 +588,7 @@ __all__ = [
     "ema_update",
     "evaluate_mirror_decoder",
     "fake_class",
+    "kept_params",
     "load_or_train_mirror_decoder",
     "mirror_decoder_losses",
     "sample_batch",
