@@ -19,6 +19,17 @@ TINY = md.MirrorDecoderConfig(widths=(16, 8), editor_width=4, fk_channels=4, dis
                               steps=12, log_every=4, checkpoint_every=6, eval_examples=32)
 
 
+def _assert_same_params(a, b, exact: bool = False):
+    """Two param trees have the same structure and leaves (bit-equal with ``exact``, else to
+    rtol 1e-5 / atol 1e-6)."""
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        if exact:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        else:
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def tiny_clf(mnist_small):
     """A small GAP-CNN (F = 7x7x16, skips 28x28x8 and 14x14x16) trained for one epoch."""
@@ -137,13 +148,11 @@ def test_train_history_checkpoints_resume_and_reuse(tiny_clf, mnist_small, tmp_p
     assert part.metrics == {} and not (tmp_path / "b" / "best").exists()
     resumed = md.train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "b", classifier_digest=digest, progress=False)
     assert resumed.metrics["steps_run"] == 6
-    for x, y in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    _assert_same_params(full.params, resumed.params)
     # reuse: same config -> loaded from best (no training), bit-identical
     again = md.load_or_train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "a", classifier_digest=digest, progress=False)
     assert again.disc_params is None and again.history == full.history
-    for x, y in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(again.params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    _assert_same_params(full.params, again.params, exact=True)
     # another classifier (digest) with the same workdir: the resume path refuses it
     with pytest.raises(CheckpointError, match="classifier_digest"):
         md.train_mirror_decoder(clf, tr, TINY, workdir=tmp_path / "a", classifier_digest="other", progress=False)
@@ -172,8 +181,7 @@ def test_warm_start_extends_a_finished_run(tiny_clf, mnist_small, tmp_path):
     ext = md.load_or_train_mirror_decoder(clf, tr, TINY, test=te, workdir=tmp_path / "ext", classifier_digest="tiny", progress=False,
                                           warm_start=tmp_path / "short")
     assert ext.metrics["steps_run"] == 6 and [h["step"] for h in ext.history] == [4, 6, 8, 12]  # the short run logged its end
-    for x, y in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(ext.params)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    _assert_same_params(full.params, ext.params)
     with pytest.raises(CheckpointError, match="w_cls"):
         md.train_mirror_decoder(clf, tr, dataclasses.replace(TINY, w_cls=2.0), workdir=tmp_path / "x", classifier_digest="tiny",
                                 progress=False, warm_start=tmp_path / "short")
@@ -329,15 +337,12 @@ def test_ema_and_cosine_schedule_train_resume_and_keep_the_average(tiny_clf, mni
              zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(raw.params))]
     assert max(diffs) > 1e-4
     # ... while training itself is unchanged: the discriminator played the same raw weights as without EMA
-    for x, y in zip(jax.tree_util.tree_leaves(full.disc_params), jax.tree_util.tree_leaves(raw.disc_params)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    _assert_same_params(full.disc_params, raw.disc_params)
     reloaded = md.load_or_train_mirror_decoder(clf, tr, ema_cfg, test=te, workdir=tmp_path / "a", classifier_digest="tiny", progress=False)
-    for x, y in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(reloaded.params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    _assert_same_params(full.params, reloaded.params, exact=True)
     md.train_mirror_decoder(clf, tr, ema_cfg, test=te, workdir=tmp_path / "b", classifier_digest="tiny", progress=False, stop_after=6)
     resumed = md.train_mirror_decoder(clf, tr, ema_cfg, test=te, workdir=tmp_path / "b", classifier_digest="tiny", progress=False)
-    for x, y in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    _assert_same_params(full.params, resumed.params)
     # the off values are left out of the recorded config (decoders trained before the options keep their cache names)
     assert "ema_decay" not in dataclasses.replace(TINY, ema_decay=0.0).as_dict() and "lr_schedule" not in TINY.as_dict()
     assert md.MirrorDecoderConfig().ema_decay == 0.999 and TINY.as_dict()["ema_decay"] == 0.999

@@ -473,9 +473,8 @@ def train_mirror_decoder(
     kg, kd = jax.random.split(jax.random.key(cfg.seed, impl="rbg"))
     g_params, d_params = _cached_jit(("init", id(clf), cfg, tuple(image_shape)), clf, build_init)(kg, kd, x0)
     lr = optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps) if cfg.lr_schedule == "cosine" else cfg.learning_rate
-    tx_g = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
-    tx_d = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
-    state = {"g": g_params, "d": d_params, "opt_g": tx_g.init(g_params), "opt_d": tx_d.init(d_params)}
+    tx = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)  # one (stateless) transform; G and D each keep their own state
+    state = {"g": g_params, "d": d_params, "opt_g": tx.init(g_params), "opt_d": tx.init(d_params)}
     if cfg.ema_decay:
         state["g_ema"] = jax.tree_util.tree_map(jnp.zeros_like, g_params)
     config = _decoder_config(cfg, image_shape, K, getattr(train, "name", "?"), classifier_digest)
@@ -496,8 +495,8 @@ def train_mirror_decoder(
             (total, (terms, x_k)), gg = jax.value_and_grad(g_loss, has_aux=True)(state["g"])
             d_l, dg = jax.value_and_grad(discriminator_loss)(state["d"], d_module, batch["x"], jax.lax.stop_gradient(x_k), batch["source"],
                                                             fake_class(batch["source"], batch["target"], batch["k"]))
-            ug, opt_g = tx_g.update(gg, state["opt_g"], state["g"])
-            ud, opt_d = tx_d.update(dg, state["opt_d"], state["d"])
+            ug, opt_g = tx.update(gg, state["opt_g"], state["g"])
+            ud, opt_d = tx.update(dg, state["opt_d"], state["d"])
             new = {"g": optax.apply_updates(state["g"], ug), "d": optax.apply_updates(state["d"], ud), "opt_g": opt_g, "opt_d": opt_d}
             if cfg.ema_decay:
                 new["g_ema"] = ema_update(state["g_ema"], new["g"], cfg.ema_decay)
