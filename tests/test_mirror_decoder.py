@@ -287,9 +287,9 @@ def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
         seen.append(float(terms["cls"]))
     assert abs(seen[0] - seen[1]) > 1e-4
     # off value absent from the recorded config (cached decoders keep their names); bad values refused
-    # (the paper's T = 1: decoders trained before the option existed keep their cache names; the default 2 is recorded)
+    # (the paper's T = 1: decoders trained before the option existed keep their cache names; the default 5 is recorded)
     assert "cls_temperature" not in dataclasses.replace(TINY, cls_temperature=1.0).as_dict()
-    assert md.MirrorDecoderConfig().cls_temperature == 2.0 and TINY.as_dict()["cls_temperature"] == 2.0
+    assert md.MirrorDecoderConfig().cls_temperature == 5.0 and TINY.as_dict()["cls_temperature"] == 5.0
     from cfjax.jobs.mirror import MirrorJobConfig
     from cfjax.errors import InputError
     with pytest.raises(InputError, match="decoder.cls_temperature"):
