@@ -56,8 +56,8 @@ class MirrorDecoderConfig:
     """CSP threshold bounds: ``rho = clip(1 - k, rho_l, rho_u)``."""
     rho_u: float = 0.5
     steps: int = 10000
-    """~0.2 s/step on 2 idle CPU cores with the default losses (batch 32; 0.3-0.4 s/step when
-    another job shares the cores): ~35 minutes idle, ~2 minutes on a GPU. Default 10,000 since
+    """~0.2 s/step on 2 idle CPU cores with the default losses (batch 32; up to ~0.4 s/step when
+    other jobs share the cores): ~35 minutes (decoder time on a GPU not measured). Default 10,000 since
     round 9 of BUILD_NOTES' ablations (with the averaged weights: validity and L1 better on both
     datasets over two seeds each, no chevron artefact; 3,000 was the default before). A finished
     shorter run is continued, not restarted, by ``warm_start``."""
