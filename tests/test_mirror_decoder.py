@@ -270,8 +270,9 @@ def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
     dp = d.init(jax.random.key(1), batch["x"][:1])
     W, b = np.asarray(clf.W, np.float64), np.asarray(clf.b, np.float64)
 
-    def kl_ref(T, x_k, blur=False):
+    def kl_ref(T, x_k, blur=False, flip=False):
         xg = md._blur(x_k) if blur else x_k
+        xg = np.asarray(xg)[:, :, ::-1] if flip else xg  # [B, H, W, c]: mirror the width axis
         lk = T * (np.asarray(jax.vmap(clf.features)(batch["x"]), np.float64) @ W.T + b)
         lg = np.asarray(jax.vmap(clf.features)(xg), np.float64) @ W.T + b
         lk, lg = lk - lk.max(-1, keepdims=True), lg - lg.max(-1, keepdims=True)
@@ -285,7 +286,21 @@ def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
         np.testing.assert_allclose(float(terms["cls"]), kl_ref(T, x_k), rtol=1e-3, atol=1e-6)
         np.testing.assert_allclose(float(terms["cls_blur"]), kl_ref(T, x_k, blur=True), rtol=1e-3, atol=1e-6)
         seen.append(float(terms["cls"]))
+        assert "cls_flip" not in terms  # off by default
     assert abs(seen[0] - seen[1]) > 1e-4
+    # w_cls_flip: the same KL on the left-right mirrored decoded image, added to the total with its
+    # weight. A stand-in generator that "decodes" the real source digits makes the decoded images
+    # asymmetric (an untrained decoder's near-constant output is not), so flipping them matters.
+    class Copy:
+        apply = staticmethod(lambda params, F_k, skips, masks: batch["x"])
+
+    base_total, _, _ = md.mirror_decoder_losses(gp, dp, Copy, d, clf, batch, dataclasses.replace(TINY, cls_temperature=3.0))
+    total, terms, x_k = md.mirror_decoder_losses(gp, dp, Copy, d, clf, batch, dataclasses.replace(TINY, cls_temperature=3.0, w_cls_flip=2.0))
+    flip_ref = kl_ref(3.0, x_k, flip=True)
+    np.testing.assert_allclose(float(terms["cls_flip"]), flip_ref, rtol=1e-3, atol=1e-6)
+    assert abs(flip_ref - kl_ref(3.0, x_k)) > 0.02 * flip_ref  # 20x the tolerance above: the images were mirrored
+    np.testing.assert_allclose(float(total), float(base_total) + 2.0 * flip_ref, rtol=1e-4)
+    assert "w_cls_flip" not in TINY.as_dict() and dataclasses.replace(TINY, w_cls_flip=1.0).as_dict()["w_cls_flip"] == 1.0
     # off value absent from the recorded config (cached decoders keep their names); bad values refused
     # (the paper's T = 1: decoders trained before the option existed keep their cache names; the default 5 is recorded)
     assert "cls_temperature" not in dataclasses.replace(TINY, cls_temperature=1.0).as_dict()
@@ -296,6 +311,9 @@ def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
         MirrorJobConfig(decoder=dataclasses.replace(TINY, cls_temperature=0.0)).validate()
     with pytest.raises(InputError, match="MirrorDecoderConfig.cls_temperature"):  # a direct call too, before any training
         md.train_mirror_decoder(clf, tr, dataclasses.replace(TINY, cls_temperature=float("nan")), progress=False)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(InputError, match="decoder.w_cls_flip"):
+            MirrorJobConfig(decoder=dataclasses.replace(TINY, w_cls_flip=bad)).validate()
 
 
 def test_ema_debiased_is_the_weighted_mean_of_the_iterates():

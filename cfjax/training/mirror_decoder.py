@@ -89,6 +89,11 @@ class MirrorDecoderConfig:
     """Weight of ``L_cls`` on the Gaussian-blurred (sigma 1) decoded image: the decoded
     counterfactual must keep the class ``softmax(T (W z_k + b))`` says after the blur that denoised
     validity applies (a cfjax addition, not in the paper; 0 turns it off)."""
+    w_cls_flip: float = 0.0
+    """Weight of ``L_cls`` on the left-right mirrored decoded image: the counterfactual's class
+    evidence must hold on both sides of the image, so a garment is not turned into the target by
+    one grown sleeve (a cfjax addition, not in the paper; only for data whose classes a
+    horizontal flip preserves, e.g. Fashion-MNIST, never digits; 0 turns it off)."""
     cls_temperature: float = 5.0
     """Sharpen the ``L_cls`` (and blurred ``L_cls``) target to ``softmax(T (W z_k + b))``: with
     ``T > 1`` the decoded image is asked to be more decided than ``F_k`` is, so at the same ``k``
@@ -117,7 +122,8 @@ class MirrorDecoderConfig:
         left out, so decoders trained before an option existed still match)."""
         from cfjax.checkpoint import recorded_config
 
-        return recorded_config(self, {"disc_conditional": False, "cls_temperature": 1.0, "lr_schedule": "constant", "ema_decay": 0.0})
+        return recorded_config(self, {"disc_conditional": False, "cls_temperature": 1.0, "lr_schedule": "constant", "ema_decay": 0.0,
+                                      "w_cls_flip": 0.0})
 
     def validate(self, name: str = "MirrorDecoderConfig") -> None:
         """The checks both :func:`train_mirror_decoder` and ``MirrorJobConfig.validate`` make
@@ -128,6 +134,8 @@ class MirrorDecoderConfig:
             raise bad_arg(f"{name}.train_solver", repr(self.train_solver), f"one of {SOLVERS}")
         if not self.cls_temperature > 0:  # also NaN
             raise bad_arg(f"{name}.cls_temperature", self.cls_temperature, "a positive temperature (1 = the paper's L_cls target)")
+        if not self.w_cls_flip >= 0:  # also NaN
+            raise bad_arg(f"{name}.w_cls_flip", self.w_cls_flip, "a weight >= 0 (0 = off)")
         if self.lr_schedule not in LR_SCHEDULES:
             raise bad_arg(f"{name}.lr_schedule", repr(self.lr_schedule), f"one of {LR_SCHEDULES}")
         if not 0.0 <= self.ema_decay < 1.0:  # also NaN
@@ -235,6 +243,10 @@ def mirror_decoder_losses(
         logp_b = jax.nn.log_softmax(jax.vmap(clf.features)(_blur(x_k)) @ W.T + b)
         terms["cls_blur"] = jnp.mean(jnp.sum(jnp.exp(logp_k) * (logp_k - logp_b), -1))
         total = total + cfg.w_cls_blur * terms["cls_blur"]
+    if cfg.w_cls_flip:
+        logp_f = jax.nn.log_softmax(jax.vmap(clf.features)(x_k[:, :, ::-1]) @ W.T + b)
+        terms["cls_flip"] = jnp.mean(jnp.sum(jnp.exp(logp_k) * (logp_k - logp_f), -1))
+        total = total + cfg.w_cls_flip * terms["cls_flip"]
     return total, terms, x_k
 
 
