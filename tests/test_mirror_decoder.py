@@ -311,6 +311,10 @@ def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
         MirrorJobConfig(decoder=dataclasses.replace(TINY, cls_temperature=0.0)).validate()
     with pytest.raises(InputError, match="MirrorDecoderConfig.cls_temperature"):  # a direct call too, before any training
         md.train_mirror_decoder(clf, tr, dataclasses.replace(TINY, cls_temperature=float("nan")), progress=False)
+    for lo, hi in ((0.5, 0.1), (-0.1, 0.5), (0.1, 1.5), (float("nan"), 0.5)):
+        with pytest.raises(InputError, match="decoder.rho_l/rho_u"):
+            MirrorJobConfig(decoder=dataclasses.replace(TINY, rho_l=lo, rho_u=hi)).validate()
+    MirrorJobConfig(decoder=dataclasses.replace(TINY, rho_l=0.0, rho_u=0.0)).validate()  # the mask = where a CAM is positive
     for bad in (-1.0, float("nan")):
         with pytest.raises(InputError, match="decoder.w_cls_flip"):
             MirrorJobConfig(decoder=dataclasses.replace(TINY, w_cls_flip=bad)).validate()

@@ -134,6 +134,8 @@ class MirrorDecoderConfig:
             raise bad_arg(f"{name}.train_solver", repr(self.train_solver), f"one of {SOLVERS}")
         if not self.cls_temperature > 0:  # also NaN
             raise bad_arg(f"{name}.cls_temperature", self.cls_temperature, "a positive temperature (1 = the paper's L_cls target)")
+        if not 0.0 <= self.rho_l <= self.rho_u <= 1.0:  # also NaN
+            raise bad_arg(f"{name}.rho_l/rho_u", (self.rho_l, self.rho_u), "CSP threshold bounds with 0 <= rho_l <= rho_u <= 1")
         if not self.w_cls_flip >= 0:  # also NaN
             raise bad_arg(f"{name}.w_cls_flip", self.w_cls_flip, "a weight >= 0 (0 = off)")
         if self.lr_schedule not in LR_SCHEDULES:
