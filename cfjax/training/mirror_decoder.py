@@ -53,7 +53,8 @@ class MirrorDecoderConfig:
     counterfactual must look like a real image of the target class as a whole (a cfjax option,
     not in the paper; BUILD_NOTES measures it)."""
     rho_l: float = 0.1
-    """CSP threshold bounds: ``rho = clip(1 - k, rho_l, rho_u)``."""
+    """CSP threshold bounds: ``rho = clip(1 - k, rho_l, rho_u)`` (not published; ``rho_u`` 0.3 and
+    0.2 measured in round 10 of BUILD_NOTES: no gain at 10,000 steps)."""
     rho_u: float = 0.5
     steps: int = 10000
     """~0.2 s/step on 2 idle CPU cores with the default losses (batch 32; up to ~0.4 s/step when
@@ -91,9 +92,11 @@ class MirrorDecoderConfig:
     validity applies (a cfjax addition, not in the paper; 0 turns it off)."""
     w_cls_flip: float = 0.0
     """Weight of ``L_cls`` on the left-right mirrored decoded image: the counterfactual's class
-    evidence must hold on both sides of the image, so a garment is not turned into the target by
-    one grown sleeve (a cfjax addition, not in the paper; only for data whose classes a
-    horizontal flip preserves, e.g. Fashion-MNIST, never digits; 0 turns it off)."""
+    evidence must hold on both sides of the image, meant to stop a T-shirt from turning into a
+    pullover by one grown sleeve (a cfjax addition, not in the paper; 0 turns it off). Only for
+    data whose classes a horizontal flip preserves, never digits. Off by default: on
+    Fashion-MNIST (round 10 of BUILD_NOTES) it raised D.Val but also L1 (0.120 -> 0.160-0.180),
+    stamped a diagonal pattern on T-shirts and turned shoes, which point one way, into U shapes."""
     cls_temperature: float = 5.0
     """Sharpen the ``L_cls`` (and blurred ``L_cls``) target to ``softmax(T (W z_k + b))``: with
     ``T > 1`` the decoded image is asked to be more decided than ``F_k`` is, so at the same ``k``
