@@ -50,6 +50,12 @@ def main(argv=None) -> dict:
 
     if a.data not in MIRROR_PAIRS:
         raise bad_arg("--data", repr(a.data), f"one of {sorted(MIRROR_PAIRS)}")
+    K = len(class_names(a.data))
+    for name, v in (("--source", a.source), ("--target", a.target)):
+        if not 0 <= v < K:
+            raise bad_arg(name, v, f"a class index in [0, {K - 1}] of {a.data}")
+    if a.source == a.target:
+        raise bad_arg("--target", f"{a.target} (== --source)", "a class different from the source")
     base = MirrorJobConfig()
     over = {}
     for kv in a.set:
