@@ -42,6 +42,13 @@ def _value(v: str):
     return v
 
 
+def decoder_value(decoder, key: str, text: str):
+    """``--set KEY=TEXT`` as the type of the decoder field ``key`` ("1" for a float field is 1.0: the
+    decoder cache key then equals the default config's)."""
+    v, d = _value(text), getattr(decoder, key)
+    return float(v) if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool) else v
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="mnist5k")
@@ -63,12 +70,8 @@ def main(argv=None) -> dict:
     pairs = MIRROR_PAIRS[a.data] if a.data in MIRROR_PAIRS else None
     base = MirrorJobConfig.smoke() if a.smoke else MirrorJobConfig()
     over = dict(kv.split("=", 1) for kv in a.set)
-    def typed(k, v):  # "1" for a float field is 1.0: the decoder cache key then equals the default config's
-        v, d = _value(v), getattr(base.decoder, k)
-        return float(v) if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool) else v
-
     dec = dataclasses.replace(base.decoder, steps=a.steps, checkpoint_every=min(base.decoder.checkpoint_every, a.steps),
-                              **{k: typed(k, v) for k, v in over.items()})
+                              **{k: decoder_value(base.decoder, k, v) for k, v in over.items()})
     if a.decoder_pairs == "paper":
         dec = dataclasses.replace(dec, pairs=tuple(pairs))
     elif a.decoder_pairs != "all":

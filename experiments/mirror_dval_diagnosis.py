@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mirror_ablation import _value  # noqa: E402
+from mirror_ablation import decoder_value  # noqa: E402
 
 from cfjax.errors import bad_arg  # noqa: E402
 from cfjax.io import atomic_savefig, atomic_write_json  # noqa: E402
@@ -44,6 +44,7 @@ def main(argv=None) -> dict:
 
     from cfjax.eval import metrics
     from cfjax.data import class_names
+    from cfjax.jobs.skeleton import batched_predict
     from cfjax.jobs.mirror import MIRROR_PAIRS, MirrorJobConfig, classifier_backbone, decoder_dir, get_decoder, load_models, mirror_rows
     from cfjax.methods import mirror as mr
     from cfjax.models import bind_classifier
@@ -62,9 +63,7 @@ def main(argv=None) -> dict:
         k, _, v = kv.partition("=")
         if not hasattr(base.decoder, k):
             raise bad_arg("--set", repr(kv), "KEY=VALUE with KEY a MirrorDecoderConfig field")
-        d = getattr(base.decoder, k)
-        v = _value(v)
-        over[k] = float(v) if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool) else v
+        over[k] = decoder_value(base.decoder, k, v)
     dec = dataclasses.replace(base.decoder, pairs=tuple(MIRROR_PAIRS[a.data]), **over)
     cfg = dataclasses.replace(base, decoder=dec)
     cfg.validate()
@@ -79,7 +78,7 @@ def main(argv=None) -> dict:
     ks = np.asarray(mr.default_k_grid(cfg.k_step), np.float32)
     logits = jax.jit(lambda x: clf_t.module.apply(clf_t.params, x))
     labels = np.asarray(test.labels)
-    preds = np.concatenate([np.argmax(logits(test.images[i:i + 500]), -1) for i in range(0, len(test), 500)])
+    preds = batched_predict(jax.jit(lambda x: jnp.argmax(logits(x), -1)), test.images)
     sel = np.flatnonzero((labels == S) & (preds == S))
     run = jax.jit(lambda x, s, t: mirror_rows(clf, decode, classifier_backbone(bb_t.module, bb_t.params), x, s, t,
                                               jnp.ones(x.shape[0], bool), ks=ks, return_images=True, max_decode=2048))

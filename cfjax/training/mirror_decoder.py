@@ -227,8 +227,12 @@ def mirror_decoder_losses(
     logp_k = jax.nn.log_softmax(cfg.cls_temperature * (z_k @ W.T + b))
     x_k = g_module.apply(g_params, F_k, skips, masks)
     z_g = jax.vmap(clf.features)(x_k)
-    logp_g = jax.nn.log_softmax(z_g @ W.T + b)
-    L_cls = jnp.mean(jnp.sum(jnp.exp(logp_k) * (logp_k - logp_g), -1))
+
+    def kl_from_target(z):  # KL(softmax(T (W z_k + b)) || the classifier's softmax on features z), batch mean
+        logp = jax.nn.log_softmax(z @ W.T + b)
+        return jnp.mean(jnp.sum(jnp.exp(logp_k) * (logp_k - logp), -1))
+
+    L_cls = kl_from_target(z_g)
     L_adv = jnp.mean(jax.nn.softplus(-d_module.apply(d_params, x_k, fake_class(s, t, k))))
     rec = (k == 0).astype(x.dtype)
     d_sk = jnp.mean(jnp.abs(x_k - x), axis=(1, 2, 3))
@@ -245,12 +249,10 @@ def mirror_decoder_losses(
     terms = {"cls": L_cls, "adv": L_adv, "rec": L_rec, "fea": L_fea, "tri": L_tri}
     total = cfg.w_cls * L_cls + cfg.w_adv * L_adv + cfg.w_rec * L_rec + cfg.w_fea * L_fea + cfg.w_tri * L_tri
     if cfg.w_cls_blur:
-        logp_b = jax.nn.log_softmax(jax.vmap(clf.features)(_blur(x_k)) @ W.T + b)
-        terms["cls_blur"] = jnp.mean(jnp.sum(jnp.exp(logp_k) * (logp_k - logp_b), -1))
+        terms["cls_blur"] = kl_from_target(jax.vmap(clf.features)(_blur(x_k)))
         total = total + cfg.w_cls_blur * terms["cls_blur"]
     if cfg.w_cls_flip:
-        logp_f = jax.nn.log_softmax(jax.vmap(clf.features)(x_k[:, :, ::-1]) @ W.T + b)
-        terms["cls_flip"] = jnp.mean(jnp.sum(jnp.exp(logp_k) * (logp_k - logp_f), -1))
+        terms["cls_flip"] = kl_from_target(jax.vmap(clf.features)(x_k[:, :, ::-1]))
         total = total + cfg.w_cls_flip * terms["cls_flip"]
     return total, terms, x_k
 
