@@ -209,6 +209,13 @@ def test_eq12_editor_shapes_and_k_sampling_bias(tiny_clf, mnist_small):
     assert 0.85 < np.mean(k > 0.5) < 0.95  # 0.8 + 0.2 * 0.5 expected
     base = md.sample_batch(0, dataclasses.replace(cfg, k_cf_fraction=0.0), tr.images, labels, by_class, pairs)
     assert 0.4 < np.mean(base["k"][rec:] > 0.5) < 0.6
+    # k_cf_max: the counterfactual-side draw narrows to (0.5, k_cf_max]; the same stream otherwise
+    near = md.sample_batch(0, dataclasses.replace(cfg, k_cf_max=0.75), tr.images, labels, by_class, pairs)
+    moved = bt["k"] != near["k"]
+    assert moved.sum() > 100 and np.all((near["k"][moved] > 0.5) & (near["k"][moved] <= 0.75))
+    np.testing.assert_allclose(near["k"][moved] - 0.5, (bt["k"][moved] - 0.5) / 2, atol=1e-6)  # the same draw, scaled (float32)
+    assert np.array_equal(near["x"], bt["x"]) and np.array_equal(near["k"][~moved], bt["k"][~moved])
+    assert "k_cf_max" not in cfg.as_dict() and dataclasses.replace(cfg, k_cf_max=0.75).as_dict()["k_cf_max"] == 0.75
     batch = {k_: jnp.asarray(v[:16]) for k_, v in bt.items()}
     g, d = md.build_decoder(cfg, tr.images.shape[1:])
     maps = jax.vmap(clf.feature_maps)(batch["x"][:1])
@@ -318,6 +325,9 @@ def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
     for bad in (-1.0, float("nan")):
         with pytest.raises(InputError, match="decoder.w_cls_flip"):
             MirrorJobConfig(decoder=dataclasses.replace(TINY, w_cls_flip=bad)).validate()
+    for bad in (0.5, 1.01, float("nan")):
+        with pytest.raises(InputError, match="decoder.k_cf_max"):
+            MirrorJobConfig(decoder=dataclasses.replace(TINY, k_cf_max=bad)).validate()
 
 
 def test_ema_debiased_is_the_weighted_mean_of_the_iterates():

@@ -107,6 +107,10 @@ class MirrorDecoderConfig:
     k_cf_fraction: float = 0.5
     """Fraction of the non-reconstruction rows whose ``k`` is drawn from (0.5, 1] (the
     counterfactual side) instead of [0, 1]."""
+    k_cf_max: float = 1.0
+    """Upper end of that counterfactual-side draw: ``k ~ U(0.5, k_cf_max]`` (1 = the whole side).
+    Below 1 it concentrates training just past the boundary, where the first counterfactual of a
+    path is found (a cfjax option, not in the paper; BUILD_NOTES round 11 measures it)."""
     w_tri: float = 1.0
     tri_a: float = 0.2
     rec_fraction: float = 0.25
@@ -126,7 +130,7 @@ class MirrorDecoderConfig:
         from cfjax.checkpoint import recorded_config
 
         return recorded_config(self, {"disc_conditional": False, "cls_temperature": 1.0, "lr_schedule": "constant", "ema_decay": 0.0,
-                                      "w_cls_flip": 0.0})
+                                      "w_cls_flip": 0.0, "k_cf_max": 1.0})
 
     def validate(self, name: str = "MirrorDecoderConfig") -> None:
         """The checks both :func:`train_mirror_decoder` and ``MirrorJobConfig.validate`` make
@@ -141,6 +145,8 @@ class MirrorDecoderConfig:
             raise bad_arg(f"{name}.rho_l/rho_u", (self.rho_l, self.rho_u), "CSP threshold bounds with 0 <= rho_l <= rho_u <= 1")
         if not self.w_cls_flip >= 0:  # also NaN
             raise bad_arg(f"{name}.w_cls_flip", self.w_cls_flip, "a weight >= 0 (0 = off)")
+        if not 0.5 < self.k_cf_max <= 1.0:  # also NaN
+            raise bad_arg(f"{name}.k_cf_max", self.k_cf_max, "an upper end of the counterfactual-side k draw in (0.5, 1]")
         if self.lr_schedule not in LR_SCHEDULES:
             raise bad_arg(f"{name}.lr_schedule", repr(self.lr_schedule), f"one of {LR_SCHEDULES}")
         if not 0.0 <= self.ema_decay < 1.0:  # also NaN
@@ -291,7 +297,7 @@ def sample_batch(step: int, cfg: MirrorDecoderConfig, images: np.ndarray, labels
     k = rng.uniform(0.0, 1.0, B).astype(np.float32)
     if cfg.k_cf_fraction:  # bias towards the counterfactual side (drawn after k: same stream otherwise)
         cf_side = rng.uniform(size=B) < cfg.k_cf_fraction
-        k = np.where(cf_side, 0.5 + 0.5 * (1.0 - k), k).astype(np.float32)
+        k = np.where(cf_side, 0.5 + (cfg.k_cf_max - 0.5) * (1.0 - k), k).astype(np.float32)
     k[: int(round(cfg.rec_fraction * B))] = 0.0
     ref = np.empty(B, np.int64)
     for i in range(B):
