@@ -48,6 +48,7 @@ from cfjax.methods.mirror import (
     logits_along,
     mirror_cfe,
     reflect,
+    reflection_target,
     transitions,
 )
 from cfjax.models import bind_classifier, bind_vae
@@ -113,6 +114,7 @@ __all__ = [
     "predict_attributes",
     "process_slice",
     "reflect",
+    "reflection_target",
     "train_mirror_decoder",
     "transitions",
 ]

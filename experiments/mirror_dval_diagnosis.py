@@ -81,7 +81,8 @@ def main(argv=None) -> dict:
     preds = batched_predict(jax.jit(lambda x: jnp.argmax(logits(x), -1)), test.images)
     sel = np.flatnonzero((labels == S) & (preds == S))
     run = jax.jit(lambda x, s, t: mirror_rows(clf, decode, classifier_backbone(bb_t.module, bb_t.params), x, s, t,
-                                              jnp.ones(x.shape[0], bool), ks=ks, return_images=True, max_decode=2048))
+                                              jnp.ones(x.shape[0], bool), ks=ks, return_images=True, max_decode=2048,
+                                              others=dec.reflect_others))
     acc = {k: [] for k in ("k_cf", "found", "l1", "dval", "p_dec", "blur_cls", "l1_path")}
     for i in range(0, len(sel), 64):
         x = jnp.asarray(test.images[sel[i:i + 64]])
@@ -141,7 +142,7 @@ def _mask_figure(path: Path, test, sel, rows, clf, S: int, T: int, dec, names, k
     for r, e in enumerate(rows):
         x = jnp.asarray(test.images[sel[e]])
         F_s = clf.feature_maps(x)[-1]
-        F_r = mr.reflect(F_s, clf.W, clf.b, S, T, solver="exact").F_r
+        F_r = mr.reflect(F_s, clf.W, clf.b, S, T, solver="exact", others=dec.reflect_others).F_r
         ax[r, 0].imshow(np.asarray(x[..., 0]), cmap="gray", vmin=0, vmax=1)
         ax[r, 0].set_title(names[S], fontsize=6)
         for j, k in enumerate(ks):

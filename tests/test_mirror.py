@@ -204,6 +204,44 @@ def test_cams_and_csp_mask_shapes_bounds_monotone():
         prev = m
 
 
+def test_reflection_target_mirror_keeps_the_path_out_of_third_classes():
+    """``others="keep"`` is the paper's swap; ``"mirror"`` also reflects every class above the s/t
+    midpoint (slow reference: a loop over classes), and then every point of the path past
+    k = 0.5 is classified as the target, which the paper's path is not (the check can fail)."""
+    F, Wm, b = _problem(5, c=64)
+    l = np.asarray(_logits(F, Wm, b), np.float64)
+    s = int(np.argmax(l))
+    t = int(np.argmin(l))  # the least likely class: every other class lies above the midpoint at first
+    np.testing.assert_array_equal(mr.reflection_target(l, s, t), mr.swapped_logits(l, s, t))
+    ref = l.copy()
+    ref[s], ref[t] = l[t], l[s]
+    m = (l[s] + l[t]) / 2
+    for j in range(K):
+        if j not in (s, t) and l[j] > m:
+            ref[j] = 2 * m - l[j]
+    np.testing.assert_allclose(np.asarray(mr.reflection_target(jnp.asarray(l, jnp.float32), s, t, "mirror")), ref, rtol=1e-5, atol=1e-5)
+    assert np.sum(ref != l) > 2  # some third class was lowered
+    ks = jnp.linspace(0.0, 1.0, 41)
+    past = np.asarray(ks) > 0.5 + 1e-6
+    for solver in ("exact", "jaxopt"):
+        r = mr.reflect(F, Wm, b, s, t, solver=solver, maxiter=300, tol=1e-7, others="mirror")
+        np.testing.assert_allclose(np.asarray(r.target_logits), ref, rtol=1e-4, atol=1e-4)
+        la = np.asarray(mr.logits_along(Wm, b, F, r.F_r, ks))
+        np.testing.assert_allclose(la[-1], ref, atol=2e-3)
+        before = np.asarray(ks) < 0.5 - 1e-6  # k = 0.5 itself is a tie of s, t and the mirrored classes
+        assert np.all(la[past].argmax(-1) == t) and np.all(la[before].argmax(-1) != t)
+    keep = mr.reflect(F, Wm, b, s, t, solver="exact")
+    la = np.asarray(mr.logits_along(Wm, b, F, keep.F_r, ks))
+    assert not np.all(la[past].argmax(-1) == t)  # the paper's path passes through another class here
+    # mirror_cfe threads the option through (identity decoder: the path IS F_k)
+    res = mr.mirror_cfe(lambda x: [x], Wm, b, lambda Fk, sk, ss, tt, k: Fk, F, s, t, ks=ks, solver="exact", others="mirror")
+    assert bool(res.found) and abs(float(res.k_cf) - float(ks[past][0])) < 1e-6
+    with pytest.raises(InputError, match="others"):
+        mr.reflect(F, Wm, b, s, t, others="lower")
+    with pytest.raises(InputError, match="others"):
+        mr.reflection_target(l, s, t, "lower")
+
+
 def test_input_errors_name_the_argument():
     F, Wm, b = _problem()
     with pytest.raises(InputError, match="solver"):

@@ -328,6 +328,54 @@ def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
     for bad in (0.5, 1.01, float("nan")):
         with pytest.raises(InputError, match="decoder.k_cf_max"):
             MirrorJobConfig(decoder=dataclasses.replace(TINY, k_cf_max=bad)).validate()
+    with pytest.raises(InputError, match="decoder.reflect_others"):
+        MirrorJobConfig(decoder=dataclasses.replace(TINY, reflect_others="lower")).validate()
+    # the path option is recorded when not the paper's, and the job walks the decoder's path
+    from cfjax.jobs.mirror import _rows_options
+    assert "reflect_others" not in TINY.as_dict()
+    cfg_m = MirrorJobConfig(decoder=dataclasses.replace(TINY, reflect_others="mirror"))
+    assert cfg_m.decoder.as_dict()["reflect_others"] == "mirror" and _rows_options(cfg_m)["others"] == "mirror"
+    assert _rows_options(MirrorJobConfig(decoder=TINY))["others"] == "keep"
+
+
+def test_reflect_others_sets_the_training_path(tiny_clf, mnist_small):
+    """``reflect_others="mirror"``: at k = 1 the L_cls target is ``softmax(T q)`` with q the source
+    logits, s and t swapped and every class above their midpoint mirrored across it (reference
+    computed here in float64 from the classifier's logits), not the paper's swapped logits."""
+    _, clf = tiny_clf
+    tr, _ = mnist_small
+    labels = np.asarray(tr.labels)
+    by_class = [np.flatnonzero(labels == c) for c in range(10)]
+    batch = {k: jnp.asarray(v) for k, v in md.sample_batch(0, TINY, tr.images, labels, by_class, md._pair_table(TINY, labels, 10)).items()}
+    batch["k"] = jnp.ones_like(batch["k"])
+    g, d = md.build_decoder(TINY, tr.images.shape[1:])
+    maps = jax.vmap(clf.feature_maps)(batch["x"][:1])
+    gp = g.init(jax.random.key(0), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
+    dp = d.init(jax.random.key(1), batch["x"][:1])
+    W, b = np.asarray(clf.W, np.float64), np.asarray(clf.b, np.float64)
+    l = np.asarray(jax.vmap(clf.features)(batch["x"]), np.float64) @ W.T + b
+    s, t = np.asarray(batch["source"]), np.asarray(batch["target"])
+
+    def kl_ref(x_k, others):
+        q = l.copy()
+        for i in range(len(q)):
+            q[i, s[i]], q[i, t[i]] = l[i, t[i]], l[i, s[i]]
+            m = (l[i, s[i]] + l[i, t[i]]) / 2
+            for j in range(q.shape[1]):
+                if others == "mirror" and j not in (s[i], t[i]) and l[i, j] > m:
+                    q[i, j] = 2 * m - l[i, j]
+        lk = TINY.cls_temperature * q
+        lg = np.asarray(jax.vmap(clf.features)(x_k), np.float64) @ W.T + b
+        lk, lg = lk - lk.max(-1, keepdims=True), lg - lg.max(-1, keepdims=True)
+        pk = np.exp(lk) / np.exp(lk).sum(-1, keepdims=True)
+        return np.mean(np.sum(pk * (np.log(pk + 1e-300) - (lg - np.log(np.exp(lg).sum(-1, keepdims=True)))), -1))
+
+    vals = {}
+    for others in ("keep", "mirror"):
+        _, terms, x_k = md.mirror_decoder_losses(gp, dp, g, d, clf, batch, dataclasses.replace(TINY, reflect_others=others))
+        np.testing.assert_allclose(float(terms["cls"]), kl_ref(x_k, others), rtol=2e-3, atol=1e-5)
+        vals[others] = float(terms["cls"])
+    assert abs(vals["keep"] - vals["mirror"]) > 1e-3
 
 
 def test_ema_debiased_is_the_weighted_mean_of_the_iterates():

@@ -207,6 +207,7 @@ def mirror_rows(
     return_images: bool = False,
     compose: str = "decoded",
     threshold: float | None = None,
+    others: str = "keep",
 ) -> dict:
     """:func:`cfjax.mirror_cfe` on a batch (vmapped) and its per-example metric rows (pure).
 
@@ -231,6 +232,8 @@ def mirror_rows(
         paper) or ``"residual"`` (the source plus the decoder's change since ``k = 0``).
       threshold: the first counterfactual's rule (:func:`cfjax.methods.mirror.first_counterfactual`;
         None: the paper's argmax rule).
+      others: the reflection's treatment of third classes (:func:`cfjax.methods.mirror.reflection_target`;
+        the decoder's ``reflect_others``).
 
     Returns:
       rows ``[n, ...]``: ``source, target, w, ok, k_cf, index, found, status, iterations,
@@ -242,7 +245,7 @@ def mirror_rows(
     W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
     ks = jnp.asarray(ks, jnp.float32)
     run = jax.vmap(lambda xi, s, t: mr.mirror_cfe(clf.feature_maps, W, b, decode, xi, s, t, ks=ks, solver=solver, maxiter=maxiter, tol=tol,
-                                                     compose=compose, threshold=threshold))
+                                                     compose=compose, threshold=threshold, others=others))
     n = x.shape[0]
     S = decode_slices(n, int(ks.shape[0]), max_decode)
     if S == 1:
@@ -287,7 +290,8 @@ def mirror_rows(
 
 def _rows_options(cfg: MirrorJobConfig) -> dict:
     """The :func:`mirror_rows` options a job config sets (one place for the pass and the figures)."""
-    return dict(solver=cfg.solver, maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, compose=cfg.compose, threshold=cfg.cf_threshold)
+    return dict(solver=cfg.solver, maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, compose=cfg.compose, threshold=cfg.cf_threshold,
+                others=cfg.decoder.reflect_others)
 
 
 def decode_slices(n: int, m: int, max_decode: int | None) -> int:

@@ -51,6 +51,8 @@ import optax.tree_utils as otu
 from jaxtyping import Array, Bool, Float, Int
 
 SOLVERS = ("jaxopt", "optax", "exact")
+OTHERS = ("keep", "mirror")
+"""What the reflection does to the logits of the classes other than s and t (:func:`reflection_target`)."""
 
 
 def gap(F: Float[Array, "h w C"]) -> Float[Array, "C"]:
@@ -86,6 +88,36 @@ def swapped_logits(logits: Float[Array, "K"], source, target) -> Float[Array, "K
     return logits.at[source].set(lt).at[target].set(ls)
 
 
+def reflection_target(logits: Float[Array, "K"], source, target, others: str = "keep") -> Float[Array, "K"]:
+    r"""The logits ``q`` the refined reflection reaches (its end of the path, ``k = 1``).
+
+    ``others="keep"`` (the paper): :func:`swapped_logits`, every other class keeps its logit.
+    The path's logits interpolate linearly (:func:`logits_along`), so a third class ``j``
+    whose logit lies above the s/t midpoint :math:`m = (\ell_s + \ell_t) / 2` stays the
+    argmax past ``k = 0.5``, until :math:`k = (\ell_j - \ell_t) / (\ell_s - \ell_t)`: the
+    path from s to t runs through j's region (on Fashion-MNIST most T-shirt -> Pullover paths
+    pass through Shirt), and its first counterfactual sits on the t/j boundary.
+
+    ``others="mirror"`` (a cfjax option, not in the paper): such a class is reflected across
+    the midpoint as well, :math:`q_j = \min(\ell_j, 2m - \ell_j)`. Its logit then reaches
+    ``m`` exactly at ``k = 0.5``, where s and t meet, and falls below t for every ``k > 0.5``:
+    the path crosses from s straight into t. Classes below the midpoint keep their logits (they
+    never block the path).
+    """
+    logits = jnp.asarray(logits)
+    q = swapped_logits(logits, source, target)
+    if others == "keep":
+        return q
+    if others != "mirror":
+        from cfjax.errors import bad_arg
+
+        raise bad_arg("others", repr(others), f"one of {OTHERS}")
+    mid2 = logits[source] + logits[target]
+    idx = jnp.arange(logits.shape[0])
+    lowered = jnp.minimum(logits, mid2 - logits)
+    return jnp.where((idx == source) | (idx == target), q, lowered)
+
+
 class ReflectResult(NamedTuple):
     """Result of :func:`reflect` for one example.
 
@@ -96,7 +128,8 @@ class ReflectResult(NamedTuple):
       iterations: int [] solver iterations (0 for ``"exact"``).
       converged: bool [] the solver met its stopping criterion within ``maxiter``
         (``"exact"``: the residual is within float32 round-off of zero, i.e. ``q`` is reachable).
-      target_logits: [K] ``q``, the source logits with ``s`` and ``t`` swapped.
+      target_logits: [K] ``q``, the source logits with ``s`` and ``t`` swapped
+        (:func:`reflection_target`; with ``others="mirror"`` blocking classes lowered).
     """
 
     F_r: Float[Array, "h w C"]
@@ -169,6 +202,7 @@ def reflect(
     solver: str = "jaxopt",
     maxiter: int = 100,
     tol: float = 1e-5,
+    others: str = "keep",
 ) -> ReflectResult:
     r"""Mirror a feature map from ``source`` to ``target`` and refine it to the swapped logits.
 
@@ -182,20 +216,25 @@ def reflect(
         ``vmap`` and is ~60x slower on CPU.
       maxiter: L-BFGS iteration cap.
       tol: stopping tolerance on the gradient norm of :math:`\|W\,\mathrm{GAP}(F') + b - q\|^2`.
+      others: ``"keep"`` (the paper: ``q`` = the swapped logits) or ``"mirror"`` (classes above
+        the s/t midpoint are reflected too, so the path never passes through a third class):
+        :func:`reflection_target`.
 
     Returns:
       :class:`ReflectResult`. Non-convergence is reported in ``converged`` (never raised
       inside ``jit``); check it and ``residual``.
     """
-    if solver not in SOLVERS:
-        from cfjax.errors import bad_arg
+    from cfjax.errors import bad_arg
 
+    if solver not in SOLVERS:
         raise bad_arg("solver", repr(solver), f"one of {SOLVERS}")
+    if others not in OTHERS:
+        raise bad_arg("others", repr(others), f"one of {OTHERS}")
     F, W, b = jnp.asarray(feature_map_F), jnp.asarray(W), jnp.asarray(b)
     _check_reflect_args(F, W, source, target)
     w_m, b_m = mirror_plane(W, b, source, target)
     F_reflect = reflect_map(F, w_m, b_m)
-    q = swapped_logits(W @ gap(F) + b, source, target)
+    q = reflection_target(W @ gap(F) + b, source, target, others)
 
     def loss(Fp):
         r = W @ gap(Fp) + b - q
@@ -395,6 +434,7 @@ def mirror_cfe(
     k_min: float = 0.5,
     compose: str = "decoded",
     threshold: float | None = None,
+    others: str = "keep",
 ) -> MirrorResult:
     r"""Mirror-CFE for one image: reflect -> refine -> transitions -> decode -> first counterfactual.
 
@@ -430,6 +470,8 @@ def mirror_cfe(
         between ``k = 0`` and ``k``, so the decoder's reconstruction error does not count as
         an edit; needs ``ks[0] == 0``; a cfjax option, not in the paper).
       threshold: of :func:`first_counterfactual` (None, the paper: the argmax rule).
+      others: of :func:`reflect` (``"keep"``, the paper; ``"mirror"``: the path never passes
+        through a third class). Use the value the decoder was trained with.
 
     Returns:
       :class:`MirrorResult`.
@@ -457,7 +499,7 @@ def mirror_cfe(
     ks = default_k_grid() if ks is None else jnp.asarray(ks, jnp.float32)
     maps = list(feature_maps(x))
     skips, F_s = maps[:-1], maps[-1]
-    res = reflect(F_s, W, b, source, target, solver=solver, maxiter=maxiter, tol=tol)
+    res = reflect(F_s, W, b, source, target, solver=solver, maxiter=maxiter, tol=tol, others=others)
     F_k = transitions(F_s, res.F_r, ks)
     x_k = jax.vmap(decode, in_axes=(0, None, None, None, 0))(F_k, skips, source, target, ks)
     if compose == "residual":
@@ -581,6 +623,8 @@ __all__ = [
     "reflect",
     "reflect_map",
     "swapped_logits",
+    "reflection_target",
+    "OTHERS",
     "transition",
     "transitions",
     "skip_masks",

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
-from cfjax.methods.mirror import SOLVERS, batched_decoder, gap, reflect, skip_masks
+from cfjax.methods.mirror import OTHERS, SOLVERS, batched_decoder, gap, reflect, skip_masks
 
 # The decoder G maps F_k back to an image; it is trained with the classifier frozen
 # (the losses are documented in docs/mirror_cfe.md).
@@ -119,6 +119,12 @@ class MirrorDecoderConfig:
     """Directed ``(source, target)`` pairs to train on (both directions are NOT implied);
     ``None``: every ordered pair of distinct classes."""
     train_solver: str = "exact"
+    reflect_others: str = "keep"
+    """The path the decoder learns and the job walks (:func:`cfjax.methods.mirror.reflection_target`):
+    ``"keep"`` (the paper: the reflection swaps the s and t logits, other classes keep theirs, so a
+    path can pass through a third class -- most Fashion-MNIST T-shirt -> Pullover paths cross Shirt)
+    or ``"mirror"`` (classes above the s/t midpoint are reflected too: past ``k = 0.5`` the path
+    is in the target class; a cfjax option, not in the paper; BUILD_NOTES round 11)."""
     seed: int = 0
     log_every: int = 25
     checkpoint_every: int = 250
@@ -130,7 +136,8 @@ class MirrorDecoderConfig:
         from cfjax.checkpoint import recorded_config
 
         return recorded_config(self, {"disc_conditional": False, "cls_temperature": 1.0, "lr_schedule": "constant", "ema_decay": 0.0,
-                                      "w_cls_flip": 0.0, "k_cf_max": 1.0})
+                                      "w_cls_flip": 0.0, "k_cf_max": 1.0,
+                                      "reflect_others": "keep"})
 
     def validate(self, name: str = "MirrorDecoderConfig") -> None:
         """The checks both :func:`train_mirror_decoder` and ``MirrorJobConfig.validate`` make
@@ -139,6 +146,8 @@ class MirrorDecoderConfig:
 
         if self.train_solver not in SOLVERS:
             raise bad_arg(f"{name}.train_solver", repr(self.train_solver), f"one of {SOLVERS}")
+        if self.reflect_others not in OTHERS:
+            raise bad_arg(f"{name}.reflect_others", repr(self.reflect_others), f"one of {OTHERS}")
         if not self.cls_temperature > 0:  # also NaN
             raise bad_arg(f"{name}.cls_temperature", self.cls_temperature, "a positive temperature (1 = the paper's L_cls target)")
         if not 0.0 <= self.rho_l <= self.rho_u <= 1.0:  # also NaN
@@ -224,7 +233,7 @@ def mirror_decoder_losses(
     x, s, t, k, x_ref = batch["x"], batch["source"], batch["target"], batch["k"], batch["x_ref"]
     maps = jax.lax.stop_gradient(jax.vmap(clf.feature_maps)(x))
     skips, F_s = list(maps[:-1]), maps[-1]
-    res = jax.vmap(lambda F, ss, tt: reflect(F, W, b, ss, tt, solver=cfg.train_solver))(F_s, s, t)
+    res = jax.vmap(lambda F, ss, tt: reflect(F, W, b, ss, tt, solver=cfg.train_solver, others=cfg.reflect_others))(F_s, s, t)
     F_k = jax.lax.stop_gradient(F_s + k[:, None, None, None] * (res.F_r - F_s))
     hws = [sk.shape[1:3] for sk in skips]
     masks = jax.vmap(lambda f, ss, tt, kk: skip_masks(f, W, ss, tt, kk, hws, cfg.rho_l, cfg.rho_u))(F_k, s, t, k)
@@ -367,7 +376,7 @@ def evaluate_mirror_decoder(
             decode_batch = batched_decoder(module, params, W, cfg.rho_l, cfg.rho_u)
             maps = jax.vmap(clf.feature_maps)(x)
             F_s = maps[-1]
-            res = jax.vmap(lambda F, ss, tt: reflect(F, W, b, ss, tt, solver=solver))(F_s, s, t)
+            res = jax.vmap(lambda F, ss, tt: reflect(F, W, b, ss, tt, solver=solver, others=cfg.reflect_others))(F_s, s, t)
             x0 = decode_batch(F_s, maps[:-1], s, t, jnp.zeros_like(s, jnp.float32))
             x1 = decode_batch(res.F_r, maps[:-1], s, t, jnp.ones_like(s, jnp.float32))
             z1 = jax.vmap(clf.features)(x1)
