@@ -111,12 +111,15 @@ def main(classifier_steps: int = 300, decoder_steps: int = 8) -> dict:
     decode = cf.bind_mirror_decoder(g.module, g.params, clf.W, cfg.rho_l, cfg.rho_u)
 
     i = int(np.flatnonzero((test.labels[:200] == 3) & (pred == 3))[0])  # a correctly classified 3
-    r = cf.mirror_cfe(clf.feature_maps, clf.W, clf.b, decode, x_te[i], 3, 8, solver="exact")
+    r = cf.mirror_cfe(clf.feature_maps, clf.W, clf.b, decode, x_te[i], 3, 8, solver="exact", others=cfg.reflect_others)
     # k = 0 is the image's own feature map: the feature-space logits are the classifier's
     np.testing.assert_allclose(r.logits_features[0], clf.logits(x_te[i]), rtol=1e-4, atol=1e-4)
-    # k = 1 is the reflection: the source and target logits swap, the rest stay
+    # k = 1 is the reflection: the source and target logits swap; the other classes keep their logits
+    # (others="keep", the paper) or, above the 3/8 midpoint, are mirrored below it (others="mirror")
     l0, l1 = np.asarray(r.logits_features[0]), np.asarray(r.logits_features[-1])
     np.testing.assert_allclose(l1[[3, 8]], l0[[8, 3]], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(np.delete(l1, [3, 8]), np.delete(np.asarray(cf.reflection_target(l0, 3, 8, cfg.reflect_others)), [3, 8]),
+                               rtol=1e-3, atol=1e-3)
     assert int(np.argmax(l1)) == 8
     assert r.x_path.shape == (len(r.ks), 28, 28, 1) and float(r.x_path.min()) >= 0.0 and float(r.x_path.max()) <= 1.0
     if bool(r.found):  # after a handful of decoder steps a flip is possible, not promised
