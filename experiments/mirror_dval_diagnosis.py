@@ -1,8 +1,9 @@
 """Why a Mirror-CFE pair's denoised validity (D.Val) at the first counterfactual is low: for every
 test image of the source class that the classifier gets right, decode the whole path with the
 job's cached models and record, per grid point k, the decoded and the blurred (sigma 1) image's
-class. Writes OUT/diagnosis.json and OUT/masks.png (the CSP masks and the target CAM at a few k
-for the first D.Val failures).
+class, and where the feature-space path itself enters the target class (and which third class
+holds it before: :func:`cfjax.methods.mirror.feature_crossing`). Writes OUT/diagnosis.json and
+OUT/masks.png (the CSP masks and the target CAM at a few k for the first D.Val failures).
 
     python experiments/mirror_dval_diagnosis.py --data fashion_mnist --models-dir runs/fm_default \
         --source 0 --target 2 --out runs/diag_0_2 [--set rho_u=0.2 ...]
@@ -95,6 +96,9 @@ def main(argv=None) -> dict:
         for k in ("k_cf", "found", "l1", "dval", "p_dec"):
             acc[k].append(np.asarray(r[k]))
     o = {k: np.concatenate(v) for k, v in acc.items()}
+    # the feature-space path itself (closed form): where it enters the target class, and which class holds it before
+    l_src = np.concatenate([np.asarray(logits(jnp.asarray(test.images[sel[i:i + 512]]))) for i in range(0, len(sel), 512)])
+    k_feat, blocker = (np.asarray(v) for v in jax.vmap(lambda l: mr.feature_crossing(l, S, T, dec.reflect_others))(jnp.asarray(l_src)))
     found = o["found"].astype(bool)
     ci = np.round(np.nan_to_num(o["k_cf"], nan=1.0) / cfg.k_step).astype(int)
     fail = found & (o["dval"] < 0.5)
@@ -106,11 +110,14 @@ def main(argv=None) -> dict:
         by_k.append({"k": float(ks[j]), "n_first_cf": int(m.sum()), "dval_of_those": float(o["dval"][m].mean()) if m.any() else None,
                      "l1_of_those": float(o["l1"][m].mean()) if m.any() else None,
                      "validity_at_k": float(np.mean(o["p_dec"][:, j] > 0.5)), "blurred_validity_at_k": float(np.mean(o["blur_cls"][:, j] == T)),
-                     "l1_at_k": float(o["l1_path"][:, j].mean())})
+                     "l1_at_k": float(o["l1_path"][:, j].mean()),
+                     "feature_validity_at_k": float(np.mean(k_feat < ks[j] - 1e-6))})
     out = {"data": a.data, "source": S, "target": T, "decoder": str(ddir.name), "decoder_options": over, "n": int(len(sel)),
            "validity": float(found.mean()), "denoised_validity": float(o["dval"][found].mean()),  # among the counterfactuals, as the job reports it
            "l1": float(o["l1"][found].mean()), "first_cf_k_mean": float(o["k_cf"][found].mean()),
            "blurred_class_at_dval_failures": {names[c]: int(v) for c, v in enumerate(blur_at_fail) if v},
+           "feature_crossing_k_mean": float(k_feat.mean()),  # where the feature-space path enters the target (0.5 if unblocked)
+           "feature_path_blocked_by": {names[c]: int(v) for c, v in enumerate(np.bincount(blocker[blocker != S], minlength=len(names))) if v},
            "p_target_at_cf": {"dval_ok": float(o["p_dec"][np.arange(len(ci)), ci][found & ~fail].mean()),
                               "dval_fail": float(o["p_dec"][np.arange(len(ci)), ci][fail].mean()) if fail.any() else None},
            "by_first_cf_k": by_k, "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])}

@@ -242,6 +242,30 @@ def test_reflection_target_mirror_keeps_the_path_out_of_third_classes():
         mr.reflection_target(l, s, t, "lower")
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), others=st.sampled_from(mr.OTHERS))
+def test_feature_crossing_matches_a_fine_grid(seed, others):
+    """Slow reference: walk the path's logits on a 20,001-point grid; the first k past 0.5 whose
+    argmax is the target, and the argmax just before it, equal the closed form."""
+    rng = np.random.default_rng(seed)
+    l = rng.normal(size=K) * 3
+    s, t = rng.choice(K, 2, replace=False)
+    l[s] = l.max() + 0.5  # the source is the predicted class
+    k_star, blocker = mr.feature_crossing(jnp.asarray(l, jnp.float32), int(s), int(t), others)
+    q = np.asarray(mr.reflection_target(jnp.asarray(l, jnp.float32), int(s), int(t), others), np.float64)
+    ks = np.linspace(0.0, 1.0, 20001)
+    path = l[None] + ks[:, None] * (q - l)[None]
+    am = path.argmax(-1)
+    i = np.flatnonzero((ks > 0.5) & (am == t))[0]
+    assert abs(float(k_star) - ks[i]) <= 1e-4 + 1e-4 * abs(ks[i])
+    if ks[i] > 0.5 + 1e-3:
+        assert int(blocker) == am[i - 1] and int(blocker) not in (s, t)
+    else:
+        assert int(blocker) == s
+    if others == "mirror":
+        assert float(k_star) == 0.5
+
+
 def test_input_errors_name_the_argument():
     F, Wm, b = _problem()
     with pytest.raises(InputError, match="solver"):

@@ -279,6 +279,30 @@ def logits_along(W: Float[Array, "K C"], b: Float[Array, "K"], F_s, F_r, ks: Flo
     return l_s[None] + ks[:, None] * (l_r - l_s)[None]
 
 
+def feature_crossing(logits: Float[Array, "K"], source, target, others: str = "keep") -> tuple[Float[Array, ""], Int[Array, ""]]:
+    r"""Where the feature-space path enters the target class, in closed form (one example).
+
+    Along the path the head's logits are :math:`\ell + k (q - \ell)` with ``q`` =
+    :func:`reflection_target` (:func:`logits_along`), so the target is the argmax from
+    :math:`k^* = \max(0.5, \max_{j \ne s,t} (\ell_j - \ell_t) / (\ell_s - \ell_t))` on
+    (``others="keep"``; ``others="mirror"``: always 0.5). Returns ``(k*, blocker)``: ``blocker``
+    is the class that holds the path just before ``k*`` (``source`` when no third class gets in
+    the way). The first counterfactual of a faithful decoder sits at the first grid point past
+    ``k*``, just across the target's boundary with ``blocker``.
+    """
+    logits = jnp.asarray(logits)
+    q = reflection_target(logits, source, target, others)
+    idx = jnp.arange(logits.shape[0])
+    third = (idx != source) & (idx != target)
+    # t passes a third class j where l_t + k (q_t - l_t) = l_j + k (q_j - l_j)
+    dt, dj = q[target] - logits[target], q - logits
+    denom = jnp.where(third, dt - dj, 1.0)
+    k_j = jnp.where(third & (logits > logits[target]) & (denom > 0), (logits - logits[target]) / denom, 0.0)
+    j = jnp.argmax(k_j)
+    blocked = k_j[j] > 0.5 + 1e-5  # a mirrored class ties s and t at 0.5 itself (up to round-off): not a blocker
+    return jnp.where(blocked, k_j[j], 0.5), jnp.where(blocked, j, jnp.asarray(source)).astype(jnp.int32)
+
+
 def default_k_grid(step: float = 0.05) -> Float[Array, "m"]:
     """``0, step, ..., 1`` (21 points for ``step = 0.05``)."""
     n = int(round(1.0 / step))
@@ -624,6 +648,7 @@ __all__ = [
     "reflect_map",
     "swapped_logits",
     "reflection_target",
+    "feature_crossing",
     "OTHERS",
     "transition",
     "transitions",
