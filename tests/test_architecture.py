@@ -194,13 +194,14 @@ def test_old_and_new_cli_spellings_parse_the_same():
 
 
 def test_reflect_others_flag_reaches_the_decoder_config():
-    """``--reflect-others mirror`` sets the decoder's path (the job walks it too); absent, the paper's."""
+    """``--reflect-others keep`` sets the decoder's path to the paper's (the job walks it too);
+    absent, the default ``mirror``."""
     from cfjax.cli import build_parser, mirror_config
 
     p = build_parser()
-    a = p.parse_args(["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--out", "o", "--reflect-others", "mirror"])
-    assert mirror_config(a).decoder.reflect_others == "mirror"
-    a = p.parse_args(["global", "mirror", "--data", "mnist5k", "--out", "o"])
+    a = p.parse_args(["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--out", "o", "--reflect-others", "keep"])
     assert mirror_config(a).decoder.reflect_others == "keep"
+    a = p.parse_args(["global", "mirror", "--data", "mnist5k", "--out", "o"])
+    assert mirror_config(a).decoder.reflect_others == "mirror"
     with pytest.raises(SystemExit):
         p.parse_args(["train", "mirror-decoder", "--data", "mnist5k", "--out", "o", "--reflect-others", "lower"])

@@ -120,7 +120,7 @@ def test_job_rows_are_cfjax_mirror_cfe(smoke_run):
     assert len(sel) == s["n_counterfactuals"] == len(rows["k_cf"])
     ks = mr.default_k_grid(cfg.k_step)
     r = jax.jit(jax.vmap(lambda x: cf.mirror_cfe(clf.feature_maps, clf.W, clf.b, decode, x, 3, 8, ks=ks, solver=cfg.solver,
-                                                 maxiter=cfg.maxiter, tol=cfg.tol)))(jnp.asarray(test.images[sel]))
+                                                 maxiter=cfg.maxiter, tol=cfg.tol, others=cfg.decoder.reflect_others)))(jnp.asarray(test.images[sel]))
     np.testing.assert_array_equal(np.asarray(r.found), rows["found"])
     np.testing.assert_array_equal(np.asarray(r.index), rows["index"])
     np.testing.assert_array_equal(np.asarray(r.status), rows["status"])

@@ -119,12 +119,16 @@ class MirrorDecoderConfig:
     """Directed ``(source, target)`` pairs to train on (both directions are NOT implied);
     ``None``: every ordered pair of distinct classes."""
     train_solver: str = "exact"
-    reflect_others: str = "keep"
+    reflect_others: str = "mirror"
     """The path the decoder learns and the job walks (:func:`cfjax.methods.mirror.reflection_target`):
-    ``"keep"`` (the paper: the reflection swaps the s and t logits, other classes keep theirs, so a
-    path can pass through a third class -- most Fashion-MNIST T-shirt -> Pullover paths cross Shirt)
-    or ``"mirror"`` (classes above the s/t midpoint are reflected too: past ``k = 0.5`` the path
-    is in the target class; a cfjax option, not in the paper; BUILD_NOTES round 11)."""
+    ``"mirror"`` (default; a cfjax change, not in the paper: classes whose logit lies above the s/t
+    midpoint are reflected across it too, so past ``k = 0.5`` the path is in the target class) or
+    ``"keep"`` (the paper: the reflection swaps the s and t logits and every other class keeps its
+    own, so a path can pass through a third class -- 70% of the Fashion-MNIST T-shirt -> Pullover
+    paths cross Shirt, and the first counterfactual then sits on the Pullover/Shirt boundary).
+    Default since round 11 of BUILD_NOTES' ablations (10,000 steps, seed 0: Fashion-MNIST D.Val
+    0.913 -> 0.981, oracle validity 0.671 -> 0.749, L1 0.098 -> 0.093; mnist5k D.Val 0.955 -> 0.995,
+    oracle validity 0.823 -> 0.909, L1 0.098 -> 0.092)."""
     seed: int = 0
     log_every: int = 25
     checkpoint_every: int = 250
