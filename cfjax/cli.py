@@ -136,9 +136,9 @@ def _reflect_others_arg(g) -> None:
     from cfjax.methods.mirror import OTHERS
 
     g.add_argument("--reflect-others", choices=list(OTHERS), default=None,
-                   help="classes other than source and target: keep their logits along the path (the paper) or are mirrored "
-                        "across the source/target midpoint so the path never passes through them (a decoder option: "
-                        "its decoder is trained on those paths)")
+                   help="classes other than source and target: 'mirror' (default) reflects those above the source/target "
+                        "midpoint too, so the path never passes through them; 'keep' leaves their logits (the paper's path). "
+                        "A decoder option: the decoder is trained on the path the job walks")
 
 
 def _lpips_args(g) -> None:
