@@ -98,7 +98,8 @@ def reflection_target(logits: Float[Array, "K"], source, target, others: str = "
     path from s to t runs through j's region (on Fashion-MNIST most T-shirt -> Pullover paths
     pass through Shirt), and its first counterfactual sits on the t/j boundary.
 
-    ``others="mirror"`` (a cfjax option, not in the paper): such a class is reflected across
+    ``others="mirror"`` (a cfjax change, not in the paper; the default path of cfjax's decoders,
+    ``MirrorDecoderConfig.reflect_others``): such a class is reflected across
     the midpoint as well, :math:`q_j = \min(\ell_j, 2m - \ell_j)`. Its logit then reaches
     ``m`` exactly at ``k = 0.5``, where s and t meet, and falls below t for every ``k > 0.5``:
     the path crosses from s straight into t. Classes below the midpoint keep their logits (they
