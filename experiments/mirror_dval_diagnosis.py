@@ -79,7 +79,8 @@ def main(argv=None) -> dict:
     ks = np.asarray(mr.default_k_grid(cfg.k_step), np.float32)
     logits = jax.jit(lambda x: clf_t.module.apply(clf_t.params, x))
     labels = np.asarray(test.labels)
-    preds = batched_predict(jax.jit(lambda x: jnp.argmax(logits(x), -1)), test.images)
+    test_logits = batched_predict(logits, test.images)
+    preds = np.argmax(test_logits, -1)
     sel = np.flatnonzero((labels == S) & (preds == S))
     run = jax.jit(lambda x, s, t: mirror_rows(clf, decode, classifier_backbone(bb_t.module, bb_t.params), x, s, t,
                                               jnp.ones(x.shape[0], bool), ks=ks, return_images=True, max_decode=2048,
@@ -97,8 +98,7 @@ def main(argv=None) -> dict:
             acc[k].append(np.asarray(r[k]))
     o = {k: np.concatenate(v) for k, v in acc.items()}
     # the feature-space path itself (closed form): where it enters the target class, and which class holds it before
-    l_src = np.concatenate([np.asarray(logits(jnp.asarray(test.images[sel[i:i + 512]]))) for i in range(0, len(sel), 512)])
-    k_feat, blocker = (np.asarray(v) for v in jax.vmap(lambda l: mr.feature_crossing(l, S, T, dec.reflect_others))(jnp.asarray(l_src)))
+    k_feat, blocker = (np.asarray(v) for v in jax.vmap(lambda l: mr.feature_crossing(l, S, T, dec.reflect_others))(jnp.asarray(test_logits[sel])))
     found = o["found"].astype(bool)
     ci = np.round(np.nan_to_num(o["k_cf"], nan=1.0) / cfg.k_step).astype(int)
     fail = found & (o["dval"] < 0.5)

@@ -261,31 +261,47 @@ def test_conditional_discriminator_is_the_patch_gan_plus_a_class_projection(tiny
     assert "class_embed" in out.disc_params["params"]
 
 
+def _batch_at_k_and_fresh_decoder(clf, tr, k: float):
+    """Step 0's training batch with every row at ``k``, and a freshly initialised decoder and
+    discriminator (``batch, g, d, gp, dp``)."""
+    labels = np.asarray(tr.labels)
+    by_class = [np.flatnonzero(labels == c) for c in range(10)]
+    batch = {k_: jnp.asarray(v) for k_, v in md.sample_batch(0, TINY, tr.images, labels, by_class, md._pair_table(TINY, labels, 10)).items()}
+    batch["k"] = jnp.full_like(batch["k"], k)
+    g, d = md.build_decoder(TINY, tr.images.shape[1:])
+    maps = jax.vmap(clf.feature_maps)(batch["x"][:1])
+    gp = g.init(jax.random.key(0), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
+    dp = d.init(jax.random.key(1), batch["x"][:1])
+    return batch, g, d, gp, dp
+
+
+def _logits64(clf, x):
+    """The classifier's head logits on images ``x`` [B, H, W, c], in float64."""
+    return np.asarray(jax.vmap(clf.features)(x), np.float64) @ np.asarray(clf.W, np.float64).T + np.asarray(clf.b, np.float64)
+
+
+def _kl64(target_logits, logits):
+    """Slow reference: batch mean of KL(softmax(target_logits) || softmax(logits)), float64."""
+    lk = target_logits - target_logits.max(-1, keepdims=True)
+    lg = logits - logits.max(-1, keepdims=True)
+    pk = np.exp(lk) / np.exp(lk).sum(-1, keepdims=True)
+    logq = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
+    return np.mean(np.sum(pk * (np.log(pk + 1e-300) - logq), -1))
+
+
 def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
     """``cls_temperature=T``: L_cls (and its blurred twin) is the KL from ``softmax(T (W z_k + b))``
     to the decoded image's class distribution. Reference at k = 0 (``z_k`` is the source's own
     feature vector), computed here from the returned decoded images."""
     _, clf = tiny_clf
     tr, _ = mnist_small
-    labels = np.asarray(tr.labels)
-    by_class = [np.flatnonzero(labels == c) for c in range(10)]
-    batch = {k: jnp.asarray(v) for k, v in md.sample_batch(0, TINY, tr.images, labels, by_class, md._pair_table(TINY, labels, 10)).items()}
-    batch["k"] = jnp.zeros_like(batch["k"])
-    g, d = md.build_decoder(TINY, tr.images.shape[1:])
-    maps = jax.vmap(clf.feature_maps)(batch["x"][:1])
-    gp = g.init(jax.random.key(0), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
-    dp = d.init(jax.random.key(1), batch["x"][:1])
-    W, b = np.asarray(clf.W, np.float64), np.asarray(clf.b, np.float64)
+    batch, g, d, gp, dp = _batch_at_k_and_fresh_decoder(clf, tr, 0.0)
+    l_src = _logits64(clf, batch["x"])
 
     def kl_ref(T, x_k, blur=False, flip=False):
         xg = md._blur(x_k) if blur else x_k
         xg = np.asarray(xg)[:, :, ::-1] if flip else xg  # [B, H, W, c]: mirror the width axis
-        lk = T * (np.asarray(jax.vmap(clf.features)(batch["x"]), np.float64) @ W.T + b)
-        lg = np.asarray(jax.vmap(clf.features)(xg), np.float64) @ W.T + b
-        lk, lg = lk - lk.max(-1, keepdims=True), lg - lg.max(-1, keepdims=True)
-        pk = np.exp(lk) / np.exp(lk).sum(-1, keepdims=True)
-        logq = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
-        return np.mean(np.sum(pk * (np.log(pk + 1e-300) - logq), -1))
+        return _kl64(T * l_src, _logits64(clf, xg))
 
     seen = []
     for T in (1.0, 3.0):
@@ -345,16 +361,8 @@ def test_reflect_others_sets_the_training_path(tiny_clf, mnist_small):
     computed here in float64 from the classifier's logits), not the paper's swapped logits."""
     _, clf = tiny_clf
     tr, _ = mnist_small
-    labels = np.asarray(tr.labels)
-    by_class = [np.flatnonzero(labels == c) for c in range(10)]
-    batch = {k: jnp.asarray(v) for k, v in md.sample_batch(0, TINY, tr.images, labels, by_class, md._pair_table(TINY, labels, 10)).items()}
-    batch["k"] = jnp.ones_like(batch["k"])
-    g, d = md.build_decoder(TINY, tr.images.shape[1:])
-    maps = jax.vmap(clf.feature_maps)(batch["x"][:1])
-    gp = g.init(jax.random.key(0), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
-    dp = d.init(jax.random.key(1), batch["x"][:1])
-    W, b = np.asarray(clf.W, np.float64), np.asarray(clf.b, np.float64)
-    l = np.asarray(jax.vmap(clf.features)(batch["x"]), np.float64) @ W.T + b
+    batch, g, d, gp, dp = _batch_at_k_and_fresh_decoder(clf, tr, 1.0)
+    l = _logits64(clf, batch["x"])
     s, t = np.asarray(batch["source"]), np.asarray(batch["target"])
 
     def kl_ref(x_k, others):
@@ -365,11 +373,7 @@ def test_reflect_others_sets_the_training_path(tiny_clf, mnist_small):
             for j in range(q.shape[1]):
                 if others == "mirror" and j not in (s[i], t[i]) and l[i, j] > m:
                     q[i, j] = 2 * m - l[i, j]
-        lk = TINY.cls_temperature * q
-        lg = np.asarray(jax.vmap(clf.features)(x_k), np.float64) @ W.T + b
-        lk, lg = lk - lk.max(-1, keepdims=True), lg - lg.max(-1, keepdims=True)
-        pk = np.exp(lk) / np.exp(lk).sum(-1, keepdims=True)
-        return np.mean(np.sum(pk * (np.log(pk + 1e-300) - (lg - np.log(np.exp(lg).sum(-1, keepdims=True)))), -1))
+        return _kl64(TINY.cls_temperature * q, _logits64(clf, x_k))
 
     vals = {}
     for others in ("keep", "mirror"):

@@ -229,8 +229,6 @@ def reflect(
 
     if solver not in SOLVERS:
         raise bad_arg("solver", repr(solver), f"one of {SOLVERS}")
-    if others not in OTHERS:
-        raise bad_arg("others", repr(others), f"one of {OTHERS}")
     F, W, b = jnp.asarray(feature_map_F), jnp.asarray(W), jnp.asarray(b)
     _check_reflect_args(F, W, source, target)
     w_m, b_m = mirror_plane(W, b, source, target)
