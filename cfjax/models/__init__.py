@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from cfjax.models.classifier import Classifier, head_weights
 from cfjax.models.heads import LatentHead
+from cfjax.models.resnet import ResNet
 from cfjax.models.vae import VAE
 
 
@@ -53,17 +54,23 @@ def _single(module, params, method):
     return f
 
 
-def bind_classifier(module: Classifier, params) -> ClassifierFns:
-    """Plain callables for one example from a :class:`Classifier` and its params."""
+def bind_classifier(module: Classifier | ResNet, params) -> ClassifierFns:
+    """Plain callables for one example from a GAP classifier module and its params.
+
+    Any Flax module with the :class:`Classifier` methods (``feature_maps``, ``feature_map``,
+    ``features``, ``head``, ``__call__``) and a ``Dense`` named ``head`` works: ``Classifier``,
+    :class:`ResNet`, a user's module. The methods are looked up on the module's own class.
+    """
     W, b = head_weights(params)
+    cls = type(module)
 
     def feature_maps(x):
-        return [m[0] for m in module.apply(params, x[None], method=Classifier.feature_maps)]
+        return [m[0] for m in module.apply(params, x[None], method=cls.feature_maps)]
 
     return ClassifierFns(
-        logits=_single(module, params, Classifier.__call__),
-        features=_single(module, params, Classifier.features),
-        feature_map=_single(module, params, Classifier.feature_map),
+        logits=_single(module, params, cls.__call__),
+        features=_single(module, params, cls.features),
+        feature_map=_single(module, params, cls.feature_map),
         feature_maps=feature_maps,
         head=lambda z: W @ z + b,
         W=W,
@@ -83,4 +90,4 @@ def bind_vae(module: VAE, params) -> VAEFns:
     return VAEFns(encode=encode, decode=_single(module, params, VAE.decode), encode_logvar=encode_logvar)
 
 
-__all__ = ["Classifier", "VAE", "LatentHead", "ClassifierFns", "VAEFns", "bind_classifier", "bind_vae", "head_weights"]
+__all__ = ["Classifier", "ResNet", "VAE", "LatentHead", "ClassifierFns", "VAEFns", "bind_classifier", "bind_vae", "head_weights"]
