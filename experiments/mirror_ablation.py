@@ -66,6 +66,7 @@ def main(argv=None) -> dict:
     p.add_argument("--figures", action="store_true", help="per-pair transition strips and confidence curves in the report")
     p.add_argument("--warm-start", default=None, help="continue this shorter decoder run (same options, fewer steps)")
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--train-only", action="store_true", help="train (or reuse) the classifier and the decoder, write OUT/train.json, no evaluation")
     a = p.parse_args(argv)
     pairs = MIRROR_PAIRS[a.data] if a.data in MIRROR_PAIRS else None
     base = MirrorJobConfig.smoke() if a.smoke else MirrorJobConfig()
@@ -89,6 +90,12 @@ def main(argv=None) -> dict:
     out = Path(a.out)
     models_dir = Path(a.models_dir) if a.models_dir else out.parent / "models"
     t0 = time.perf_counter()
+    if a.train_only:
+        from cfjax.jobs.mirror import train_decoder
+
+        rec = train_decoder(a.data, out, cfg, models_dir=models_dir)
+        atomic_write_json(out / "train.json", {**rec, "total_s": time.perf_counter() - t0, "options": over, "steps": a.steps})
+        return rec
     s = run_mirror_global(a.data, out, config=cfg, pairs=pairs, models_dir=models_dir)
     keys = ("validity", "validity_k1", "denoised_validity", "denoised_validity_k1", "oracle_validity", "oracle_validity_k1", "l1",
             "l1_pm1", "first_cf_k_mean", "converged_rate", "n_counterfactuals")

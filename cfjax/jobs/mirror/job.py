@@ -1,0 +1,311 @@
+"""Mirror-CFE as a :class:`~cfjax.jobs.skeleton.Method` (:class:`MirrorJob`): one class pair
+(``cfjax explain mirror``) or many pairs in ONE streamed, sharded, resumable pass
+(``cfjax global mirror``), and the entry points that run it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cfjax import checkpoint as ckpt
+from cfjax import parallel
+from cfjax._checks import parse_pairs
+from cfjax.errors import bad_arg
+from cfjax.eval import metrics
+from cfjax.jobs import report
+from cfjax.jobs.mirror.config import MIRROR_PAIRS, MirrorJobConfig, resolve_decoder_pairs
+from cfjax.jobs.mirror.figures import global_figures, pair_figures
+from cfjax.jobs.mirror.models import (MirrorModels, _inception, _lpips_fn, decoder_dir, get_decoder, load_models, load_oracle,
+                                      real_target_ceilings)
+from cfjax.jobs.mirror.rows import BACKBONE_LABEL, PER_EXAMPLE, classifier_backbone, mirror_evaluators, mirror_rows, rows_options
+from cfjax.jobs.skeleton import Context, Pass, PassResult, batched_predict, global_chunk, run_job
+from cfjax.methods import mirror as mr
+from cfjax.models import bind_classifier
+
+
+class MirrorJob:
+    """Mirror-CFE as a :class:`~cfjax.jobs.skeleton.Method`: one pair (``pairs=((s, t),)``,
+    ``per_pair=True``) or many in one pass (``per_pair=False``)."""
+
+    def __init__(self, pairs, *, per_pair: bool, models_dir=None, pairs_arg: str = "pairs"):
+        self.pairs_spec, self.per_pair, self.models_dir, self.pairs_arg = pairs, per_pair, models_dir, pairs_arg
+
+    def pairs(self, dataset: str, K: int) -> tuple:
+        p = self.pairs_spec
+        if p is None:
+            p = MIRROR_PAIRS.get(dataset, "all")
+        if p == "all":
+            return tuple((s, t) for s in range(K) for t in range(K) if s != t)
+        return parse_pairs(p, K, name=self.pairs_arg)
+
+    def validate(self, dataset: str, cfg: MirrorJobConfig) -> None:
+        from cfjax.data import class_names
+
+        if not isinstance(cfg, MirrorJobConfig):
+            raise bad_arg("config", type(cfg).__name__, "a MirrorJobConfig")
+        cfg.validate()
+        K = len(class_names(dataset))
+        if K < 2:
+            raise bad_arg("data", repr(dataset), "a classification dataset (mnist5k, mnist, fashion_mnist)")
+        if self.per_pair:
+            (s, t), = self.pairs_spec
+            for name, v in (("source", s), ("target", t)):
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < K:
+                    raise bad_arg(name, repr(v), f"a class index in [0, {K - 1}] of {dataset}")
+            if s == t:
+                raise bad_arg("target", f"{t} (== source)", "a class different from the source")
+        else:
+            pairs = self.pairs(dataset, K)
+            if cfg.decoder.pairs is not None:
+                missing = sorted(set(pairs) - {tuple(p) for p in cfg.decoder.pairs})
+                if missing:
+                    raise bad_arg("config.decoder.pairs", cfg.decoder.pairs, f"None (one decoder for all pairs) or pairs covering every explained pair (missing {missing})")
+        if cfg.decoder.pairs is not None:
+            parse_pairs(cfg.decoder.pairs, K, name="decoder pairs")
+
+    def checkpoint_every(self, cfg: MirrorJobConfig) -> int:
+        return cfg.checkpoint_every
+
+    def load(self, ctx: Context) -> MirrorModels:
+        cfg = ctx.config
+        models_dir = Path(self.models_dir) if self.models_dir is not None else ctx.out / "models"
+        prog = ctx.progress and ctx.lead
+        train, test, clf_t, bb_t, root = load_models(ctx.dataset, models_dir, cfg, data_dir=ctx.data_dir, progress=prog)
+        dec, dec_s = get_decoder(clf_t, train, test, root, cfg.decoder, prog, cfg.decoder_warm_start)
+        preds = batched_predict(jax.jit(lambda x: jnp.argmax(clf_t.module.apply(clf_t.params, x), -1)), test.images)
+        oracle = load_oracle(train, test, root, cfg, prog) if cfg.oracle else None
+        return MirrorModels(train, test, clf_t, bb_t, dec, dec_s, preds, oracle)
+
+    def parts(self, ctx: Context, models: MirrorModels):
+        """The bound classifier, single-example decoder, backbone and k grid."""
+        clf = bind_classifier(models.classifier.module, models.classifier.params)
+        decode = mr.bind_mirror_decoder(models.decoder.module, models.decoder.params, clf.W, ctx.config.decoder.rho_l, ctx.config.decoder.rho_u)
+        backbone = classifier_backbone(models.backbone.module, models.backbone.params)
+        ks = np.asarray(mr.default_k_grid(ctx.config.k_step), np.float32)
+        return clf, decode, backbone, ks
+
+    def rows(self, ctx: Context, models: MirrorModels):
+        """``(image index, source, target)`` of every row, and the selection rule."""
+        cfg, test = ctx.config, models.test
+        labels, preds = np.asarray(test.labels), models.preds
+        pairs = self.pairs(ctx.dataset, test.num_classes)
+        if self.per_pair:
+            (s, t), = pairs
+            sel = np.flatnonzero((labels == s) & (preds == s))
+            selection = "label == source and prediction == source"
+            if len(sel) == 0:
+                sel = np.flatnonzero(labels == s)
+                selection = "label == source (the classifier predicts no test image of the source class correctly)"
+            if len(sel) == 0:
+                raise bad_arg("source", s, f"a class with test images in {ctx.dataset} (data_limit={cfg.data_limit})")
+            sel = sel[: cfg.limit] if cfg.limit is not None else sel
+            return sel, np.full(len(sel), s, np.int32), np.full(len(sel), t, np.int32), selection
+        n_img = len(test) if cfg.limit is None else min(cfg.limit, len(test))
+        labels, preds = labels[:n_img], preds[:n_img]
+        # per source class, as the per-pair job selects: the images the classifier gets right, or
+        # (an untrained/smoke classifier that gets none of that class right) all its images
+        fallback = sorted({s for s, _ in pairs if not np.any((labels == s) & (preds == s))})
+        keep = (labels == preds) | np.isin(labels, fallback)
+        selection = "label == source and prediction == source" + (f"; label == source only for classes {fallback}" if fallback else "")
+        rows = [(i, s, t) for i in np.flatnonzero(keep) for s, t in pairs if labels[i] == s]  # image-major
+        if not rows:
+            raise bad_arg("pairs", pairs, f"pairs whose source class has test images in {ctx.dataset} (limit={cfg.limit})")
+        idx, src, tgt = (np.asarray(c) for c in zip(*rows))
+        return idx, src.astype(np.int32), tgt.astype(np.int32), selection
+
+    def passes(self, ctx: Context, models: MirrorModels) -> list:
+        cfg, test = ctx.config, models.test
+        clf, decode, backbone, ks = self.parts(ctx, models)
+        idx, src, tgt, _ = self.rows(ctx, models)
+        data = {"x": parallel.Rows(test.images, idx), "source": src, "target": tgt}  # all rows: the skeleton takes this shard's/process's part
+        d = int(np.asarray(backbone.features(jnp.asarray(test.images[:1]))).shape[-1])
+        job = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("figures", "n_figure_examples", "figure_pairs", "checkpoint_every")}
+        run_cfg = {"method": "mirror", "dataset": ctx.dataset, "pairs": [list(p) for p in self.pairs(ctx.dataset, test.num_classes)], "job": job,
+                   "clf": ckpt.tree_digest(models.classifier.params), "decoder": ckpt.tree_digest(models.decoder.params), "n": len(idx)}
+
+        orc = models.oracle
+        oracle_logits = None if orc is None else (lambda x: orc.module.apply(orc.params, x))
+        lpips_fn = _lpips_fn(cfg)
+        inc = _inception(cfg)
+        fid_features = None if inc is None else inc.features
+
+        def rows_fn(batch, mask):
+            return mirror_rows(clf, decode, backbone, batch["x"], batch["source"], batch["target"], mask, ks=ks, oracle_logits=oracle_logits, lpips_fn=lpips_fn,
+                               fid_features=fid_features, max_decode=cfg.max_decode, **rows_options(cfg))
+
+        desc = f"mirror {src[0]}->{tgt[0]}" if self.per_pair else "mirror (all pairs)"
+        return [Pass("mirror", rows_fn, mirror_evaluators(test.num_classes, test.class_names, len(ks), d, oracle=orc is not None, lpips_alex=lpips_fn is not None,
+                                       inception=inc is not None), data,
+                     global_chunk(cfg.chunk_size, len(idx)), run_cfg, outputs=PER_EXAMPLE, desc=desc)]
+
+    def summarize(self, ctx: Context, models: MirrorModels, results: dict[str, PassResult]) -> dict:
+        cfg, test = ctx.config, models.test
+        r = results["mirror"]
+        res = dict(r.fields)
+        idx, src, tgt, selection = self.rows(ctx, models)
+        ks = np.asarray(mr.default_k_grid(cfg.k_step), np.float32)
+        res["curves"] = {"k": [float(k) for k in ks], **res["curves"]}
+        cf_m = res.pop("fid")
+        inc_m = res.pop("fid_inception", None)
+        res["l1_pm1"] = 2.0 * res["l1"]  # L1 of images on [-1, 1] (the paper's tanh decoder, C3LT's proximity scale)
+        if models.oracle is not None:
+            res["oracle_accuracy"] = models.oracle.metrics.get("accuracy")
+        if not self.per_pair:
+            res.pop("curves")
+            res.pop("residual_histogram")
+            return {
+                "method": "mirror", "dataset": ctx.dataset, "pairs_requested": [list(p) for p in self.pairs(ctx.dataset, test.num_classes)],
+                "n_examples": int(len(np.unique(idx))), "selection": selection, "n_devices": jax.device_count(),
+                "n_processes": jax.process_count(), **res, "wall_s": r.wall_s,
+                "cf_per_s": None if r.resumed else res["n_counterfactuals"] / r.wall_s, "resumed": r.resumed,
+                "solver": cfg.solver, "maxiter": cfg.maxiter, "chunk_size": global_chunk(cfg.chunk_size, len(idx)),
+                "classifier_accuracy": models.classifier.metrics.get("accuracy"), "decoder_load_or_train_s": models.decoder_wall_s,
+                "real_target_ceiling": real_target_ceilings(test, models.classifier, models.oracle, sorted({int(v) for v in tgt}), cfg.blur_sigma),
+                "backend": jax.default_backend(), "total_wall_s": None,
+            }
+        s, t = int(src[0]), int(tgt[0])
+        clf, _, backbone, _ = self.parts(ctx, models)
+        # FID: counterfactuals vs real target-class test images (backbone features)
+        real = test.images[test.labels == t]
+        real_m = metrics.fid_moments_init(int(cf_m.sum.shape[0]), jnp.float32)
+        fb = jax.jit(backbone.features)
+        for i in range(0, len(real), 500):
+            real_m = metrics.fid_moments_update(real_m, fb(jnp.asarray(real[i : i + 500])))
+        fid = metrics.fid_from_moments(cf_m, real_m) if float(cf_m.n) >= 2 and float(real_m.n) >= 2 else float("nan")
+        ceil = real_target_ceilings(test, models.classifier, models.oracle, (t,), cfg.blur_sigma)[test.class_names[t]]
+        real_dval = ceil["denoised_validity"]
+        res["denoised_validity_real_target_given_valid"] = ceil["denoised_validity_given_valid"]
+        if "oracle_validity" in ceil:
+            res["oracle_validity_real_target"] = ceil["oracle_validity"]
+        if inc_m is not None:
+            from cfjax.eval.inception import inception_features
+
+            real_inc = metrics.fid_moments_update(metrics.fid_moments_init(2048, jnp.float32), jnp.asarray(inception_features(_inception(cfg), real)))
+            ok = float(inc_m.n) >= 2 and float(real_inc.n) >= 2
+            res["fid_inception"] = metrics.fid_from_moments(inc_m, real_inc) if ok else float("nan")
+            res["fid_inception_weights"] = cfg.inception_weights
+        names = test.class_names
+        dec = models.decoder
+        res.pop("pairs")
+        res.pop("residual_histogram")
+        res.pop("pair_curves")
+        return {
+            "method": "mirror", "dataset": ctx.dataset, "source": s, "target": t, "pair": f"{names[s]}->{names[t]}",
+            "n_examples": int(len(idx)), "selection": selection, "n_devices": jax.device_count(), **res, "wall_s": r.wall_s,
+            "cf_per_s": res["n_counterfactuals"] / r.wall_s if r.wall_s > 0 else float("nan"),
+            "denoised_validity_real_target": real_dval, "fid_domain": fid, "fid_n": [int(float(cf_m.n)), int(float(real_m.n))],
+            "perceptual_backbone": BACKBONE_LABEL, "solver": cfg.solver, "maxiter": cfg.maxiter, "tol": cfg.tol,
+            "k_grid": {"step": cfg.k_step, "first_cf_search": "k > 0.5", "cf_threshold": cfg.cf_threshold}, "compose": cfg.compose,
+            "csp_rho": {"rho_l": cfg.decoder.rho_l, "rho_u": cfg.decoder.rho_u},
+            "decoder": {
+                "pairs": "all ordered pairs (one decoder per dataset)" if cfg.decoder.pairs is None else [list(p) for p in cfg.decoder.pairs],
+                "steps": cfg.decoder.steps, "batch_size": cfg.decoder.batch_size, "train_solver": cfg.decoder.train_solver,
+                "loss_weights": {k: getattr(cfg.decoder, f"w_{k}") for k in ("cls", "adv", "rec", "fea", "tri")},
+                "train_s": dec.metrics.get("train_s"), "load_or_train_s": models.decoder_wall_s,
+                **{k: v for k, v in dec.metrics.items() if k != "train_s"},
+            },
+            "classifier_accuracy": models.classifier.metrics.get("accuracy"), "backbone_accuracy": models.backbone.metrics.get("accuracy"),
+            "backbone_epochs": models.backbone.config.get("train", {}).get("epochs"), "total_wall_s": None,
+        }
+
+    def figures(self, ctx: Context, models: MirrorModels, summary: dict) -> list:
+        if not ctx.config.figures:
+            return []
+        if not self.per_pair:
+            clf, decode, backbone, ks = self.parts(ctx, models)
+            idx, src, tgt, _ = self.rows(ctx, models)
+            return global_figures(ctx.out, models.test, clf, decode, backbone, ks, ctx.config, (idx, src, tgt), summary)
+        clf, decode, backbone, ks = self.parts(ctx, models)
+        idx, src, tgt, _ = self.rows(ctx, models)
+        n = min(ctx.config.n_figure_examples, len(idx))
+        data = {"x": models.test.images[idx[:n]], "source": src[:n], "target": tgt[:n]}
+        return pair_figures(ctx.out, models.test, models.preds, clf, decode, backbone, ks, ctx.config, data, summary, models.decoder.history, ctx.dataset)
+
+    def headline(self, ctx: Context, summary: dict) -> list:
+        rate = summary.get("cf_per_s")
+        pair = [("pair", summary["pair"])] if self.per_pair else [("pairs", len(summary.get("pairs_requested") or ()))]
+        extra = [("D.Val of real targets", summary.get("denoised_validity_real_target")),
+                 ("D.Val of real targets the classifier recognises", summary.get("denoised_validity_real_target_given_valid")),
+                 ("FID (domain backbone)", summary.get("fid_domain")), ("FID (Inception-v3)", summary.get("fid_inception"))] if self.per_pair else []
+        return [
+            ("method", "Mirror-CFE"), ("data", summary["dataset"]), *pair, ("classifier accuracy", summary.get("classifier_accuracy")),
+            ("counterfactuals", summary["n_counterfactuals"]), ("validity", summary["validity"]),
+            ("denoised validity", summary.get("denoised_validity")), ("oracle validity", summary.get("oracle_validity")),
+            ("L1 [0,1]", summary.get("l1")), ("LPIPS (AlexNet)", summary.get("lpips_alex")), ("first CF k (mean)", summary.get("first_cf_k_mean")),
+            ("converged", summary.get("converged_rate")), *extra, ("throughput", f"{report.fmt_number(rate)} cf/s" if rate else None),
+        ]
+
+    def title(self, ctx: Context, summary: dict) -> str:
+        if self.per_pair:
+            return f"Mirror-CFE on {ctx.dataset}: {summary['pair']}"
+        return f"Mirror-CFE on {ctx.dataset}: {len(summary['pairs_requested'])} pairs in one pass"
+
+
+
+def run_mirror_explanation(dataset: str, out_dir, *, source: int, target: int, config: MirrorJobConfig | None = None, models_dir=None,
+                           data_dir=None, progress: bool = True) -> dict:
+    """Mirror-CFE for every test image of class ``source`` that the classifier predicts as
+    ``source``, towards ``target``; writes ``summary.json``, figures and ``report.html`` to
+    ``out_dir`` and returns the summary."""
+    cfg = resolve_decoder_pairs(config or MirrorJobConfig(), dataset, ((source, target),))
+    s = run_job(MirrorJob(((source, target),), per_pair=True, models_dir=models_dir), dataset, out_dir, cfg, data_dir=data_dir, progress=progress)
+    if progress and jax.process_index() == 0:
+        print(f"mirror {s['pair']}: validity {s['validity']:.3f}, denoised {s['denoised_validity']:.3f}, L1 {s['l1']:.3f}, "
+              f"first k {s['first_cf_k_mean']:.3f}, converged {s['converged_rate']:.3f}, {s['cf_per_s']:.1f} cf/s; "
+              f"report: {Path(out_dir) / 'report.html'}")
+    return s
+
+
+def run_mirror_global(dataset: str, out_dir, *, config: MirrorJobConfig | None = None, pairs=None, models_dir=None, data_dir=None,
+                      progress: bool = True, pairs_arg: str = "pairs", shard: tuple[int, int] | None = None, merge=None,
+                      shard_meta: dict | None = None) -> dict:
+    """Mirror-CFE over many class pairs in one pass: every test image the classifier gets right,
+    towards every target of its class's listed pairs, streamed through ONE compiled, sharded,
+    resumable step; multi-host after :func:`cfjax.parallel.initialize_distributed` (each
+    process takes its slice of the rows, process 0 writes). Uses the dataset's single decoder.
+
+    Args:
+      pairs: ``None`` (the paper's pairs for the dataset, else all), ``"all"``, ``"S,T;S,T"`` or
+        a sequence of ``(source, target)``.
+      shard, merge, shard_meta: compute one shard ``(i, n)`` of the rows (returns the shard
+        record), or merge the shards' folders into the summary (:func:`cfjax.jobs.skeleton.run_job`).
+
+    FID is per target class and is left to the per-pair job.
+    """
+    cfg = config or MirrorJobConfig()
+    if cfg.decoder.pairs is None and cfg.decoder_pairs == "auto":
+        from cfjax.data import class_names
+
+        explained = MirrorJob(pairs, per_pair=False, pairs_arg=pairs_arg).pairs(dataset, len(class_names(dataset)))
+        cfg = resolve_decoder_pairs(cfg, dataset, explained)
+    s = run_job(MirrorJob(pairs, per_pair=False, models_dir=models_dir, pairs_arg=pairs_arg), dataset, out_dir, cfg, data_dir=data_dir,
+                progress=progress, shard=shard, merge=merge, shard_meta=shard_meta)
+    if shard is not None:
+        return s
+    if progress and jax.process_index() == 0:
+        rate = "resumed" if s["resumed"] else f"{s['cf_per_s']:.1f} cf/s"
+        print(f"mirror global ({len(s['pairs_requested'])} pairs, {s['n_counterfactuals']} rows): validity {s['validity']:.3f}, "
+              f"denoised {s['denoised_validity']:.3f}, L1 {s['l1']:.3f}, {rate}; report: {Path(out_dir) / 'report.html'}")
+    return s
+
+
+def train_decoder(dataset: str, out_dir, config: MirrorJobConfig, *, models_dir=None, data_dir=None, progress: bool = True) -> dict:
+    """Train (or reuse) the Mirror-CFE decoder of ``dataset`` (``cfjax train mirror-decoder``)."""
+    from cfjax.io import check_writable_dir
+
+    MirrorJob(None, per_pair=False).validate(dataset, dataclasses.replace(config, decoder=dataclasses.replace(config.decoder, pairs=None)))
+    if config.decoder.pairs is None and config.decoder_pairs == "auto" and dataset in MIRROR_PAIRS:
+        config = dataclasses.replace(config, decoder=dataclasses.replace(config.decoder, pairs=tuple(MIRROR_PAIRS[dataset])))
+    if config.decoder.pairs is not None:
+        from cfjax.data import class_names
+
+        parse_pairs(config.decoder.pairs, len(class_names(dataset)), name="--pair")
+    out = check_writable_dir(out_dir, "out")
+    models_dir = Path(models_dir) if models_dir else out / "models"
+    train, test, clf_t, _, root = load_models(dataset, models_dir, config, data_dir=data_dir, progress=progress, backbone=False)
+    d, s_ = get_decoder(clf_t, train, test, root, config.decoder, progress, config.decoder_warm_start)
+    return {"data": dataset, "decoder_dir": str(decoder_dir(root, config.decoder)), "wall_s": round(s_, 1), **d.metrics}

@@ -1,0 +1,139 @@
+"""The Mirror-CFE job's models: data and classifier (+ domain backbone), the oracle, the decoder
+(cached under ``<models_dir>/<dataset>/`` by a digest of its config), the optional LPIPS(AlexNet)
+and Inception-v3 judges, and the real-image ceilings of the metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cfjax import checkpoint as ckpt
+from cfjax.eval import metrics
+from cfjax.jobs.mirror.config import MirrorJobConfig
+from cfjax.jobs.skeleton import batched_predict
+from cfjax.models import bind_classifier
+from cfjax.training import loop as ct
+from cfjax.training import mirror_decoder as md
+from cfjax.training import zoo
+
+
+def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None, progress: bool = True, backbone: bool = True):
+    """Data, the classifier (same cache as :func:`cfjax.training.zoo.get_models`, no VAE) and the
+    domain backbone (same architecture and schedule, ``seed = cfg.backbone_seed``; ``None`` with
+    ``backbone=False``)."""
+    from cfjax import data as cdata
+
+    zc = cfg.models or zoo.defaults_for(dataset)
+    if cfg.classifier_augment_blur:
+        zc = dataclasses.replace(zc, classifier_train=dataclasses.replace(zc.classifier_train, augment_blur=cfg.classifier_augment_blur))
+    train = cdata.load(dataset, "train", data_dir=data_dir, limit=cfg.data_limit)
+    test = cdata.load(dataset, "test", data_dir=data_dir, limit=cfg.data_limit)
+    root = Path(models_dir) / dataset
+    clf_cfg = dataclasses.replace(zc.classifier, num_classes=train.num_classes)
+    clf = ct.load_or_train_classifier(train, test, clf_cfg, zc.classifier_train, root / "classifier", progress)
+    bb_train = dataclasses.replace(zc.classifier_train, seed=cfg.backbone_seed)
+    if cfg.backbone_epochs is not None:
+        bb_train = dataclasses.replace(bb_train, epochs=cfg.backbone_epochs)
+    bb = ct.load_or_train_classifier(train, test, clf_cfg, bb_train, root / "domain_backbone", progress) if backbone else None
+    return train, test, clf, bb, root
+
+
+def load_oracle(train, test, root: Path, cfg: MirrorJobConfig, progress: bool = True) -> ct.Trained:
+    """The oracle: an independently trained classifier (``cfg.oracle_widths``, seed
+    ``cfg.oracle_seed``, no blur or flip augmentation), cached under ``root/oracle_classifier``."""
+    zc = cfg.models or zoo.defaults_for(train.name)
+    tcfg = dataclasses.replace(zc.classifier_train, seed=cfg.oracle_seed, augment_blur=0.0, augment_flip=False)
+    if cfg.oracle_epochs is not None:
+        tcfg = dataclasses.replace(tcfg, epochs=cfg.oracle_epochs)
+    mcfg = ct.ClassifierConfig(num_classes=train.num_classes, widths=tuple(cfg.oracle_widths), convs_per_block=cfg.oracle_convs_per_block)
+    return ct.load_or_train_classifier(train, test, mcfg, tcfg, root / "oracle_classifier", progress)
+
+
+def decoder_dir(root: Path, dcfg: md.MirrorDecoderConfig) -> Path:
+    """``root/mirror_decoder-<hash>`` (all pairs) or ``root/mirror_decoder_<s>-<t>_...-<hash>``
+    (restricted); ``<hash>`` is a digest of the whole decoder config, so decoders of different
+    configs (ablations) live side by side and a resumed training finds its own ``last``."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(dcfg.as_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    if dcfg.pairs is None:
+        return root / f"mirror_decoder-{h}"
+    return root / ("mirror_decoder_" + "_".join(f"{s}-{t}" for s, t in dcfg.pairs) + f"-{h}")
+
+
+def get_decoder(clf_trained, train, test, root: Path, dcfg: md.MirrorDecoderConfig, progress: bool = True, warm_start=None):
+    """Train (or reuse) the decoder for ``clf_trained``: ``(DecoderTrained, seconds)``
+    (``warm_start``: :attr:`MirrorJobConfig.decoder_warm_start`)."""
+    clf = bind_classifier(clf_trained.module, clf_trained.params)
+    digest = ckpt.tree_digest(clf_trained.params)
+    t0 = time.perf_counter()
+    dec = md.load_or_train_mirror_decoder(clf, train, dcfg, test=test, workdir=decoder_dir(root, dcfg), classifier_digest=digest, progress=progress,
+                                          warm_start=warm_start)
+    return dec, time.perf_counter() - t0
+
+
+def _inception(cfg):
+    """The FID Inception-v3 from ``cfg.inception_weights`` (None when not given)."""
+    if cfg.inception_weights is None:
+        return None
+    from cfjax.eval.inception import load_inception
+
+    return load_inception(cfg.inception_weights)
+
+
+def _lpips_fn(cfg) -> Callable | None:
+    """Batched LPIPS(AlexNet) ``(x, y) -> [n]`` when ``cfg.lpips_alex`` (weights checked), else None."""
+    if not cfg.lpips_alex:
+        return None
+    from cfjax.eval.lpips import load_lpips_alex, lpips_distance
+
+    lp = load_lpips_alex(cfg.lpips_weights)
+    return lambda x, y: lpips_distance(lp.params, x, y)
+
+
+class MirrorModels(NamedTuple):
+    """What :meth:`MirrorJob.load` returns."""
+
+    train: object
+    test: object
+    classifier: ct.Trained
+    backbone: ct.Trained
+    decoder: md.DecoderTrained
+    decoder_wall_s: float
+    preds: np.ndarray
+    """The classifier's predictions on the test split."""
+    oracle: ct.Trained | None = None
+
+
+def real_target_ceilings(test, classifier: ct.Trained, oracle: ct.Trained | None, targets, blur_sigma: float = 1.0) -> dict:
+    """What REAL test images of each target class score on the counterfactual metrics, i.e. their
+    ceilings: ``{class name: {"denoised_validity": fraction the classifier still calls the class
+    after the sigma-``blur_sigma`` blur, "oracle_validity": fraction the oracle calls the class
+    (when given), "n": images}}``. A classifier that is not blur-robust caps denoised validity
+    below 1 for counterfactuals too; a weak oracle caps oracle validity."""
+    names = test.class_names
+    fclean = jax.jit(lambda x: jnp.argmax(classifier.module.apply(classifier.params, x), -1))
+    fblur = jax.jit(lambda x: jnp.argmax(classifier.module.apply(classifier.params, metrics.gaussian_blur(x, blur_sigma)), -1))
+    fo = jax.jit(lambda x: jnp.argmax(oracle.module.apply(oracle.params, x), -1)) if oracle is not None else None
+    out = {}
+    for t in targets:
+        real = test.images[test.labels == t]
+        row = {"n": int(len(real))}
+        if len(real):
+            clean, blur = batched_predict(fclean, real) == t, batched_predict(fblur, real) == t
+            row.update(validity=float(np.mean(clean)), denoised_validity=float(np.mean(blur)),
+                       denoised_validity_given_valid=float(np.mean(blur[clean])) if clean.any() else float("nan"))
+        else:
+            row.update(validity=float("nan"), denoised_validity=float("nan"), denoised_validity_given_valid=float("nan"))
+        if fo is not None:
+            row["oracle_validity"] = float(np.mean(batched_predict(fo, real) == t)) if len(real) else float("nan")
+        out[names[int(t)]] = row
+    return out
+

@@ -1,0 +1,198 @@
+"""The Mirror-CFE job's per-chunk step: :func:`mirror_rows` (``jax.vmap`` of :func:`cfjax.mirror_cfe`
+plus per-example metric rows), how a chunk is sliced to bound memory, and the evaluator set whose
+sums the streamed pass accumulates (:func:`mirror_evaluators`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from cfjax.eval import evaluators as E
+from cfjax.eval import metrics
+from cfjax.methods import mirror as mr
+from cfjax.models import Classifier
+
+if TYPE_CHECKING:
+    from cfjax.jobs.mirror.config import MirrorJobConfig
+
+BACKBONE_LABEL = "domain backbone, not ImageNet (in-project GAP-CNN, seed 1)"
+
+
+class Backbone(NamedTuple):
+    """Batched feature functions of the LPIPS/FID backbone: ``feature_maps(x) -> [maps]``,
+    ``features(x) -> [n, D]``; ``label`` names it in the outputs."""
+
+    feature_maps: Callable
+    features: Callable
+    label: str
+
+
+def classifier_backbone(module, params, label: str = BACKBONE_LABEL) -> Backbone:
+    """A :class:`Backbone` from a GAP-CNN (every block's map for LPIPS, the GAP vector for FID)."""
+    return Backbone(
+        lambda x: module.apply(params, x, method=Classifier.feature_maps),
+        lambda x: module.apply(params, x, method=Classifier.features),
+        label,
+    )
+
+
+
+def mirror_rows(
+    clf,
+    decode: Callable,
+    backbone: Backbone,
+    x,
+    source,
+    target,
+    mask,
+    *,
+    ks,
+    solver: str = "jaxopt",
+    maxiter: int = 100,
+    tol: float = 1e-5,
+    blur_sigma: float = 1.0,
+    oracle_logits: Callable | None = None,
+    lpips_fn: Callable | None = None,
+    fid_features: Callable | None = None,
+    max_decode: int | None = None,
+    return_images: bool = False,
+    compose: str = "decoded",
+    threshold: float | None = None,
+    others: str = "keep",
+) -> dict:
+    """:func:`cfjax.mirror_cfe` on a batch (vmapped) and its per-example metric rows (pure).
+
+    Args:
+      clf: :class:`cfjax.models.ClassifierFns` (single-example ``feature_maps``/``features``/
+        ``logits`` and the head ``W``, ``b``).
+      decode: single-example ``(F_k, skips, source, target, k) -> x`` (see
+        :func:`cfjax.bind_mirror_decoder`).
+      backbone: LPIPS/FID feature functions (batched).
+      x: [n, H, W, c] source images; source, target: [n] int; mask: [n] bool (padding off).
+      ks: the transition grid [m] (static shape; ``ks[0] = 0``).
+      oracle_logits: optional batched ``x [n, H, W, c] -> [n, K]`` of an independent classifier
+        (rows ``oracle_ok``, ``oracle_k1``).
+      lpips_fn: optional batched ``(x, y) -> [n]`` paper-standard LPIPS(AlexNet)
+        (:func:`cfjax.eval.lpips.lpips_distance`): row ``lpips_alex`` (source vs counterfactual).
+      fid_features: optional batched ``x -> [n, 2048]`` (Inception-v3 pool3): row ``fid_feats``.
+      max_decode: bound on the images decoded at once: the batch runs as ``S`` sequential
+        slices of ``n / S`` examples (``lax.map``; ``S`` the smallest divisor of ``n`` with
+        ``(n / S) * m <= max_decode``), so peak memory follows this value, not ``n * m``.
+        ``None``: the whole batch at once.
+      compose: how each path image is formed (:func:`cfjax.mirror_cfe`): ``"decoded"`` (the
+        paper) or ``"residual"`` (the source plus the decoder's change since ``k = 0``).
+      threshold: the first counterfactual's rule (:func:`cfjax.methods.mirror.first_counterfactual`;
+        None: the paper's argmax rule).
+      others: the reflection's treatment of third classes (:func:`cfjax.methods.mirror.reflection_target`;
+        the decoder's ``reflect_others``).
+
+    Returns:
+      rows ``[n, ...]``: ``source, target, w, ok, k_cf, index, found, status, iterations,
+      converged, residual, p_lin [n, m], p_dec [n, m], target_prob, valid_path [n, m], l1, l2,
+      latent_l2, dval, lpips, faith_mean, faith_cf, pgap_mean, pgap_cf, rec_l1, l1_vs_rec,
+      valid_k1, dval_k1, feats`` (+ ``oracle_ok``, ``oracle_k1``; + ``x_k`` [n, m, H, W, c] and
+      ``x_cf`` with ``return_images``).
+    """
+    W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
+    ks = jnp.asarray(ks, jnp.float32)
+    run = jax.vmap(lambda xi, s, t: mr.mirror_cfe(clf.feature_maps, W, b, decode, xi, s, t, ks=ks, solver=solver, maxiter=maxiter, tol=tol,
+                                                     compose=compose, threshold=threshold, others=others))
+    n = x.shape[0]
+    S = decode_slices(n, int(ks.shape[0]), max_decode)
+    if S == 1:
+        r = run(x, source, target)
+    else:  # [n, ...] -> [S, n/S, ...]: the scanned axis is unsharded, each slice spans every device
+        split = lambda a: jnp.moveaxis(a.reshape(n // S, S, *a.shape[1:]), 1, 0)  # noqa: E731
+        r = jax.lax.map(lambda args: run(*args), (split(x), split(source), split(target)))
+        r = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1).reshape(n, *a.shape[2:]), r)
+    take = lambda a: jnp.take_along_axis(a, r.index.reshape(n, *([1] * (a.ndim - 1))), axis=1)[:, 0]  # noqa: E731
+    onehot_t = jax.nn.one_hot(target, W.shape[0])
+    p_lin = jnp.sum(jax.nn.softmax(r.logits_features) * onehot_t[:, None], -1)  # [n, m]
+    p_dec = jnp.sum(jax.nn.softmax(r.logits_path) * onehot_t[:, None], -1)
+    valid_path = (jnp.argmax(r.logits_path, -1) == target[:, None]).astype(jnp.float32)
+    faith = jnp.sum(jnp.abs(r.z_path - r.z_decoded), -1)  # [n, m]
+    pgap = jnp.abs(p_lin - p_dec)
+    z_s = jax.vmap(clf.features)(x)
+    w = mask.astype(jnp.float32)
+    rows = {
+        "source": source, "target": target, "w": w, "ok": (r.found & mask).astype(jnp.float32),
+        "k_cf": r.k_cf, "k_cf_found": jnp.where(r.found, r.k_cf, 0.0), "index": r.index, "found": r.found, "status": r.status,
+        "iterations": r.iterations, "converged": r.converged, "converged_f": r.converged.astype(jnp.float32), "residual": r.residual,
+        "p_lin": p_lin, "p_dec": p_dec, "target_prob": take(p_dec[..., None])[:, 0], "valid_path": valid_path, "valid_k1": valid_path[:, -1],
+        "l1": metrics.l1(x, r.x_cf), "l2": metrics.l2(x, r.x_cf), "latent_l2": jnp.linalg.norm(take(r.z_path) - z_s, axis=-1),
+        "dval": metrics.denoised_validity(jax.vmap(clf.logits), r.x_cf, target, blur_sigma),
+        "lpips": metrics.perceptual_distance(backbone.feature_maps, x, r.x_cf),
+        "faith_mean": faith.mean(-1), "faith_cf": take(faith[..., None])[:, 0], "pgap_mean": pgap.mean(-1), "pgap_cf": take(pgap[..., None])[:, 0],
+        "rec_l1": metrics.l1(x, r.x_path[:, 0]), "l1_vs_rec": metrics.l1(r.x_path[:, 0], r.x_cf), "feats": backbone.features(r.x_cf),
+        "dval_k1": metrics.denoised_validity(jax.vmap(clf.logits), r.x_path[:, -1], target, blur_sigma),
+    }
+    if lpips_fn is not None:
+        rows["lpips_alex"] = lpips_fn(x, r.x_cf)
+    if fid_features is not None:
+        rows["fid_feats"] = fid_features(r.x_cf)
+    if oracle_logits is not None:
+        rows["oracle_ok"] = rows["ok"] * (jnp.argmax(oracle_logits(r.x_cf), -1) == target)
+        rows["oracle_k1"] = (jnp.argmax(oracle_logits(r.x_path[:, -1]), -1) == target).astype(jnp.float32)
+    if return_images:
+        rows["x_k"] = r.x_path
+        rows["x_cf"] = r.x_cf
+    return rows
+
+
+def rows_options(cfg: MirrorJobConfig) -> dict:
+    """The :func:`mirror_rows` options a job config sets (one place for the pass and the figures)."""
+    return dict(solver=cfg.solver, maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, compose=cfg.compose, threshold=cfg.cf_threshold,
+                others=cfg.decoder.reflect_others)
+
+
+def decode_slices(n: int, m: int, max_decode: int | None) -> int:
+    """The number of sequential slices ``S`` (a divisor of ``n``) so that ``(n / S) * m <= max_decode``
+    (``S = n`` when even one example's ``m`` decodes exceed it)."""
+    if max_decode is None or n * m <= max_decode:
+        return 1
+    for S in range(2, n + 1):
+        if n % S == 0 and (n // S) * m <= max_decode:
+            return S
+    return n
+
+
+PER_EXAMPLE = ("source", "target", "k_cf", "index", "found", "status", "iterations", "converged", "residual", "p_lin", "p_dec", "target_prob")
+"""Row keys written per example (``out/per_example/mirror/chunk_*.npz``)."""
+
+
+def mirror_evaluators(num_classes: int, class_names, m: int, feature_dim: int, *, oracle: bool = False, lpips_alex: bool = False,
+                      inception: bool = False) -> list:
+    """The Mirror-CFE job's metrics (sums only; ``m`` grid points, backbone features of size
+    ``feature_dim`` for FID; ``oracle``: the rows carry ``oracle_ok``/``oracle_k1``)."""
+    extra = {"oracle_validity": ("oracle_ok", "w"), "oracle_validity_k1": ("oracle_k1", "w")} if oracle else {}
+    pair_rates = {"validity": "ok", "converged_rate": "converged_f", "validity_k1": "valid_k1", "denoised_validity_k1": "dval_k1"}
+    if oracle:
+        pair_rates["oracle_validity"] = "oracle_ok"
+        pair_rates["oracle_validity_k1"] = "oracle_k1"
+    pair_means = {"denoised_validity": ("dval", "ok"), "l1": ("l1", "ok"), "l2": ("l2", "ok"), "first_cf_k_mean": ("k_cf_found", "ok"),
+                  "target_prob_gap_at_cf": ("pgap_cf", "ok")}
+    if lpips_alex:
+        extra["lpips_alex"] = pair_means["lpips_alex"] = ("lpips_alex", "ok")
+    return [
+        E.counts("counts", {"n_counterfactuals": "w", "n_found": "ok"}),
+        E.weighted_means("means", {
+            "validity": ("ok", "w"), "validity_k1": ("valid_k1", "w"), "denoised_validity": ("dval", "ok"),
+            "converged_rate": ("converged_f", "w"), "mean_steps": ("iterations", "w"), "residual_mean": ("residual", "w"),
+            "first_cf_k_mean": ("k_cf_found", "ok"), "l1": ("l1", "ok"), "l2": ("l2", "ok"), "l1_vs_reconstruction": ("l1_vs_rec", "ok"),
+            "reconstruction_l1": ("rec_l1", "w"), "latent_l2": ("latent_l2", "ok"), "target_prob_mean": ("target_prob", "w"),
+            "lpips_domain": ("lpips", "ok"), "denoised_validity_k1": ("dval_k1", "w"), **extra,
+        }, complements={"fail_rate": "validity"}),
+        E.grouped("faithfulness", E.weighted_means("faith", {
+            "feature_l1_mean": ("faith_mean", "w"), "feature_l1_at_cf": ("faith_cf", "ok"),
+            "target_prob_gap_mean": ("pgap_mean", "w"), "target_prob_gap_at_cf": ("pgap_cf", "ok")})),
+        E.grouped("curves", E.weighted_means("curve", {
+            "p_target_logits": ("p_lin", "w"), "p_target_decoded": ("p_dec", "w"), "decoded_is_target": ("valid_path", "w")},
+            shapes={"p_target_logits": (m,), "p_target_decoded": (m,), "decoded_is_target": (m,)})),
+        E.log_histogram("residual", "residual", "w", out_max="residual_max", out="residual_histogram"),
+        E.pair_curves("pair_curves", num_classes, class_names, {"p_target_logits": "p_lin", "p_target_decoded": "p_dec"}, "w", m),
+        E.pair_table("pairs", num_classes, class_names, count="w", rates=pair_rates, means=pair_means),
+        E.fid_moments("fid", "feats", "ok", feature_dim, out="fid"),
+    ] + ([E.fid_moments("fid_inception", "fid_feats", "ok", 2048, out="fid_inception")] if inception else [])
+
