@@ -1,7 +1,15 @@
 """Data layer: datasets as host arrays (see :mod:`cfjax.data.sources`)."""
 
+from cfjax.data.medmnist import BLOODMNIST_CLASSES, medmnist_path
 from cfjax.data.sources import (
+    CELEBA_ATTRIBUTES,
     DATASETS,
+    DataSpec,
+    dataset_spec,
+    load_medmnist,
+    parse_spec,
+    read_celeba_attribute_file,
+    task_class_names,
     FASHION_CLASSES,
     FASHION_MNIST_DIR,
     Dataset,
@@ -17,6 +25,15 @@ from cfjax.data.sources import (
 )
 
 __all__ = [
+    "BLOODMNIST_CLASSES",
+    "CELEBA_ATTRIBUTES",
+    "DataSpec",
+    "dataset_spec",
+    "load_medmnist",
+    "medmnist_path",
+    "parse_spec",
+    "read_celeba_attribute_file",
+    "task_class_names",
     "DATASETS",
     "FASHION_CLASSES",
     "FASHION_MNIST_DIR",
