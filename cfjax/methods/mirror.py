@@ -50,9 +50,11 @@ import optax
 import optax.tree_utils as otu
 from jaxtyping import Array, Bool, Float, Int
 
+from cfjax.methods.mirror_checks import OTHERS
+
 SOLVERS = ("jaxopt", "optax", "exact")
-OTHERS = ("keep", "mirror")
-"""What the reflection does to the logits of the classes other than s and t (:func:`reflection_target`)."""
+# OTHERS = ("keep", "mirror"): what the reflection does to the logits of the classes other than
+# s and t (:func:`reflection_target`); defined with the checks in cfjax.methods.mirror_checks
 
 
 def gap(F: Float[Array, "h w C"]) -> Float[Array, "C"]:
@@ -169,28 +171,19 @@ def _lbfgs_optax(fun, x0, maxiter: int, tol: float):
     return x, otu.tree_get(state, "count"), otu.tree_norm(otu.tree_get(state, "grad"))
 
 
-def _check_reflect_args(F, W, source, target) -> None:
-    """Shape checks always; class-index checks when ``source``/``target`` are concrete."""
-    from cfjax.errors import bad_arg
+def _check_reflect_args(F, W, b, source, target) -> None:
+    """:func:`reflect`'s checks (:mod:`cfjax.methods.mirror_checks`): the head, the map's
+    shape against it, the classes (values when concrete), finite concrete ``F``."""
+    from cfjax.methods import mirror_checks as mc
 
-    if W.ndim != 2:
-        raise bad_arg("W", f"shape {tuple(W.shape)}", "a [K, C] head matrix")
-    if F.ndim != 3 or F.shape[-1] != W.shape[1]:
-        raise bad_arg("feature_map_F", f"shape {tuple(F.shape)}", f"a single [h, w, {W.shape[1]}] feature map matching W [K, C] (vmap for batches)")
-    if isinstance(source, jax.core.Tracer) or isinstance(target, jax.core.Tracer):
-        return
-    K = W.shape[0]
-    for name, v in (("source", source), ("target", target)):
-        if not 0 <= int(v) < K:
-            raise bad_arg(name, repr(v), f"a class index in [0, {K - 1}]")
-    if int(source) == int(target):
-        raise bad_arg("target", f"target == source == {int(source)}", "a target class different from the source")
-    try:
-        same_rows = bool(np.all(np.asarray(W[int(source)]) == np.asarray(W[int(target)])))
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):  # W traced: no value check
-        same_rows = False
-    if same_rows:
-        raise bad_arg("W", f"identical rows for source {int(source)} and target {int(target)}", "distinct head rows (no decision boundary between the classes)")
+    K, _ = mc.check_head(W, b)
+    if F.ndim != 3:
+        raise mc.bad_arg("feature_map_F", f"shape {tuple(F.shape)}", f"a single [h, w, {W.shape[1]}] feature map (vmap for batches)")
+    mc.check_feature_map_channels(F.shape, W.shape, "feature_map_F")
+    mc.check_class_pair(source, target, K)
+    mc.check_distinct_rows(W, b, source, target)
+    if mc.is_concrete(F) and not bool(np.all(np.isfinite(np.asarray(F)))):
+        raise mc.bad_arg("feature_map_F", "non-finite values (NaN/Inf)", "a finite feature map")
 
 
 def reflect(
@@ -225,12 +218,15 @@ def reflect(
       :class:`ReflectResult`. Non-convergence is reported in ``converged`` (never raised
       inside ``jit``); check it and ``residual``.
     """
-    from cfjax.errors import bad_arg
+    from cfjax.methods import mirror_checks as mc
 
-    if solver not in SOLVERS:
-        raise bad_arg("solver", repr(solver), f"one of {SOLVERS}")
-    F, W, b = jnp.asarray(feature_map_F), jnp.asarray(W), jnp.asarray(b)
-    _check_reflect_args(F, W, source, target)
+    mc.check_options(solver=solver, maxiter=maxiter, tol=tol)
+    if others not in OTHERS:
+        raise mc.bad_arg("others", repr(others), f"one of {OTHERS}")
+    F = mc.as_array(feature_map_F, "feature_map_F", "a feature map array [h, w, C]")
+    W = mc.as_array(W, "W", "an array [K, C] (logits = W @ GAP(F) + b)")
+    b = mc.as_array(b, "b", "an array [K]")
+    _check_reflect_args(F, W, b, source, target)
     w_m, b_m = mirror_plane(W, b, source, target)
     F_reflect = reflect_map(F, w_m, b_m)
     q = reflection_target(W @ gap(F) + b, source, target, others)
@@ -384,11 +380,14 @@ def csp_mask(
 
 # ------------------------------------------------------------------ the whole method
 
-FOUND, NO_FLIP, NOT_CONVERGED = 0, 1, 2
-STATUS_NAMES = {FOUND: "found", NO_FLIP: "no_flip", NOT_CONVERGED: "not_converged"}
+FOUND, NO_FLIP, NOT_CONVERGED, NON_FINITE = 0, 1, 2, 3
+STATUS_NAMES = {FOUND: "found", NO_FLIP: "no_flip", NOT_CONVERGED: "not_converged", NON_FINITE: "non_finite"}
 """``MirrorResult.status``: ``found`` (a decoded counterfactual on the path and the refinement
 converged), ``no_flip`` (no decoded image on the path is classified as the target),
-``not_converged`` (a counterfactual was found but the refinement did not meet its tolerance)."""
+``not_converged`` (a counterfactual was found but the refinement did not meet its tolerance),
+``non_finite`` (the image, the feature path or the decoded path's logits hold NaN/Inf: only
+reachable inside a user's ``jit``, where the up-front value checks cannot run; ``found`` is
+then False)."""
 
 
 COMPOSE_MODES = ("decoded", "residual")
@@ -423,6 +422,8 @@ class MirrorResult(NamedTuple):
       z_path: [m, C] ``GAP(F_k)``.
       z_decoded: [m, C] ``GAP(F(G(F_k)))`` (faithfulness: compare with ``z_path``).
       converged, residual, iterations: of the refinement (:class:`ReflectResult`).
+      F_r: [h, w, C] the refined reflection of the last map (the path's ``k = 1`` end; with the
+        source map it gives any ``F_k`` off the grid, e.g. for :mod:`cfjax.methods.locate`).
     """
 
     x_cf: Float[Array, "H W c"]
@@ -439,6 +440,7 @@ class MirrorResult(NamedTuple):
     converged: Bool[Array, ""]
     residual: Float[Array, ""]
     iterations: Int[Array, ""]
+    F_r: Float[Array, "h w C"] | None = None
 
 
 def mirror_cfe(
@@ -457,7 +459,8 @@ def mirror_cfe(
     k_min: float = 0.5,
     compose: str = "decoded",
     threshold: float | None = None,
-    others: str = "keep",
+    others: str | None = None,
+    logits: Callable | None = None,
 ) -> MirrorResult:
     r"""Mirror-CFE for one image: reflect -> refine -> transitions -> decode -> first counterfactual.
 
@@ -477,15 +480,25 @@ def mirror_cfe(
 
     Pure and ``jax.vmap``-able over ``x``, ``source`` and ``target`` (they may be traced).
 
+    Every argument is checked first (:mod:`cfjax.methods.mirror_checks`, a
+    :class:`cfjax.InputError` naming it): callables; the head ``W`` [K, C] / ``b`` [K] against
+    each other and the last map's ``C`` (a Dense kernel [C, K] is named as such); the decoder's
+    output shape equal to ``x``'s; integer classes. On concrete values also: classes in range
+    and distinct, an increasing ``ks`` in [0, 1], a finite ``x`` within the decoder's
+    ``x_range`` (a decoder from :func:`bind_mirror_decoder`: [0, 1]), and with ``logits``
+    ``W GAP(F(x)) + b == logits(x)``. Inside a user's ``jit`` the value checks are skipped; a
+    non-finite ``x`` or path then ends with ``status`` :data:`NON_FINITE`.
+
     Args:
       feature_maps: ``x [H, W, c] -> [S_1, ..., S_L, F]`` (a list; ``[F]`` when the decoder
         takes no skips), single example.
-      W, b: the linear head after global average pooling.
+      W, b: the linear head after global average pooling, ``W`` [K, C] (a Flax ``Dense`` kernel
+        is [C, K]: pass ``kernel.T``), ``b`` [K].
       decode: ``(F_k [h, w, C], skips, source, target, k) -> x [H, W, c]`` single example
-        (e.g. :func:`bind_mirror_decoder`).
+        (e.g. :func:`bind_mirror_decoder`, which also carries the path it was trained on).
       x: the source image.
-      source, target: class indices.
-      ks: the increasing grid (default :func:`default_k_grid`, 0, 0.05, ..., 1).
+      source, target: class indices (Python ints or integer arrays; traced under ``vmap``).
+      ks: the increasing grid in [0, 1] (default :func:`default_k_grid`, 0, 0.05, ..., 1).
       solver, maxiter, tol: of :func:`reflect`.
       k_min: counterfactuals are searched at ``k > k_min`` (the logits cross at 0.5).
       compose: ``"decoded"`` (the paper: the counterfactual is the decoded image ``G(F_k)``) or
@@ -493,8 +506,12 @@ def mirror_cfe(
         between ``k = 0`` and ``k``, so the decoder's reconstruction error does not count as
         an edit; needs ``ks[0] == 0``; a cfjax option, not in the paper).
       threshold: of :func:`first_counterfactual` (None, the paper: the argmax rule).
-      others: of :func:`reflect` (``"keep"``, the paper; ``"mirror"``: the path never passes
-        through a third class). Use the value the decoder was trained with.
+      others: the path (:func:`reflection_target`): ``None`` (default) walks the decoder's own
+        path (``decode.reflect_others``, set by :func:`bind_mirror_decoder`) or, for a decoder
+        that does not say, ``"keep"`` (the paper); ``"keep"``/``"mirror"`` explicitly. A value
+        that contradicts the decoder's is refused.
+      logits: optional, the classifier's ``x -> [K]``: checked once (on ``x``) to equal
+        ``W GAP(F(x)) + b``, so a head that is not the classifier's is refused.
 
     Returns:
       :class:`MirrorResult`.
@@ -510,16 +527,29 @@ def mirror_cfe(
       >>> bool(r.found), int(jnp.argmax(r.logits_path[-1])) == t
       (True, True)
     """
-    if compose not in COMPOSE_MODES:
-        from cfjax.errors import bad_arg
+    from cfjax.methods import mirror_checks as mc
 
-        raise bad_arg("compose", repr(compose), f"one of {COMPOSE_MODES}")
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        from cfjax.errors import bad_arg
-
-        raise bad_arg("threshold", threshold, "None (argmax rule) or a probability in (0, 1)")
-    W, b = jnp.asarray(W), jnp.asarray(b)
+    mc.check_callable(feature_maps, "feature_maps", "x [H, W, c] -> [S_1, ..., S_L, F]")
+    mc.check_callable(decode, "decode", "(F_k, skips, source, target, k) -> x [H, W, c]")
+    if logits is not None:
+        mc.check_callable(logits, "logits", "x [H, W, c] -> [K]")
+    mc.check_options(solver=solver, maxiter=maxiter, tol=tol, k_min=k_min, compose=compose, threshold=threshold)
+    others = mc.resolve_others(others, decode)
+    W = mc.as_array(W, "W", "an array [K, C] (logits = W @ GAP(F) + b)")
+    b = mc.as_array(b, "b", "an array [K]")
+    K, _ = mc.check_head(W, b)
+    x = mc.as_array(x, "x", "one image [H, W, c]")
+    mc.check_image(x, "x", x_range=getattr(decode, "x_range", None))
+    mc.check_class_pair(source, target, K)
+    if ks is not None:
+        mc.check_ks(ks, compose=compose)
     ks = default_k_grid() if ks is None else jnp.asarray(ks, jnp.float32)
+    map_specs = mc.probe_feature_maps(feature_maps, x.shape, x.dtype, W.shape)
+    mc.probe_decoder(decode, map_specs, x.shape)
+    if logits is not None:
+        mc.probe_logits(logits, x.shape, x.dtype, K)
+        mc.check_head_matches_logits(feature_maps, logits, W, b, x)
+
     maps = list(feature_maps(x))
     skips, F_s = maps[:-1], maps[-1]
     res = reflect(F_s, W, b, source, target, solver=solver, maxiter=maxiter, tol=tol, others=others)
@@ -529,14 +559,22 @@ def mirror_cfe(
         x_k = compose_residual(x, x_k)
     z_dec = jax.vmap(lambda xi: gap(list(feature_maps(xi))[-1]))(x_k)
     logits_dec = z_dec @ W.T + b
-    k_cf, idx, found = first_counterfactual(logits_dec, ks, target, k_min=k_min, threshold=threshold)
-    status = jnp.where(~found, NO_FLIP, jnp.where(res.converged, FOUND, NOT_CONVERGED)).astype(jnp.int32)
     z_k = gap(F_k)
+    logits_lin = z_k @ W.T + b
+    finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(logits_lin)) & jnp.all(jnp.isfinite(logits_dec))
+    k_cf, idx, found = first_counterfactual(logits_dec, ks, target, k_min=k_min, threshold=threshold)
+    found = found & finite
+    k_cf = jnp.where(found, k_cf, jnp.nan)
+    status = jnp.where(~finite, NON_FINITE, jnp.where(~found, NO_FLIP, jnp.where(res.converged, FOUND, NOT_CONVERGED))).astype(jnp.int32)
     return MirrorResult(
         x_cf=x_k[idx], k_cf=k_cf, index=idx, found=found, status=status, x_path=x_k, ks=ks, logits_path=logits_dec,
-        logits_features=z_k @ W.T + b, z_path=z_k, z_decoded=z_dec, converged=jnp.asarray(res.converged),
-        residual=res.residual, iterations=res.iterations,
+        logits_features=logits_lin, z_path=z_k, z_decoded=z_dec, converged=jnp.asarray(res.converged),
+        residual=res.residual, iterations=res.iterations, F_r=res.F_r,
     )
+
+
+MIRROR_OPTIONS = ("ks", "solver", "maxiter", "tol", "k_min", "compose", "threshold", "others")
+"""The keyword options :class:`MirrorCFE` passes on to :func:`mirror_cfe`."""
 
 
 class MirrorCFE:
@@ -544,7 +582,12 @@ class MirrorCFE:
 
     ``MirrorCFE(feature_maps, W, b, decode, ks=..., solver=...)(x [n, H, W, c], source [n],
     target [n]) -> MirrorResult`` (batched fields). The batched program is jitted once per input
-    shape; classes are data, so any pair reuses it.
+    shape; classes are data, so any pair reuses it. :attr:`compile_count` says how many
+    programs were compiled.
+
+    The models and options are checked at construction, each batch on the host before the
+    compiled call (:func:`mirror_cfe`'s checks; with ``logits`` the head is checked against
+    the classifier once, on the first image of the first batch).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -552,34 +595,65 @@ class MirrorCFE:
       >>> run = MirrorCFE(lambda x: [x], W, b, lambda F, skips, s, t, k: F, solver="exact")
       >>> x = jax.random.normal(jax.random.key(1), (5, 2, 2, 4))
       >>> s = jnp.argmax(x.mean((1, 2)) @ W.T + b, -1); t = (s + 1) % 3
-      >>> bool(run(x, s, t).found.all())
-      True
+      >>> bool(run(x, s, t).found.all()), run.compile_count
+      (True, 1)
     """
 
-    def __init__(self, feature_maps: Callable, W, b, decode: Callable, **options):
-        if options.get("solver", "jaxopt") not in SOLVERS:
-            from cfjax.errors import bad_arg
+    def __init__(self, feature_maps: Callable, W, b, decode: Callable, *, logits: Callable | None = None, **options):
+        """Bind the models and options (checked here, before anything is traced).
 
-            raise bad_arg("solver", repr(options["solver"]), f"one of {SOLVERS}")
-        self.W, self.b = jnp.asarray(W), jnp.asarray(b)
+        Args:
+          feature_maps, W, b, decode, logits: as in :func:`mirror_cfe`.
+          **options: any of :data:`MIRROR_OPTIONS`, passed to :func:`mirror_cfe`.
+        """
+        from cfjax.methods import mirror_checks as mc
+
+        unknown = sorted(set(options) - set(MIRROR_OPTIONS))
+        if unknown:
+            raise mc.bad_arg("options", f"unknown {unknown}", f"keyword options among {MIRROR_OPTIONS}")
+        mc.check_callable(feature_maps, "feature_maps", "x [H, W, c] -> [S_1, ..., S_L, F]")
+        mc.check_callable(decode, "decode", "(F_k, skips, source, target, k) -> x [H, W, c]")
+        if logits is not None:
+            mc.check_callable(logits, "logits", "x [H, W, c] -> [K]")
+        mc.check_options(**{k: options[k] for k in ("solver", "maxiter", "tol", "k_min", "compose", "threshold") if k in options})
+        if options.get("ks") is not None:
+            mc.check_ks(options["ks"], compose=options.get("compose", "decoded"))
+        options["others"] = mc.resolve_others(options.get("others"), decode)
+        self.W = mc.as_array(W, "W", "an array [K, C] (logits = W @ GAP(F) + b)")
+        self.b = mc.as_array(b, "b", "an array [K]")
+        self.num_classes, _ = mc.check_head(self.W, self.b)
+        self.feature_maps, self.decode, self.logits = feature_maps, decode, logits
         self.options = dict(options)
+        self._head_checked = logits is None
+        self._compiles = 0
         one = lambda x, s, t: mirror_cfe(feature_maps, self.W, self.b, decode, x, s, t, **self.options)  # noqa: E731
-        self._run = jax.jit(jax.vmap(one))
+
+        def batch(x, s, t):
+            out = jax.vmap(one)(x, s, t)
+            self._compiles += 1  # runs once per trace, i.e. per compiled program
+            return out
+
+        self._run = jax.jit(batch)
+
+    @property
+    def compile_count(self) -> int:
+        """How many programs this object has traced and compiled (one per distinct input
+        shape/dtype; a repeated shape reuses its program). Read-only."""
+        return self._compiles
 
     def __call__(self, x: Float[Array, "n H W c"], source: Int[Array, "n"], target: Int[Array, "n"]) -> MirrorResult:
-        from cfjax.errors import bad_arg
+        """Explain a batch: ``x`` [n, H, W, c], ``source``/``target`` [n] integer classes."""
+        from cfjax.methods import mirror_checks as mc
 
-        x = jnp.asarray(x)
-        source, target = jnp.asarray(source, jnp.int32), jnp.asarray(target, jnp.int32)
-        if x.ndim != 4 or source.shape != (x.shape[0],) or target.shape != (x.shape[0],):
-            raise bad_arg("x/source/target", f"shapes {tuple(x.shape)}, {tuple(source.shape)}, {tuple(target.shape)}", "[n, H, W, c], [n], [n]")
-        K = self.W.shape[0]
-        s_np, t_np = np.asarray(source), np.asarray(target)
-        if s_np.min() < 0 or t_np.min() < 0 or max(s_np.max(), t_np.max()) >= K:
-            raise bad_arg("source/target", f"classes outside [0, {K - 1}]", f"class indices in [0, {K - 1}]")
-        if np.any(s_np == t_np):
-            raise bad_arg("target", f"target == source at rows {np.flatnonzero(s_np == t_np)[:5].tolist()}", "a target different from the source")
-        return self._run(x, source, target)
+        x = mc.as_array(x, "x", "a batch of images [n, H, W, c]")
+        mc.check_image(x, "x", batched=True, x_range=getattr(self.decode, "x_range", None))
+        st = mc.check_class_batch(source, target, self.num_classes, x.shape[0])
+        if st is not None:
+            source, target = st
+        if not self._head_checked and mc.is_concrete(x):
+            mc.check_head_matches_logits(self.feature_maps, self.logits, self.W, self.b, x[0])
+            self._head_checked = True
+        return self._run(x, jnp.asarray(source, jnp.int32), jnp.asarray(target, jnp.int32))
 
 
 # ------------------------------------------------------------------ applying a decoder
@@ -599,16 +673,124 @@ def skip_masks(
     return [csp_mask(F_k, W, source, target, k, rho_l, rho_u, hw) for hw in skip_hws]
 
 
-def bind_mirror_decoder(module, params, W, rho_l: float, rho_u: float) -> Callable:
+def _decoder_settings(config) -> dict:
+    """``rho_l``, ``rho_u``, ``reflect_others`` from a decoder config: a ``MirrorDecoderConfig``
+    (attributes), its ``as_dict()`` (a missing ``reflect_others`` is ``"keep"``, the value
+    ``as_dict`` leaves out) or a ``DecoderTrained.config`` (``{"decoder": as_dict(), ...}``)."""
+    from cfjax.errors import bad_arg
+
+    if isinstance(config, dict):
+        d = config.get("decoder", config)
+        if not isinstance(d, dict) or "rho_l" not in d or "rho_u" not in d:
+            raise bad_arg("config", f"a dict with keys {sorted(config)[:8]}", "a MirrorDecoderConfig, its as_dict() or a DecoderTrained.config")
+        return {"rho_l": float(d["rho_l"]), "rho_u": float(d["rho_u"]), "reflect_others": d.get("reflect_others", "keep"), "config": dict(d)}
+    if all(hasattr(config, a) for a in ("rho_l", "rho_u", "reflect_others")):
+        as_dict = getattr(config, "as_dict", None)
+        return {"rho_l": float(config.rho_l), "rho_u": float(config.rho_u), "reflect_others": config.reflect_others,
+                "config": as_dict() if callable(as_dict) else None}
+    raise bad_arg("config", type(config).__name__, "a MirrorDecoderConfig, its as_dict() or a DecoderTrained.config")
+
+
+class BoundMirrorDecoder:
+    """A trained Mirror decoder bound to its params and the classifier's head: a single-example
+    ``decode(F_k, skips, source, target, k) -> x`` [H, W, c] (computing the CSP masks itself)
+    that also carries the settings that shape the path it was trained on.
+
+    :func:`mirror_cfe` and :class:`MirrorCFE` read ``reflect_others`` (their ``others=None``
+    default walks it; a contradicting ``others`` is refused) and ``x_range`` (images outside
+    it are refused). Build with :func:`bind_mirror_decoder`.
+
+    Attributes:
+      module, params: the :class:`~cfjax.models.mirror_decoder.MirrorDecoder` and its params.
+      W: [K, C] the classifier's head (the CSP's class activation maps).
+      rho_l, rho_u: the CSP threshold bounds.
+      reflect_others: the path the decoder learnt (``"keep"``/``"mirror"``), or ``None`` when
+        not known (then ``mirror_cfe`` falls back to ``"keep"``).
+      config: the decoder's recorded config dict (``MirrorDecoderConfig.as_dict()``), or None.
+      x_range: the image range the decoder was trained on and produces (a sigmoid output).
+    """
+
+    __slots__ = ("module", "params", "W", "rho_l", "rho_u", "reflect_others", "config", "x_range", "__weakref__")
+
+    def __init__(self, module, params, W, rho_l: float, rho_u: float, reflect_others: str | None = None, config: dict | None = None,
+                 x_range: tuple[float, float] = (0.0, 1.0)):
+        from cfjax.errors import bad_arg
+
+        if not hasattr(module, "apply"):
+            raise bad_arg("module", type(module).__name__, "a Flax MirrorDecoder module (with .apply)")
+        if not 0.0 <= rho_l <= rho_u <= 1.0:  # also NaN
+            raise bad_arg("rho_l/rho_u", (rho_l, rho_u), "CSP threshold bounds with 0 <= rho_l <= rho_u <= 1")
+        if reflect_others is not None and reflect_others not in OTHERS:
+            raise bad_arg("reflect_others", repr(reflect_others), f"None (not known) or one of {OTHERS}")
+        self.module, self.params, self.W = module, params, jnp.asarray(W)
+        self.rho_l, self.rho_u, self.reflect_others, self.config = float(rho_l), float(rho_u), reflect_others, config
+        self.x_range = tuple(x_range)
+
+    def __call__(self, F_k, skips, source, target, k):
+        masks = skip_masks(F_k, self.W, source, target, k, [s.shape[:2] for s in skips], self.rho_l, self.rho_u)
+        return self.module.apply(self.params, F_k[None], [s[None] for s in skips], [m[None] for m in masks])[0]
+
+    def __repr__(self) -> str:
+        return (f"BoundMirrorDecoder(W {tuple(self.W.shape)}, rho_l={self.rho_l}, rho_u={self.rho_u}, "
+                f"reflect_others={self.reflect_others!r}, x_range={self.x_range})")
+
+
+def bind_mirror_decoder(
+    module,
+    params=None,
+    W=None,
+    rho_l: float | None = None,
+    rho_u: float | None = None,
+    *,
+    reflect_others: str | None = None,
+    config=None,
+) -> BoundMirrorDecoder:
     """Single-example ``decode(F_k, skips, source, target, k) -> x`` [H, W, c] that computes the
-    CSP masks itself (``skips``: the source image's earlier block maps, unbatched)."""
-    W = jnp.asarray(W)
+    CSP masks itself (``skips``: the source image's earlier block maps, unbatched) and carries
+    the decoder's path.
 
-    def decode(F_k, skips, source, target, k):
-        masks = skip_masks(F_k, W, source, target, k, [s.shape[:2] for s in skips], rho_l, rho_u)
-        return module.apply(params, F_k[None], [s[None] for s in skips], [m[None] for m in masks])[0]
+    Three spellings:
 
-    return decode
+    * ``bind_mirror_decoder(trained, W)``: ``trained`` a
+      :class:`~cfjax.training.mirror_decoder.DecoderTrained` (what ``train_mirror_decoder``
+      returns); every setting comes from ``trained.config``;
+    * ``bind_mirror_decoder(module, params, W, config=cfg)``: ``cfg`` the
+      ``MirrorDecoderConfig`` (or its ``as_dict()``) the decoder was trained with;
+    * ``bind_mirror_decoder(module, params, W, rho_l, rho_u)`` (the old form): the path is not
+      known unless ``reflect_others=`` is given, and ``mirror_cfe`` then defaults to ``"keep"``.
+
+    Args:
+      module: the decoder module, or a ``DecoderTrained``.
+      params: its params (with a ``DecoderTrained``: the head ``W``).
+      W: [K, C] the classifier's head.
+      rho_l, rho_u: CSP bounds (default: the config's, else 0.1 and 0.5); given together with
+        ``config`` they must agree with it.
+      reflect_others: the path the decoder was trained on (default: the config's, else None).
+      config: the decoder's ``MirrorDecoderConfig``, its ``as_dict()`` or a
+        ``DecoderTrained.config``.
+
+    Returns:
+      :class:`BoundMirrorDecoder` (callable like the plain function it replaces).
+    """
+    from cfjax.errors import bad_arg
+
+    if isinstance(module, tuple) and hasattr(module, "module") and hasattr(module, "params") and hasattr(module, "config"):
+        if W is not None or params is None:
+            raise bad_arg("W", "W given twice or not at all", "bind_mirror_decoder(trained, W) with the classifier's head W [K, C]")
+        trained, W = module, params
+        module, params = trained.module, trained.params
+        config = trained.config if config is None else config
+    if W is None:
+        raise bad_arg("W", "None", "the classifier's head W [K, C]")
+    settings = _decoder_settings(config) if config is not None else {}
+    for name, given in (("rho_l", rho_l), ("rho_u", rho_u), ("reflect_others", reflect_others)):
+        theirs = settings.get(name)
+        if given is not None and theirs is not None and given != theirs:
+            raise bad_arg(name, f"{name}={given!r} while config has {theirs!r}", "the value the decoder was trained with (leave it out)")
+    rho_l = rho_l if rho_l is not None else settings.get("rho_l", 0.1)
+    rho_u = rho_u if rho_u is not None else settings.get("rho_u", 0.5)
+    reflect_others = reflect_others if reflect_others is not None else settings.get("reflect_others")
+    return BoundMirrorDecoder(module, params, W, rho_l, rho_u, reflect_others, settings.get("config"))
 
 
 def batched_decoder(module, params, W, rho_l: float = 0.1, rho_u: float = 0.5) -> Callable:
@@ -630,7 +812,10 @@ __all__ = [
     "compose_residual",
     "STATUS_NAMES",
     "MirrorCFE",
+    "MIRROR_OPTIONS",
     "MirrorResult",
+    "BoundMirrorDecoder",
+    "NON_FINITE",
     "mirror_cfe",
     "ReflectResult",
     "class_activation_maps",

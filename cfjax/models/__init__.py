@@ -38,6 +38,62 @@ class ClassifierFns(NamedTuple):
     W: jnp.ndarray
     b: jnp.ndarray
 
+    @classmethod
+    def from_gap(cls, feature_maps: Callable, W, b) -> "ClassifierFns":
+        """The callables of a GAP-linear classifier from its feature maps and head.
+
+        ``features(x) = mean_{h,w} F(x)`` (GAP of the last map) and
+        ``logits(x) = W @ features(x) + b``: what Mirror-CFE and its decoder trainer need from
+        a classifier cfjax did not train. The head must be the classifier's own, with ``W``
+        [K, C] (a Flax/Keras ``Dense`` kernel is [C, K]: pass ``kernel.T``); the consumers
+        (:func:`cfjax.train_mirror_decoder`, :func:`cfjax.mirror_cfe` with ``logits=``) check
+        the shapes, and that these logits equal the classifier's own, before they trace.
+
+        Args:
+          feature_maps: single-example ``x [H, W, c] -> [S_1, ..., S_L, F]`` (the earlier block
+            maps the decoder takes as skips, shallow to deep, then the last map ``F`` [h, w, C]);
+            a callable returning ``F`` alone is taken as ``[F]``.
+          W: [K, C] head weights.
+          b: [K] head bias.
+
+        Returns:
+          :class:`ClassifierFns` whose ``logits`` is computed from ``feature_maps``, ``W``, ``b``.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> fns = ClassifierFns.from_gap(lambda x: [x, 2.0 * x], jnp.eye(3)[:2], jnp.array([1.0, 0.0]))
+          >>> fns.logits(jnp.ones((4, 4, 3))).tolist(), fns.features(jnp.ones((4, 4, 3))).tolist()
+          ([3.0, 2.0], [2.0, 2.0, 2.0])
+        """
+        from cfjax.errors import bad_arg
+
+        if not callable(feature_maps):
+            raise bad_arg("feature_maps", repr(feature_maps)[:80], "a callable x [H, W, c] -> [S_1, ..., S_L, F]")
+        arrays = []
+        for name, v in (("W", W), ("b", b)):
+            if v is None or isinstance(v, (str, bytes)) or callable(v):
+                raise bad_arg(name, repr(v)[:80], "an array (W [K, C], b [K]: logits = W @ GAP(F) + b)")
+            arrays.append(jnp.asarray(v))
+        W, b = arrays
+
+        def maps(x):
+            out = feature_maps(x)
+            return list(out) if isinstance(out, (list, tuple)) else [out]
+
+        def feature_map(x):
+            return maps(x)[-1]
+
+        def features(x):
+            return jnp.mean(feature_map(x), axis=(-3, -2))
+
+        def head(z):
+            return W @ z + b
+
+        def logits(x):
+            return head(features(x))
+
+        return cls(logits=logits, features=features, feature_map=feature_map, feature_maps=maps, head=head, W=W, b=b)
+
 
 class VAEFns(NamedTuple):
     """Single-example callables of a VAE: ``encode(x) -> mu`` [D], ``decode(z) -> x`` [H, W, C]."""
