@@ -464,10 +464,19 @@ def train_mirror_decoder(
     """Train the Mirror-CFE decoder against a frozen classifier.
 
     Args:
-      clf: :class:`cfjax.models.ClassifierFns` of the frozen classifier.
-      train: a :class:`cfjax.data.Dataset` (images [N, H, W, c] in [0, 1], labels [N]).
+      clf: :class:`cfjax.models.ClassifierFns` of the frozen classifier (for a classifier
+        cfjax did not train: ``ClassifierFns.from_gap(feature_maps, W, b)``).
+      train: a :class:`cfjax.data.Dataset` (images [N, H, W, c] float in [0, 1], labels [N]
+        int), any object with those ``.images``/``.labels``, or an ``(images, labels)`` tuple.
       cfg: :class:`MirrorDecoderConfig`.
-      test: optional held-out split for the end-of-training check (default: ``train``).
+      test: optional held-out split for the end-of-training check (default: ``train``), of
+        the same kinds as ``train``.
+
+    Every argument is checked before anything is traced
+    (:mod:`cfjax.methods.mirror_checks`; a :class:`cfjax.InputError` naming it): the dataset
+    type, finite images in [0, 1], labels in ``[0, K)``, ``clf``'s callables and head shapes,
+    and on one training image that ``W @ GAP(F) + b`` equals ``clf.logits`` and
+    ``clf.features`` is ``GAP(F)``.
       workdir: ``last`` (G, D, both optimiser states, step, history) every
         ``checkpoint_every`` steps and at the end, ``best`` (G only) at the end; an existing
         ``last`` with the same config is resumed, one with another config refused.
@@ -489,14 +498,20 @@ def train_mirror_decoder(
     from cfjax._checks import check_images, check_labels
     from tqdm.auto import tqdm
 
+    from cfjax.methods import mirror_checks as mc
+
     cfg = cfg or MirrorDecoderConfig()
     cfg.validate()
-    images = np.asarray(train.images, np.float32)
-    labels = np.asarray(train.labels, np.int32)
-    check_images(images, "train.images", check_range=False)
+    images, labels, data_name = mc.check_dataset(train, "train")
+    K, _ = mc.check_classifier_fns(clf, images[0], "clf")
     W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
-    K = int(W.shape[0])
     check_labels(labels, "train.labels", K, len(images))
+    if test is not None:
+        ev_images, ev_labels, _ = mc.check_dataset(test, "test")
+        check_images(ev_images, "test.images", shape=images.shape[1:], check_range=False)
+        check_labels(ev_labels, "test.labels", K, len(ev_images))
+    else:
+        ev_images, ev_labels = images, labels
     pairs = _pair_table(cfg, labels, K)
     by_class = [np.flatnonzero(labels == c) for c in range(K)]
     image_shape = images.shape[1:]
@@ -519,7 +534,7 @@ def train_mirror_decoder(
     state = {"g": g_params, "d": d_params, "opt_g": tx.init(g_params), "opt_d": tx.init(d_params)}
     if cfg.ema_decay:
         state["g_ema"] = jax.tree_util.tree_map(jnp.zeros_like, g_params)
-    config = _decoder_config(cfg, image_shape, K, getattr(train, "name", "?"), classifier_digest)
+    config = _decoder_config(cfg, image_shape, K, data_name, classifier_digest)
     start, history = 0, []
     workdir = Path(workdir) if workdir is not None else None
     if workdir is not None and (workdir / "last").is_dir():
@@ -573,9 +588,8 @@ def train_mirror_decoder(
         if (i + 1) % cfg.checkpoint_every == 0 and i + 1 < cfg.steps:
             save_last(i + 1, history)
     train_s = time.perf_counter() - t0
-    ev = test if test is not None else train
     g_kept = kept_params(state, cfg.steps, cfg)
-    metrics = evaluate_mirror_decoder(clf, g_module, g_kept, cfg, np.asarray(ev.images, np.float32), np.asarray(ev.labels, np.int32), K,
+    metrics = evaluate_mirror_decoder(clf, g_module, g_kept, cfg, ev_images, ev_labels, K,
                                       n=cfg.eval_examples, seed=cfg.seed)
     metrics["train_s"] = train_s
     metrics["steps_run"] = cfg.steps - start
