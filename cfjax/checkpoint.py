@@ -10,6 +10,7 @@ digest (a truncated or corrupted file), with a :class:`~cfjax.errors.CheckpointE
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,6 +27,43 @@ import orbax.checkpoint as ocp
 from cfjax.errors import CheckpointError
 
 META = "cfjax_meta.json"
+
+NOT_MODELS = ("explain-accumulators",)
+"""Checkpoint kinds that are run state, not models (so are kinds ending in ``-train-state``)."""
+_TRACKERS: list[dict] = []
+_READ_ONLY: list[str] = []
+
+
+@contextlib.contextmanager
+def track_models():
+    """Collect the models saved or restored inside the ``with`` block: yields a dict
+    ``{absolute path: {"kind", "digest"}}`` (the last write of a path wins; run state such as
+    accumulators and ``*-train-state`` checkpoints is left out). A shard records them so that
+    ``cfjax merge`` can check, before loading anything, that the models it needs are there."""
+    seen: dict = {}
+    _TRACKERS.append(seen)
+    try:
+        yield seen
+    finally:
+        _TRACKERS.remove(seen)
+
+
+@contextlib.contextmanager
+def read_only(reason: str):
+    """Inside the block :func:`save` refuses to write (a :class:`CheckpointError` naming
+    ``reason`` and the path): e.g. a merge, which must never train or write models."""
+    _READ_ONLY.append(reason)
+    try:
+        yield
+    finally:
+        _READ_ONLY.pop()
+
+
+def _note(path: Path, kind: str, digest) -> None:
+    if not _TRACKERS or kind in NOT_MODELS or str(kind).endswith("-train-state"):
+        return
+    for t in _TRACKERS:
+        t[str(path)] = {"kind": kind, "digest": digest}
 
 
 def tree_digest(tree) -> str:
@@ -80,6 +118,9 @@ def save(path: str | os.PathLike, tree, *, kind: str, config: dict | None = None
       The final path.
     """
     path = Path(path).absolute()
+    if _READ_ONLY:
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected no write ({_READ_ONLY[-1]}), got a {kind!r} checkpoint to save "
+                              "(the models it needs are missing or differ)")
     path.parent.mkdir(parents=True, exist_ok=True)
     host_tree = jax.tree_util.tree_map(np.asarray, tree)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -87,7 +128,8 @@ def save(path: str | os.PathLike, tree, *, kind: str, config: dict | None = None
         ckptr = _checkpointer()
         ckptr.save(tmp / "state", host_tree)
         ckptr.wait_until_finished()
-        meta = {"kind": kind, "config": _jsonable(config or {}), "digest": tree_digest(host_tree), "extra": _jsonable(extra or {})}
+        digest = tree_digest(host_tree)
+        meta = {"kind": kind, "config": _jsonable(config or {}), "digest": digest, "extra": _jsonable(extra or {})}
         with open(tmp / META, "w") as f:
             json.dump(meta, f, indent=1)
             f.flush()
@@ -102,7 +144,24 @@ def save(path: str | os.PathLike, tree, *, kind: str, config: dict | None = None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _note(path, kind, digest)
     return path
+
+
+def models_under(root: str | os.PathLike, depth: int = 4) -> set[tuple[str, str]]:
+    """``{(kind, digest)}`` of the model checkpoints up to ``depth`` folders below ``root``
+    (reads only the JSON sidecars; run state is left out, as in :func:`track_models`)."""
+    root, found = Path(root), set()
+    for d in range(1, depth + 1):
+        for f in root.glob("/".join(["*"] * d) + "/" + META):
+            try:
+                meta = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            kind = meta.get("kind") if isinstance(meta, dict) else None
+            if isinstance(kind, str) and kind not in NOT_MODELS and not kind.endswith("-train-state"):
+                found.add((kind, str(meta.get("digest"))))
+    return found
 
 
 def read_meta(path: str | os.PathLike) -> dict:
@@ -174,4 +233,5 @@ def restore(
     tree = jax.tree_util.tree_map(np.asarray, tree)
     if tree_digest(tree) != meta.get("digest"):
         raise CheckpointError(f"checkpoint {str(path)!r}: content does not match its digest (truncated or corrupted files)")
+    _note(path, meta.get("kind"), meta.get("digest"))
     return tree, meta

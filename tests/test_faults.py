@@ -93,20 +93,19 @@ def _cursor(state_dir) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_cfjax_global_at_five_points_resumes_to_the_same_summary(tmp_path):
+def test_sigkill_cfjax_global_at_five_points_resumes_to_the_same_summary(tmp_path, tmp_path_factory):
     """`cfjax global` itself, killed with SIGKILL at >= 5 different points (after 1, 2, 3, ...
     checkpointed chunks, plus a random delay inside the next chunk), restarted with the same
     command each time: the final summary equals an uninterrupted run's."""
-    import shutil
-
     from cfjax.cli import main
+    from smoke_models import shared_models_dir
 
+    models = shared_models_dir(tmp_path_factory, "attack")  # the session's smoke models, read only
     args = ["global", "--method", "attack", "--data", "mnist5k", "--smoke", "--no-pixel", "--limit", "16", "--batch-size", "8",
-            "--checkpoint-every", "1"]
-    assert main([*args, "--out", str(tmp_path / "ref")]) == 0  # uninterrupted (trains the smoke models)
+            "--checkpoint-every", "1", "--models-dir", str(models)]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0  # uninterrupted
     ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
     run = tmp_path / "run"
-    shutil.copytree(tmp_path / "ref" / "models", run / "models")
     env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     cmd = [sys.executable, "-m", "cfjax", *args, "--out", str(run)]
     rng = np.random.default_rng(0)

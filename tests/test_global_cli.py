@@ -4,7 +4,6 @@ multi-host path (2 processes on localhost) against a single-process run."""
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ from cfjax._checks import parse_pairs
 from cfjax.cli import main
 from cfjax.errors import InputError
 from cfjax.jobs import mirror as mjob
+from smoke_models import shared_models_dir
 from test_parallel import _free_port
 
 
@@ -26,9 +26,9 @@ def _outputs(d) -> dict:
 
 
 @pytest.mark.slow
-def test_mirror_global_pass_equals_the_per_pair_job(tmp_path):
+def test_mirror_global_pass_equals_the_per_pair_job(tmp_path, tmp_path_factory):
     cfg = dataclasses.replace(mjob.MirrorJobConfig.smoke_config(), data_limit=100, limit=None, figures=False)
-    models = tmp_path / "models"
+    models = shared_models_dir(tmp_path_factory, "mirror")  # the session's smoke models (the cache does not key on data_limit)
     g = mjob.run_mirror_global("mnist5k", tmp_path / "g", config=cfg, pairs=((3, 8), (8, 3), (4, 9)), models_dir=models, progress=False)
     p = mjob.run_mirror_explanation("mnist5k", tmp_path / "p", source=3, target=8, config=cfg, models_dir=models, progress=False)
     pairs = g["pairs"]
@@ -64,11 +64,11 @@ def test_global_rejects_bad_pairs_and_distributed_flags(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_attack_global_two_processes_equal_one(tmp_path):
-    args = ["global", "--method", "attack", "--data", "mnist5k", "--smoke", "--no-pixel", "--batch-size", "24"]
+def test_attack_global_two_processes_equal_one(tmp_path, tmp_path_factory):
+    models = shared_models_dir(tmp_path_factory, "attack")  # same models: only the run differs
+    args = ["global", "--method", "attack", "--data", "mnist5k", "--smoke", "--no-pixel", "--batch-size", "24", "--models-dir", str(models)]
     assert main([*args, "--out", str(tmp_path / "single")]) == 0
     one = json.loads((tmp_path / "single" / "summary.json").read_text())
-    shutil.copytree(tmp_path / "single" / "models", tmp_path / "multi" / "models")  # same models: only the run differs
     port = _free_port()
     env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     procs = [

@@ -13,6 +13,7 @@ from cfjax import parallel
 from cfjax.cli import main, parse_shard
 from cfjax.errors import InputError
 from cfjax.jobs import skeleton
+from smoke_models import shared_models_dir
 
 TIMING = {"wall_s", "cf_per_s", "phase_wall_s", "total_wall_s", "models_wall_s", "resumed", "decoder_load_or_train_s"}
 
@@ -34,9 +35,9 @@ def assert_same_summary(a, b, path=""):
         assert a == b and type(a) is type(b), (path, a, b)
 
 
-def _sharded_runs(root, args, n=3):
-    """The unsharded run, its n shards (models shared through --models-dir) and their merge."""
-    base = [*args, "--models-dir", str(root / "models")]
+def _sharded_runs(root, args, models, n=3):
+    """The unsharded run, its n shards (the session's smoke models, through --models-dir) and their merge."""
+    base = [*args, "--models-dir", str(models)]
     assert main([*base, "--out", str(root / "full")]) == 0
     shards = [root / f"shard{i}" for i in range(n)]
     for i, d in enumerate(shards):
@@ -49,14 +50,16 @@ def _sharded_runs(root, args, n=3):
 def attack_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("attack")
     args = ["global", "attack", "--data", "mnist5k", "--smoke", "--limit", "5", "--pixel-limit", "2", "--batch-size", "8"]
-    return root, _sharded_runs(root, args), args
+    models = shared_models_dir(tmp_path_factory, "attack")
+    return root, _sharded_runs(root, args, models), [*args, "--models-dir", str(models)]
 
 
 @pytest.fixture(scope="module")
 def mirror_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("mirror")
     args = ["global", "mirror", "--data", "mnist5k", "--smoke", "--pairs", "3,8;8,3;4,9;1,7", "--limit", "40"]
-    return root, _sharded_runs(root, args), args
+    models = shared_models_dir(tmp_path_factory, "mirror")
+    return root, _sharded_runs(root, args, models), [*args, "--models-dir", str(models)]
 
 
 def _check_merged_report_in_browser(root, open_in_browser, name):
@@ -129,35 +132,36 @@ def test_merge_refuses_missing_duplicate_and_foreign_shards(attack_shards, mirro
     refused(s0, tmp_path / "nowhere", s2, says="no such folder")
     # a shard of the same method with another option (its own run) is foreign too
     other = tmp_path / "other1"
-    assert main([*args, "--steps", "10", "--models-dir", str(root / "models"), "--out", str(other), "--shard", "1/3"]) == 0
-    refused(s0, other, s2, says="another run")
+    assert main([*args, "--steps", "10", "--out", str(other), "--shard", "1/3"]) == 0
+    refused(s0, other, s2, says="cfg.steps: 20 vs 10")  # the refusal names the field
     # a shard of another split
     bad = tmp_path / "bad"
     shutil.copytree(s2, bad)
     rec = json.loads((bad / "shard.json").read_text())
-    (bad / "shard.json").write_text(json.dumps({**rec, "num_shards": 4}))
+    rec = {**rec, "num_shards": 4, "passes": {k: {**v, "rows_slice": [v["rows_total"] // 2, 3 * v["rows_total"] // 4], "rows": 3 * v["rows_total"] // 4 - v["rows_total"] // 2}
+                                              for k, v in rec["passes"].items()}}
+    (bad / "shard.json").write_text(json.dumps({**rec, "record_sha256": skeleton._record_digest(rec)}))  # as if written so
     refused(s0, s1, bad, says="one split")
     # a corrupted state file is caught by its digest
     shutil.rmtree(bad)
     shutil.copytree(m2, bad)
     (bad / skeleton.STATES_FILE).write_bytes(b"x" + (bad / skeleton.STATES_FILE).read_bytes())
     assert main(["merge", str(m0), str(m1), str(bad), "--out", str(out)]) == 2
-    assert "digest" in capsys.readouterr().err
+    assert "states_sha256" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_a_shard_rerun_resumes_and_another_index_is_refused(attack_shards, capsys):
-    root, (s0, s1, s2), args = attack_shards
-    base = [*args, "--models-dir", str(root / "models")]
+    root, (s0, s1, s2), base = attack_shards
     before = (s1 / skeleton.STATES_FILE).read_bytes()
     (s1 / skeleton.SHARD_FILE).unlink()  # killed after its passes, before its record
     (s1 / skeleton.STATES_FILE).unlink()
     assert main([*base, "--out", str(s1), "--shard", "1/3"]) == 0
     rec = json.loads((s1 / skeleton.SHARD_FILE).read_text())
     assert rec["passes"]["latent"]["resumed"] and (s1 / skeleton.STATES_FILE).read_bytes() == before
-    # the same folder for another shard: its checkpoint belongs to shard 1/3
+    # the same folder for another shard: its files belong to shard 1/3
     assert main([*base, "--out", str(s1), "--shard", "2/3"]) == 2
-    assert "fingerprint" in capsys.readouterr().err
+    assert "role: 'shard 1/3' vs 'shard 2/3'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["3/3", "1/0", "-1/3", "a/b", "1", "1/2/3"])
