@@ -273,6 +273,42 @@ def log_histogram(name: str, key: str, weight: str, *, lo: int = -8, hi: int = 2
     return Evaluator(name, init, update, finalize)
 
 
+def linear_histogram(name: str, key: str, weight: str, *, lo: float, hi: float, bins: int, out: str,
+                     quantiles: Sequence[float] = (0.25, 0.5, 0.75)) -> Evaluator:
+    """Counts of ``rows[key]`` in ``bins`` equal bins over ``[lo, hi]`` (values outside are
+    clipped into the end bins; non-finite values and zero-weight rows are not counted): a
+    sums-only stand-in for quantiles. ``finalize`` reports ``{out: {"edges", "counts",
+    "q25", "q50", "q75", ...}}``, each quantile interpolated linearly inside its bin (exact to one
+    bin width, ``(hi - lo) / bins``)."""
+    edges = np.linspace(lo, hi, bins + 1)
+
+    def init():
+        return _zeros(bins)
+
+    def update(s, rows):
+        v = jnp.asarray(rows[key], jnp.float32)
+        wt = jnp.where(jnp.isfinite(v), jnp.asarray(rows[weight], jnp.float32), 0.0)
+        i = jnp.clip(jnp.floor((jnp.nan_to_num(v) - lo) / (hi - lo) * bins), 0, bins - 1).astype(jnp.int32)
+        return s + masked_sum(jax.nn.one_hot(i, bins, dtype=jnp.float32), wt)
+
+    def finalize(s):
+        c = np.asarray(s, np.float64)
+        res = {"edges": [float(e) for e in edges], "counts": [int(round(x)) for x in c]}
+        total, cum = c.sum(), np.cumsum(c)
+        for q in quantiles:
+            key_q = f"q{int(round(100 * q))}"
+            if total <= 0:
+                res[key_q] = float("nan")
+                continue
+            j = int(np.searchsorted(cum, q * total, side="left"))
+            before = cum[j - 1] if j else 0.0
+            frac = (q * total - before) / c[j] if c[j] > 0 else 0.0
+            res[key_q] = float(edges[j] + frac * (edges[j + 1] - edges[j]))
+        return {out: res}
+
+    return Evaluator(name, init, update, finalize)
+
+
 def fid_moments(name: str, key: str, weight: str, dim: int, out: str = "fid_moments") -> Evaluator:
     """Mergeable feature moments (:class:`cfjax.eval.metrics.FidMoments`) of ``rows[key]``
     ``[n, dim]``; ``finalize`` returns them (the job compares them with the real images')."""
@@ -309,6 +345,7 @@ __all__ = [
     "finalize_states",
     "grouped",
     "init_states",
+    "linear_histogram",
     "log_histogram",
     "merge_states",
     "pair_curves",

@@ -22,7 +22,15 @@ MIRROR_PAIRS = {
 
 @dataclasses.dataclass(frozen=True)
 class MirrorJobConfig:
-    """Options of the Mirror-CFE job (presets: :meth:`smoke`; built once, never branched on)."""
+    """Options of the Mirror-CFE job (presets: :meth:`paper` = the defaults, :meth:`robust`,
+    :meth:`smoke`; built once, never branched on)."""
+
+    preset: str = "paper"
+    """The named preset the config was built from (recorded in every summary and report
+    headline): ``"paper"`` (the method as published: :meth:`MirrorDecoderConfig.paper
+    <cfjax.training.mirror_decoder.MirrorDecoderConfig.paper>`, an ordinary classifier) or
+    ``"robust"`` (the changes the preset ablation in BUILD_NOTES earned). Fields given on top of a
+    preset are recorded beside it (the summary holds every decoder setting)."""
 
     solver: str = "jaxopt"
     maxiter: int = 100
@@ -44,6 +52,13 @@ class MirrorJobConfig:
     image the classifier assigns to the target; a probability: it must also give the target at
     least that probability (:func:`cfjax.methods.mirror.first_counterfactual`; a cfjax option:
     a later, less borderline counterfactual, traded against proximity; BUILD_NOTES measures it)."""
+    locate_tol: float | None = 1e-3
+    """Locate each first counterfactual by bisection between the last grid point that is not one
+    and the first that is, down to ``|dk| <= locate_tol`` (``ceil(log2(k_step / locate_tol))``
+    extra decodes per example: 6 for the 0.05 grid; :func:`cfjax.methods.locate.locate_crossing`);
+    every metric at the first counterfactual is then taken there. None: the grid point (the grid,
+    not the method, then decides where the counterfactual is: 0.55, 0.60, ...). The grid stays
+    for the strips and the curves."""
     limit: int | None = None
     """Pair job: explain at most N source images; global pass: the first N test images (None: all)."""
     decoder: md.MirrorDecoderConfig = md.MirrorDecoderConfig()
@@ -60,11 +75,11 @@ class MirrorJobConfig:
     backbone_epochs: int | None = 2
     """Epochs of the domain backbone (LPIPS/FID features only; None: the classifier's schedule)."""
     blur_sigma: float = 1.0
-    classifier_augment_blur: float = 0.5
+    classifier_augment_blur: float = 0.0
     """Train the classifier (and backbone) with this fraction of blurred images
-    (:attr:`cfjax.training.loop.TrainConfig.augment_blur`): a blur-robust classifier is the
-    Mirror default (it lifts denoised validity; BUILD_NOTES); 0: the zoo's default classifier
-    (the attack job's)."""
+    (:attr:`cfjax.training.loop.TrainConfig.augment_blur`). 0 (both presets): the zoo's ordinary
+    classifier (the attack job's). D.Val blurs with sigma 1, so a classifier trained on blurred
+    images makes D.Val say less than the paper's D.Val (rounds 5-11 of BUILD_NOTES used 0.5)."""
     n_figure_examples: int = 6
     figure_pairs: tuple | None = None
     """Pairs shown in the grid figure (default: the dataset's paper pairs, else the job's pair)."""
@@ -95,15 +110,39 @@ class MirrorJobConfig:
     beside the domain-backbone FID. Never downloaded; without it only ``fid_domain`` is reported."""
 
     @classmethod
-    def smoke(cls) -> "MirrorJobConfig":
-        """Runs in seconds: the zoo's SMOKE classifier on 500 examples, a 20-step decoder, 16 images."""
-        return cls(maxiter=30, chunk_size=8, limit=16, decoder=md.MirrorDecoderConfig.smoke(), n_figure_examples=3, data_limit=500,
-                   models=zoo.SMOKE, oracle_widths=(8, 16), oracle_convs_per_block=1)
+    def paper(cls) -> "MirrorJobConfig":
+        """The paper's method (= the defaults): :meth:`MirrorDecoderConfig.paper
+        <cfjax.training.mirror_decoder.MirrorDecoderConfig.paper>`, an ordinary classifier."""
+        return cls()
+
+    @classmethod
+    def robust(cls) -> "MirrorJobConfig":
+        """The ``robust`` preset: the paper's job with :meth:`MirrorDecoderConfig.robust
+        <cfjax.training.mirror_decoder.MirrorDecoderConfig.robust>` (still an ordinary classifier)."""
+        return cls(preset="robust", decoder=md.MirrorDecoderConfig.robust())
+
+    @classmethod
+    def from_preset(cls, name: str, *, smoke: bool = False) -> "MirrorJobConfig":
+        """``"paper"`` or ``"robust"``, full size or (``smoke``) the seconds-long variant."""
+        if name not in md.PRESETS:
+            raise bad_arg("preset", repr(name), f"one of {md.PRESETS}")
+        if smoke:
+            return cls.smoke(name)
+        return cls.paper() if name == "paper" else cls.robust()
+
+    @classmethod
+    def smoke(cls, preset: str = "paper") -> "MirrorJobConfig":
+        """Runs in seconds: the zoo's SMOKE classifier on 500 examples, a 20-step decoder of
+        ``preset``'s losses and path, 16 images."""
+        return cls(preset=preset, maxiter=30, chunk_size=8, limit=16, decoder=md.MirrorDecoderConfig.smoke(preset), n_figure_examples=3,
+                   data_limit=500, models=zoo.SMOKE, oracle_widths=(8, 16), oracle_convs_per_block=1)
 
     smoke_config = smoke  # the previous spelling
 
     def validate(self) -> None:
         """Every check that needs no data (raises :class:`cfjax.InputError` naming the field)."""
+        if self.preset not in md.PRESETS:
+            raise bad_arg("preset", repr(self.preset), f"one of {md.PRESETS}")
         if self.solver not in mr.SOLVERS:
             raise bad_arg("solver", repr(self.solver), f"one of {mr.SOLVERS}")
         for name in ("maxiter", "chunk_size", "checkpoint_every", "n_figure_examples"):
@@ -127,6 +166,8 @@ class MirrorJobConfig:
             raise bad_arg("decoder_warm_start", repr(self.decoder_warm_start), "a decoder workdir holding a 'last' checkpoint")
         if self.compose not in mr.COMPOSE_MODES:
             raise bad_arg("compose", repr(self.compose), f"one of {mr.COMPOSE_MODES}")
+        if self.locate_tol is not None and not 0.0 < self.locate_tol < self.k_step:  # also NaN
+            raise bad_arg("locate_tol", self.locate_tol, f"None (the grid point) or a tolerance in (0, k_step = {self.k_step})")
         if self.cf_threshold is not None and not 0.0 < self.cf_threshold < 1.0:
             raise bad_arg("cf_threshold", self.cf_threshold, "None (the paper's argmax rule) or a probability in (0, 1)")
         if self.decoder_pairs not in ("auto", "all"):

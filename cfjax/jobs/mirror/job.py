@@ -15,12 +15,12 @@ from cfjax import checkpoint as ckpt
 from cfjax import parallel
 from cfjax._checks import parse_pairs
 from cfjax.errors import bad_arg
-from cfjax.eval import metrics
 from cfjax.jobs import report
 from cfjax.jobs.mirror.config import MIRROR_PAIRS, MirrorJobConfig, resolve_decoder_pairs
 from cfjax.jobs.mirror.figures import global_figures, pair_figures
 from cfjax.jobs.mirror.models import (MirrorModels, _inception, _lpips_fn, decoder_dir, get_decoder, load_models, load_oracle,
                                       real_target_ceilings)
+from cfjax.jobs.mirror.summary import common_fields, decoder_record, first_cf_rule, pair_references
 from cfjax.jobs.mirror.rows import BACKBONE_LABEL, PER_EXAMPLE, classifier_backbone, mirror_evaluators, mirror_rows, rows_options
 from cfjax.jobs.skeleton import Context, Pass, PassResult, batched_predict, global_chunk, run_job
 from cfjax.methods import mirror as mr
@@ -145,69 +145,36 @@ class MirrorJob:
     def summarize(self, ctx: Context, models: MirrorModels, results: dict[str, PassResult]) -> dict:
         cfg, test = ctx.config, models.test
         r = results["mirror"]
-        res = dict(r.fields)
         idx, src, tgt, selection = self.rows(ctx, models)
-        ks = np.asarray(mr.default_k_grid(cfg.k_step), np.float32)
-        res["curves"] = {"k": [float(k) for k in ks], **res["curves"]}
-        cf_m = res.pop("fid")
-        inc_m = res.pop("fid_inception", None)
-        res["l1_pm1"] = 2.0 * res["l1"]  # L1 of images on [-1, 1] (the paper's tanh decoder, C3LT's proximity scale)
-        if models.oracle is not None:
-            res["oracle_accuracy"] = models.oracle.metrics.get("accuracy")
+        res, cf_m, inc_m = common_fields(dict(r.fields), cfg, models)
+        head = {"method": "mirror", "preset": cfg.preset, "dataset": ctx.dataset}
         if not self.per_pair:
             res.pop("curves")
             res.pop("residual_histogram")
             return {
-                "method": "mirror", "dataset": ctx.dataset, "pairs_requested": [list(p) for p in self.pairs(ctx.dataset, test.num_classes)],
+                **head, "pairs_requested": [list(p) for p in self.pairs(ctx.dataset, test.num_classes)],
                 "n_examples": int(len(np.unique(idx))), "selection": selection, "n_devices": jax.device_count(),
                 "n_processes": jax.process_count(), **res, "wall_s": r.wall_s,
                 "cf_per_s": None if r.resumed else res["n_counterfactuals"] / r.wall_s, "resumed": r.resumed,
                 "solver": cfg.solver, "maxiter": cfg.maxiter, "chunk_size": global_chunk(cfg.chunk_size, len(idx)),
                 "classifier_accuracy": models.classifier.metrics.get("accuracy"), "decoder_load_or_train_s": models.decoder_wall_s,
+                "decoder": decoder_record(cfg, models), "first_cf_rule": first_cf_rule(cfg),
                 "real_target_ceiling": real_target_ceilings(test, models.classifier, models.oracle, sorted({int(v) for v in tgt}), cfg.blur_sigma),
                 "backend": jax.default_backend(), "total_wall_s": None,
             }
         s, t = int(src[0]), int(tgt[0])
-        clf, _, backbone, _ = self.parts(ctx, models)
-        # FID: counterfactuals vs real target-class test images (backbone features)
-        real = test.images[test.labels == t]
-        real_m = metrics.fid_moments_init(int(cf_m.sum.shape[0]), jnp.float32)
-        fb = jax.jit(backbone.features)
-        for i in range(0, len(real), 500):
-            real_m = metrics.fid_moments_update(real_m, fb(jnp.asarray(real[i : i + 500])))
-        fid = metrics.fid_from_moments(cf_m, real_m) if float(cf_m.n) >= 2 and float(real_m.n) >= 2 else float("nan")
-        ceil = real_target_ceilings(test, models.classifier, models.oracle, (t,), cfg.blur_sigma)[test.class_names[t]]
-        real_dval = ceil["denoised_validity"]
-        res["denoised_validity_real_target_given_valid"] = ceil["denoised_validity_given_valid"]
-        if "oracle_validity" in ceil:
-            res["oracle_validity_real_target"] = ceil["oracle_validity"]
-        if inc_m is not None:
-            from cfjax.eval.inception import inception_features
-
-            real_inc = metrics.fid_moments_update(metrics.fid_moments_init(2048, jnp.float32), jnp.asarray(inception_features(_inception(cfg), real)))
-            ok = float(inc_m.n) >= 2 and float(real_inc.n) >= 2
-            res["fid_inception"] = metrics.fid_from_moments(inc_m, real_inc) if ok else float("nan")
-            res["fid_inception_weights"] = cfg.inception_weights
+        _, _, backbone, _ = self.parts(ctx, models)
         names = test.class_names
-        dec = models.decoder
-        res.pop("pairs")
-        res.pop("residual_histogram")
-        res.pop("pair_curves")
+        for key in ("pairs", "residual_histogram", "pair_curves"):
+            res.pop(key)
         return {
-            "method": "mirror", "dataset": ctx.dataset, "source": s, "target": t, "pair": f"{names[s]}->{names[t]}",
+            **head, "source": s, "target": t, "pair": f"{names[s]}->{names[t]}",
             "n_examples": int(len(idx)), "selection": selection, "n_devices": jax.device_count(), **res, "wall_s": r.wall_s,
             "cf_per_s": res["n_counterfactuals"] / r.wall_s if r.wall_s > 0 else float("nan"),
-            "denoised_validity_real_target": real_dval, "fid_domain": fid, "fid_n": [int(float(cf_m.n)), int(float(real_m.n))],
+            **pair_references(test, t, cf_m, inc_m, backbone, models, cfg),
             "perceptual_backbone": BACKBONE_LABEL, "solver": cfg.solver, "maxiter": cfg.maxiter, "tol": cfg.tol,
-            "k_grid": {"step": cfg.k_step, "first_cf_search": "k > 0.5", "cf_threshold": cfg.cf_threshold}, "compose": cfg.compose,
-            "csp_rho": {"rho_l": cfg.decoder.rho_l, "rho_u": cfg.decoder.rho_u},
-            "decoder": {
-                "pairs": "all ordered pairs (one decoder per dataset)" if cfg.decoder.pairs is None else [list(p) for p in cfg.decoder.pairs],
-                "steps": cfg.decoder.steps, "batch_size": cfg.decoder.batch_size, "train_solver": cfg.decoder.train_solver,
-                "loss_weights": {k: getattr(cfg.decoder, f"w_{k}") for k in ("cls", "adv", "rec", "fea", "tri")},
-                "train_s": dec.metrics.get("train_s"), "load_or_train_s": models.decoder_wall_s,
-                **{k: v for k, v in dec.metrics.items() if k != "train_s"},
-            },
+            "k_grid": {"step": cfg.k_step, "first_cf_search": "k > 0.5", "cf_threshold": cfg.cf_threshold}, "first_cf_rule": first_cf_rule(cfg),
+            "compose": cfg.compose, "csp_rho": {"rho_l": cfg.decoder.rho_l, "rho_u": cfg.decoder.rho_u}, "decoder": decoder_record(cfg, models),
             "classifier_accuracy": models.classifier.metrics.get("accuracy"), "backbone_accuracy": models.backbone.metrics.get("accuracy"),
             "backbone_epochs": models.backbone.config.get("train", {}).get("epochs"), "total_wall_s": None,
         }
@@ -231,18 +198,27 @@ class MirrorJob:
         extra = [("D.Val of real targets", summary.get("denoised_validity_real_target")),
                  ("D.Val of real targets the classifier recognises", summary.get("denoised_validity_real_target_given_valid")),
                  ("FID (domain backbone)", summary.get("fid_domain")), ("FID (Inception-v3)", summary.get("fid_inception"))] if self.per_pair else []
+        fa = summary.get("faithfulness", {})
+        quart = [summary.get(f"first_cf_k_{q}") for q in ("q25", "q50", "q75")]
         return [
-            ("method", "Mirror-CFE"), ("data", summary["dataset"]), *pair, ("classifier accuracy", summary.get("classifier_accuracy")),
+            ("method", "Mirror-CFE"), ("preset", summary.get("preset")), ("data", summary["dataset"]), *pair,
+            ("classifier accuracy", summary.get("classifier_accuracy")),
             ("counterfactuals", summary["n_counterfactuals"]), ("validity", summary["validity"]),
             ("denoised validity", summary.get("denoised_validity")), ("oracle validity", summary.get("oracle_validity")),
+            ("p gap at CF, |decoded - path|", fa.get("target_prob_gap_at_cf")),
+            ("p gap at CF, decoded - path (signed)", fa.get("target_prob_gap_signed_at_cf")),
+            ("p gap along the path (mean |.|)", fa.get("target_prob_gap_mean")),
+            ("feature L1 at CF (relative to ||z_k||_1)", fa.get("feature_l1_rel_at_cf")),
             ("L1 [0,1]", summary.get("l1")), ("LPIPS (AlexNet)", summary.get("lpips_alex")), ("first CF k (mean)", summary.get("first_cf_k_mean")),
+            ("first CF k (quartiles)", None if None in quart else " / ".join(f"{v:.3f}" for v in quart)),
             ("converged", summary.get("converged_rate")), *extra, ("throughput", f"{report.fmt_number(rate)} cf/s" if rate else None),
         ]
 
     def title(self, ctx: Context, summary: dict) -> str:
+        preset = f" (preset {summary.get('preset')})"
         if self.per_pair:
-            return f"Mirror-CFE on {ctx.dataset}: {summary['pair']}"
-        return f"Mirror-CFE on {ctx.dataset}: {len(summary['pairs_requested'])} pairs in one pass"
+            return f"Mirror-CFE on {ctx.dataset}: {summary['pair']}{preset}"
+        return f"Mirror-CFE on {ctx.dataset}: {len(summary['pairs_requested'])} pairs in one pass{preset}"
 
 
 
