@@ -5,12 +5,15 @@ XLA:CPU runs the input-gradient of a convolution ~3-10x slower INSIDE a loop bod
 straight-line code; :func:`cpu_friendly` re-interprets a function's jaxpr so that the emitted
 backward convolutions use the canonical kernel layout and non-overlapping max-pools get a cheap
 first-argmax VJP. Values and gradients are unchanged up to float rounding (tested).
+
+:func:`eval_jaxpr` is the one jaxpr interpreter of the library: this rewrite and the attack's
+mixed precision (:func:`cfjax.methods.attack.mixed_precision`) are each a ``rule`` for it.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.extend.core as jex_core
@@ -91,7 +94,48 @@ def _pool_fast_vjp(x, params):
     return pool(x)
 
 
-def _eval_rewritten(jaxpr, consts, *args):
+# --- The one jaxpr interpreter ------------------------------------------------------------
+# Every re-interpretation of a user's function (this module's gradient rewrite, the attack's
+# mixed precision) walks the traced program equation by equation with `eval_jaxpr`: a `rule`
+# may replace an equation; the others are bound unchanged, and nested `jit` programs are
+# walked with the same rule.
+
+
+def bind_eqn(eqn, invals: Sequence) -> list:
+    """Run one jaxpr equation unchanged on ``invals`` (under its context, e.g. a name scope)."""
+    bp = eqn.primitive.get_bind_params(eqn.params)
+    subfuns, bp = bp if isinstance(bp, tuple) else ((), bp)  # (subfuns, params) in older JAX
+    ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
+    if ctx is not None:
+        with ctx:
+            outs = eqn.primitive.bind(*subfuns, *invals, **bp)
+    else:
+        outs = eqn.primitive.bind(*subfuns, *invals, **bp)
+    return outs if eqn.primitive.multiple_results else [outs]
+
+
+Rule = Callable[[Any, list], "list | None"]
+"""``rule(eqn, invals) -> outputs`` (a list, one per ``eqn.outvars``) or ``None`` to run the
+equation unchanged."""
+
+
+def eval_jaxpr(jaxpr, consts: Sequence, args: Sequence, rule: Rule) -> list:
+    """Evaluate ``jaxpr`` on ``args``, letting ``rule`` replace equations.
+
+    Each equation goes to ``rule(eqn, invals)`` first; when it returns ``None`` a nested
+    ``jit``/``pjit`` program is evaluated recursively with the same rule, and any other
+    equation is bound as traced (:func:`bind_eqn`). Under an outer trace (``jit``, ``grad``,
+    ``vmap``) this re-emits the program with the replacements.
+
+    Args:
+      jaxpr: an open ``jax.extend.core.Jaxpr`` (``closed.jaxpr``).
+      consts: its constants (``closed.consts``).
+      args: one value per ``jaxpr.invars`` (the flattened arguments).
+      rule: see :data:`Rule`.
+
+    Returns:
+      the values of ``jaxpr.outvars``.
+    """
     env = {}
 
     def read(v):
@@ -103,35 +147,42 @@ def _eval_rewritten(jaxpr, consts, *args):
         env[v] = a
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
-        name = eqn.primitive.name
-        if eqn.primitive is lax.conv_general_dilated_p:
-            outs = [_conv_fast_vjp(*invals, eqn.params)]
-        elif (
-            eqn.primitive is lax.reduce_window_max_p
-            and tuple(eqn.params["window_dimensions"]) == tuple(eqn.params["window_strides"])
-            and all(d == 1 for d in eqn.params["base_dilation"])
-            and all(d == 1 for d in eqn.params["window_dilation"])
-            and jnp.issubdtype(invals[0].dtype, jnp.floating)
-        ):
-            outs = [_pool_fast_vjp(invals[0], eqn.params)]
-        elif name in ("jit", "pjit") and "jaxpr" in eqn.params:
-            sub = eqn.params["jaxpr"]
-            outs = _eval_rewritten(sub.jaxpr, sub.consts, *invals)
-        else:
-            bp = eqn.primitive.get_bind_params(eqn.params)
-            subfuns, bp = bp if isinstance(bp, tuple) else ((), bp)  # (subfuns, params) in older JAX
-            ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
-            if ctx is not None:
-                with ctx:
-                    outs = eqn.primitive.bind(*subfuns, *invals, **bp)
+        outs = rule(eqn, invals)
+        if outs is None:
+            if eqn.primitive.name in ("jit", "pjit") and "jaxpr" in eqn.params:
+                sub = eqn.params["jaxpr"]
+                outs = eval_jaxpr(sub.jaxpr, sub.consts, invals, rule)
             else:
-                outs = eqn.primitive.bind(*subfuns, *invals, **bp)
-            if not eqn.primitive.multiple_results:
-                outs = [outs]
+                outs = bind_eqn(eqn, invals)
         for v, val in zip(eqn.outvars, outs):
             if not isinstance(v, jex_core.DropVar):
                 env[v] = val
     return [read(v) for v in jaxpr.outvars]
+
+
+def reinterpret(fn: Callable, rule: Rule, args: tuple, closed=None, shape=None):
+    """``fn(*args)`` traced to a jaxpr and re-evaluated with ``rule`` (:func:`eval_jaxpr`);
+    the output has ``fn``'s pytree structure. ``closed``/``shape`` (``jax.make_jaxpr(fn,
+    return_shape=True)(*args)``) may be passed when already traced."""
+    if closed is None:
+        closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    outs = eval_jaxpr(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), rule)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), outs)
+
+
+def _cpu_rule(eqn, invals):
+    """The XLA:CPU gradient rewrite as an :func:`eval_jaxpr` rule."""
+    if eqn.primitive is lax.conv_general_dilated_p:
+        return [_conv_fast_vjp(*invals, eqn.params)]
+    if (
+        eqn.primitive is lax.reduce_window_max_p
+        and tuple(eqn.params["window_dimensions"]) == tuple(eqn.params["window_strides"])
+        and all(d == 1 for d in eqn.params["base_dilation"])
+        and all(d == 1 for d in eqn.params["window_dilation"])
+        and jnp.issubdtype(invals[0].dtype, jnp.floating)
+    ):
+        return [_pool_fast_vjp(invals[0], eqn.params)]
+    return None
 
 
 def cpu_friendly(fn: Callable) -> Callable:
@@ -145,9 +196,7 @@ def cpu_friendly(fn: Callable) -> Callable:
             closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
         except Exception:  # noqa: BLE001 - e.g. non-array arguments: leave fn alone
             return fn(*args)
-        flat_args = jax.tree_util.tree_leaves(args)
-        outs = _eval_rewritten(closed.jaxpr, closed.consts, *flat_args)
-        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), outs)
+        return reinterpret(fn, _cpu_rule, args, closed, shape)
 
     return wrapped
 
@@ -158,4 +207,4 @@ def maybe_rewrite(fn: Callable, rewrite) -> Callable:
     return cpu_friendly(fn) if rewrite else fn
 
 
-__all__ = ["cpu_friendly", "maybe_rewrite"]
+__all__ = ["bind_eqn", "cpu_friendly", "eval_jaxpr", "maybe_rewrite", "reinterpret"]

@@ -522,11 +522,12 @@ def test_attack_object_compiles_once_per_shape():
     np.testing.assert_array_equal(a.steps_taken, ref.steps_taken)
     np.testing.assert_allclose(a.z, ref.z, rtol=1e-5, atol=1e-6)
     assert b.z.shape == a.z.shape
-    run(z0[:5], t[:5])  # a new shape compiles once more
+    assert run.compile_count == 1
+    run(z0[:5], t[:5])  # a new shape compiles once more (decode itself, same per-example shape, may not re-trace)
+    assert run.compile_count == 2
     second = dict(traces)
-    assert second["decode"] > first["decode"]
     run(z0[5:10], t[5:10])
-    assert traces == second
+    assert traces == second and run.compile_count == 2
     # host-side checks still name the argument, without tracing
     with pytest.raises(InputError, match="target"):
         run(z0, t.at[0].set(K))

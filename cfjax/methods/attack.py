@@ -32,8 +32,9 @@ Semantics (identical on every code path below, for every option):
 * once past the threshold the example is frozen (``done``); ``steps_taken`` counts the
   optimiser steps actually applied;
 * a zero gradient (global norm 0) ends the example as a failure (status 2) unless
-  ``on_zero_gradient="continue"``; a non-finite logit/score/loss/gradient always ends it as a
-  failure (status 3), never as a success;
+  ``on_zero_gradient="continue"``; a non-finite point ``z``, image ``x``, logit, score, loss
+  or gradient always ends it as a failure (status 3), never as a success (so a NaN ``z0``
+  inside the caller's own ``jit``, where the host check cannot see values, ends with status 3);
 * ``success`` is judged by the threshold at the returned point, never by the iteration
   index (a step that lands past the threshold on the very last iteration is a success).
 
@@ -60,6 +61,16 @@ Code paths:
 :func:`attack_pixels` runs the same loop on the image itself, projected back to [0, 1]
 after each step: the adversarial-noise baseline, with the same result type.
 
+Input checks (every failure an :class:`~cfjax.errors.InputError` raised before the attack is
+traced): the options; ``z0`` float32 or float64 (integer starts are refused, and so are
+float16/bfloat16 ones: the optimiser's state underflows there, so cast to float32 and use
+``compute_dtype`` for low-precision model arithmetic); a finite ``learning_rate > 0``;
+integer targets (and ``source``) in ``[0, K)``, cast to int32 on the host; finite values of
+concrete arrays. A shape probe then traces ``decode``, ``logits``, ``objective``,
+``success_fn`` and ``proximity`` abstractly on one example; when one of them fails, or
+returns the wrong kind of output, the error names that callable, the shape and dtype it was
+called on and the underlying error (the pixel attack names ``x0``, it has no ``decode``).
+
 On the CPU backend ``decode`` and ``logits`` are re-interpreted by :func:`cpu_friendly` by
 default (``rewrite_grads``): identical values and gradients, 3-5x faster attack steps on
 XLA:CPU, whose convolution input-gradients are slow inside loops (details at the function).
@@ -74,7 +85,6 @@ import math
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.extend.core as jex_core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -84,6 +94,7 @@ from jaxtyping import Array, Bool, Float, Int
 from cfjax._checks import check_finite, check_images
 from cfjax.cpu_grads import cpu_friendly
 from cfjax.cpu_grads import maybe_rewrite as _maybe_rewrite
+from cfjax.cpu_grads import reinterpret
 from cfjax.errors import bad_arg
 
 SUCCESS, BUDGET, ZERO_GRAD, NON_FINITE = 0, 1, 2, 3
@@ -145,12 +156,16 @@ def normalized_sgd(learning_rate: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(optimizer, learning_rate: float) -> optax.GradientTransformation:
-    """``None``/``"adam"`` (the paper's Adam), ``"sgd-normalized"``, or any optax transformation."""
+    """``None``/``"adam"`` (the paper's Adam), ``"sgd-normalized"``, or any optax transformation
+    (then ``learning_rate`` is unused). A used ``learning_rate`` must be finite and > 0
+    (:class:`~cfjax.errors.InputError` otherwise; a traced one is not checked)."""
     if isinstance(optimizer, optax.GradientTransformation):
         return optimizer
     if optimizer is None or optimizer == "adam":
+        _check_learning_rate(learning_rate)
         return optax.adam(learning_rate)
     if optimizer == "sgd-normalized":
+        _check_learning_rate(learning_rate)
         return normalized_sgd(learning_rate)
     raise bad_arg("optimizer", repr(optimizer), "'adam', 'sgd-normalized' or an optax.GradientTransformation")
 
@@ -196,48 +211,17 @@ smooth at ``d = 0``), of ``d = z - z0``."""
 _LOW_PRECISION_PRIMS = (lax.dot_general_p, lax.conv_general_dilated_p)
 
 
-def _bind(eqn, invals):
-    bp = eqn.primitive.get_bind_params(eqn.params)
-    subfuns, bp = bp if isinstance(bp, tuple) else ((), bp)
-    ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
-    if ctx is not None:
-        with ctx:
-            outs = eqn.primitive.bind(*subfuns, *invals, **bp)
-    else:
-        outs = eqn.primitive.bind(*subfuns, *invals, **bp)
-    return outs if eqn.primitive.multiple_results else [outs]
-
-
 def _wider_float(a, dtype) -> bool:
     dt = getattr(a, "dtype", None)
     return dt is not None and jnp.issubdtype(dt, jnp.floating) and jnp.finfo(dt).bits > jnp.finfo(dtype).bits
 
 
-def _eval_low_precision(jaxpr, consts, dtype, *args):
-    env = {}
-
-    def read(v):
-        return v.val if isinstance(v, jex_core.Literal) else env[v]
-
-    for v, c in zip(jaxpr.constvars, consts):
-        env[v] = c
-    for v, a in zip(jaxpr.invars, args):
-        env[v] = a
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        if eqn.primitive in _LOW_PRECISION_PRIMS and all(_wider_float(a, dtype) for a in invals):
-            out_dtype = eqn.outvars[0].aval.dtype
-            params = dict(eqn.params, preferred_element_type=out_dtype)
-            outs = [eqn.primitive.bind(*[a.astype(dtype) for a in invals], **params)]
-        elif eqn.primitive.name in ("jit", "pjit") and "jaxpr" in eqn.params:
-            sub = eqn.params["jaxpr"]
-            outs = _eval_low_precision(sub.jaxpr, sub.consts, dtype, *invals)
-        else:
-            outs = _bind(eqn, invals)
-        for v, val in zip(eqn.outvars, outs):
-            if not isinstance(v, jex_core.DropVar):
-                env[v] = val
-    return [read(v) for v in jaxpr.outvars]
+def _low_precision_rule(dtype, eqn, invals):
+    """The :func:`mixed_precision` cast as a :func:`cfjax.cpu_grads.eval_jaxpr` rule."""
+    if eqn.primitive in _LOW_PRECISION_PRIMS and all(_wider_float(a, dtype) for a in invals):
+        params = dict(eqn.params, preferred_element_type=eqn.outvars[0].aval.dtype)
+        return [eqn.primitive.bind(*[a.astype(dtype) for a in invals], **params)]
+    return None
 
 
 def mixed_precision(fn: Callable, dtype) -> Callable:
@@ -262,11 +246,11 @@ def mixed_precision(fn: Callable, dtype) -> Callable:
       The wrapped function (same signature and output dtypes).
     """
 
+    rule = functools.partial(_low_precision_rule, dtype)
+
     @functools.wraps(fn)
     def wrapped(*args):
-        closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-        outs = _eval_low_precision(closed.jaxpr, closed.consts, dtype, *jax.tree_util.tree_leaves(args))
-        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), outs)
+        return reinterpret(fn, rule, args)
 
     return wrapped
 
@@ -356,42 +340,154 @@ def _parse_options(*, steps, threshold, objective, success_fn, proximity, proxim
                  float(proximity_weight), on_zero_gradient == "continue", compute_dtype, int(record_every), int(early_exit_every))
 
 
-def _num_classes(decode, logits, z0, spec: _Spec, batched: bool) -> int:
-    """Shape-check ``logits(decode(z0))`` without running it; returns K (2 for sigmoid, the
-    last axis' size for a custom score)."""
-    z1 = jax.ShapeDtypeStruct(z0.shape[1:] if batched else z0.shape, z0.dtype)
+class _Names(NamedTuple):
+    """How an entry point's messages name its start point (the latent attack's ``z0``, the
+    pixel attack's ``x0``)."""
+
+    start: str  # the argument: "z0" / "x0"
+    one: str  # one example of it: "latent" / "image"
+    latent: bool  # whether a user ``decode`` sits before ``logits``
+
+
+_LATENT = _Names("z0", "latent", True)
+_PIXELS = _Names("x0", "image", False)
+
+
+def _describe(v) -> str:
+    """``"shape (8,) float32"`` for an array or abstract value; what it is otherwise."""
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+        return f"shape {tuple(v.shape)} {v.dtype}"
+    leaves = jax.tree_util.tree_leaves(v)
+    if isinstance(v, (tuple, list, dict)):
+        inner = ", ".join(_describe(a) for a in leaves[:3]) + (", ..." if len(leaves) > 3 else "")
+        return f"a {type(v).__name__} of {len(leaves)} arrays ({inner})"
+    return f"a {type(v).__name__}"
+
+
+def _error_text(e: BaseException, limit: int = 400) -> str:
+    """The exception's type and first lines, short enough for one message."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    text = f"{type(e).__name__}: {' '.join(lines[:2])}" if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _probe(name: str, fn: Callable, args: tuple, on: str, expected: str):
+    """``jax.eval_shape(fn, *args)``; a failure becomes an :class:`InputError` naming ``fn``'s
+    argument ``name``, the input it was called on (``on``) and the underlying error."""
     try:
-        out = jax.eval_shape(lambda z: logits(decode(z)), z1)
-    except Exception as e:  # noqa: BLE001 - re-raised with the argument named
-        raise bad_arg("z0", f"shape {tuple(z1.shape)} that decode/logits cannot take ({type(e).__name__}: {e})", "a latent decode accepts") from e
+        return jax.eval_shape(fn, *args)
+    except Exception as e:  # noqa: BLE001 - re-raised naming the callable
+        raise bad_arg(name, f"{_error_text(e)} (called on {on})", expected) from e
+
+
+def _one_array(name: str, out, on: str, what: str):
+    """``out`` must be one floating array (not a tuple, not integers)."""
+    if not (hasattr(out, "shape") and hasattr(out, "dtype")):
+        raise bad_arg(name, f"{_describe(out)} (called on {on})", f"one floating array {what}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise bad_arg(name, f"an output of dtype {out.dtype} (called on {on})", f"a floating array {what} (gradients flow through it)")
+    return out
+
+
+def _check_start_dtype(z0, names: _Names) -> None:
+    """The start point is float32 or float64 (checked on the dtype, so also for tracers)."""
+    dt = z0.dtype
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise bad_arg(names.start, f"dtype {dt}", f"a floating (float32) {names.one} array; cast it with .astype(jnp.float32)")
+    if jnp.finfo(dt).bits < 32:
+        raise bad_arg(names.start, f"dtype {dt}",
+                      f"a float32 (or float64) {names.one}: float16/bfloat16 starts are refused (the optimiser's state underflows there and most examples stop after one step); "
+                      "cast it with .astype(jnp.float32) and pass compute_dtype=jnp.bfloat16 for low-precision model arithmetic")
+
+
+def _check_learning_rate(learning_rate) -> None:
+    """A finite ``learning_rate > 0`` (not checked: a traced value, an optax schedule)."""
+    if isinstance(learning_rate, jax.core.Tracer) or callable(learning_rate):
+        return
+    v = learning_rate
+    if hasattr(v, "dtype") and np.ndim(v) == 0 and (jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)):
+        v = float(v)  # a numpy/jax scalar
+    if not (_is_real(v) and math.isfinite(v) and v > 0):
+        raise bad_arg("learning_rate", repr(learning_rate), "a finite number > 0 (or an optax schedule)")
+
+
+def _num_classes(decode, logits, z0, target, spec: _Spec, *, batched: bool, names: _Names = _LATENT) -> int:
+    """The shape probe: trace ``decode``, ``logits``, ``objective``, ``success_fn`` and
+    ``proximity`` abstractly (``jax.eval_shape``, nothing runs) on one example of ``z0`` and
+    ``target``; a failure names the callable, the shape and dtype it was called on and the
+    error. Returns K (2 for sigmoid, the last axis' size for a custom score)."""
+    z1 = jax.ShapeDtypeStruct(z0.shape[1:] if batched else z0.shape, z0.dtype)
+    t = jnp.asarray(target) if not hasattr(target, "shape") else target
+    t1 = jax.ShapeDtypeStruct(t.shape[1:] if batched else t.shape, jnp.int32 if spec.score_kind != "custom" else t.dtype)
+    on_z = f"{_describe(z1)}, one {names.one} of {names.start}"
+    if names.latent:
+        x = _probe("decode", decode, (z1,), on_z, f"a callable taking one {names.one} as {names.start} holds it (no batch axis) and returning an image [H, W, C]")
+        x = _one_array("decode", x, on_z, "(the image [H, W, C]; return only the image, e.g. a VAE's mean)")
+        on_x = f"{_describe(x)}, what decode returned"
+    else:
+        x, on_x = z1, on_z
+    out = _probe("logits", logits, (x,), on_x, "a callable taking ONE image [H, W, C] (no batch axis) and returning its logits [K]")
+    out = _one_array("logits", out, on_x, "of logits [K]")
     shape = tuple(out.shape)
-    if spec.score_kind == "custom":
-        return shape[-1] if shape else 1
     if spec.score_kind == "sigmoid":
         if shape not in ((), (1,)):
             raise bad_arg("logits", f"output shape {shape}", "shape () or (1,) for objective='sigmoid'")
-        return 2
-    if len(shape) != 1 or shape[0] < 2:
+    elif spec.score_kind != "custom" and (len(shape) != 1 or shape[0] < 2):
         raise bad_arg("logits", f"output shape {shape}", "shape (K,) with K >= 2 for objective='softmax' (one example, no batch axis)")
-    return shape[0]
+    on_l = f"logits {_describe(out)} and target {_describe(t1)}"
+    p = _probe("success_fn", spec.score, (out, t1), on_l, "a callable (logits, target) -> scalar score")
+    if getattr(p, "shape", None) != ():
+        raise bad_arg("success_fn", f"a score of {_describe(p)} (called on {on_l})", "a scalar score per example (logits, target) -> []")
+    if spec.loss is not None:
+        v = _probe("objective", spec.loss, (out, t1), on_l, "a callable (logits, target) -> scalar loss")
+        if getattr(v, "shape", None) != () or not jnp.issubdtype(v.dtype, jnp.floating):
+            raise bad_arg("objective", f"a loss of {_describe(v)} (called on {on_l})", "a scalar floating loss per example (logits, target) -> []")
+    if spec.proximity is not None:
+        on_d = f"{_describe(z1)}, z - {names.start} for one example"
+        v = _probe("proximity", spec.proximity, (z1,), on_d, "a callable (z - z0) -> scalar")
+        if getattr(v, "shape", None) != () or not jnp.issubdtype(v.dtype, jnp.floating):
+            raise bad_arg("proximity", f"{_describe(v)} (called on {on_d})", "a scalar floating penalty (z - z0) -> []")
+    if spec.score_kind == "custom":
+        return shape[-1] if shape else 1
+    return 2 if spec.score_kind == "sigmoid" else shape[0]
 
 
-def _check_target_values(target, k: int, spec: _Spec) -> None:
-    if isinstance(target, jax.core.Tracer) or spec.score_kind == "custom":
-        return
+def _check_target_values(target, k: int, spec: _Spec):
+    """Integer targets in ``[0, K)`` for the presets (values only when concrete); returns the
+    target cast to int32 (on the host when concrete), so that uint8/int64 targets reuse the
+    program compiled for int32."""
+    if spec.score_kind == "custom":
+        return target
+    if isinstance(target, jax.core.Tracer):
+        if not jnp.issubdtype(target.dtype, jnp.integer):
+            raise bad_arg("target", f"dtype {target.dtype}", "integer class indices")
+        return target.astype(jnp.int32)
     t = np.asarray(target)
     if not np.issubdtype(t.dtype, np.integer):
         raise bad_arg("target", f"dtype {t.dtype}", "an integer class index" + (" (1 increase, 0 decrease)" if spec.score_kind == "sigmoid" else ""))
     if t.size and (t.min() < 0 or t.max() >= k):
         raise bad_arg("target", f"values in [{t.min()}, {t.max()}]", f"class indices in [0, {k - 1}]")
+    return jnp.asarray(t.astype(np.int32))
 
 
-def _check_batch_args(z0, target, source, spec: _Spec):
-    """Shape/value checks of a batch (values only for concrete arrays); returns ``(z0, target)``."""
+def _check_source_values(source, k: int) -> None:
+    """Concrete ``source`` classes are integers in ``[0, K)``."""
+    if source is None or isinstance(source, jax.core.Tracer):
+        return
+    s = np.asarray(source)
+    if not np.issubdtype(s.dtype, np.integer):
+        raise bad_arg("source", f"dtype {s.dtype}", "integer class indices")
+    if s.size and (s.min() < 0 or s.max() >= k):
+        raise bad_arg("source", f"values in [{s.min()}, {s.max()}]", f"class indices in [0, {k - 1}]")
+
+
+def _check_batch_args(z0, target, source, spec: _Spec, names: _Names = _LATENT):
+    """Shape/dtype/value checks of a batch (values only for concrete arrays); returns ``(z0, target)``."""
     if not hasattr(z0, "shape"):
         z0 = jnp.asarray(z0)
     if z0.ndim < 2 or z0.shape[0] == 0:
-        raise bad_arg("z0", f"shape {tuple(z0.shape)}", "a non-empty batch [n, ...]")
+        raise bad_arg(names.start, f"shape {tuple(z0.shape)}", "a non-empty batch [n, ...]")
+    _check_start_dtype(z0, names)
     target = target if isinstance(target, jax.core.Tracer) else jnp.asarray(target)
     n = z0.shape[0]
     if spec.score_kind == "custom":
@@ -399,7 +495,7 @@ def _check_batch_args(z0, target, source, spec: _Spec):
             raise bad_arg("target", f"shape {tuple(target.shape)}", f"a leading axis of size {n}, one per example")
     elif target.shape != (n,):
         raise bad_arg("target", f"shape {tuple(target.shape)}", f"shape ({n},), one per example")
-    check_finite(z0, "z0")
+    check_finite(z0, names.start)
     if source is not None and not isinstance(source, jax.core.Tracer) and not isinstance(target, jax.core.Tracer):
         s = np.asarray(source)
         if s.shape != tuple(target.shape):
@@ -419,6 +515,12 @@ class _Fns(NamedTuple):
     finish: Callable  # (lane, target) -> AttackResult without trajectory
 
 
+def _all_finite(tree) -> Bool[Array, ""]:
+    """Every floating leaf of ``tree`` finite (a scalar bool)."""
+    oks = [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
+    return functools.reduce(jnp.logical_and, oks, jnp.asarray(True))
+
+
 def _lane_fns(decode, logits, *, spec: _Spec, tx, project) -> _Fns:
     """The per-example pieces every schedule is built from."""
     steps, threshold = spec.steps, spec.threshold
@@ -434,9 +536,10 @@ def _lane_fns(decode, logits, *, spec: _Spec, tx, project) -> _Fns:
         p = spec.score(l, target)
         if jnp.shape(p) != ():
             raise bad_arg("success_fn", f"a score of shape {jnp.shape(p)}", "a scalar score per example (logits, target) -> []")
-        # finite logits AND a finite score: XLA:CPU's max does not always propagate NaN,
-        # so a softmax of partly-NaN logits can come out finite; never trust it
-        return p, l, jnp.all(jnp.isfinite(l)) & jnp.isfinite(p), x
+        # a finite point, image, logits AND score: XLA:CPU's max does not always propagate
+        # NaN, so a relu of a NaN image or a softmax of partly-NaN logits can come out finite;
+        # never trust it (a NaN z0 under the caller's own jit ends with status 3, not 2)
+        return p, l, _all_finite(z) & _all_finite(x) & _all_finite(l) & jnp.isfinite(p), x
 
     def prob_and_x(z, target):
         p, _, _, x = score_ok_x(z, target)
@@ -603,7 +706,7 @@ def _prepare(decode, logits, spec: _Spec, rewrite_grads):
 
 _OPTIONS_DOC = """
       steps: the step budget (the fixed scan length).
-      learning_rate: the optimiser's (the paper: 0.1 MNIST, 0.01 CelebA).
+      learning_rate: the optimiser's (the paper: 0.1 MNIST, 0.01 CelebA); finite and > 0.
       optimizer: ``None``/``"adam"`` (``optax.adam(learning_rate)``), ``"sgd-normalized"``
         (steps of length ``learning_rate`` along the normalised gradient) or any
         ``optax.GradientTransformation`` (then ``learning_rate`` is unused).
@@ -670,7 +773,8 @@ def attack(
       decode: ``z -> x [H, W, C]``, e.g. a VAE decoder (any JAX callable).
       logits: ``x -> [K]`` class logits (``[]``/``[1]`` for ``objective="sigmoid"``). It must
         include its own preprocessing: it sees exactly what ``decode`` returns.
-      z0: the starting latent (e.g. the encoder mean of the image), any shape ``decode`` takes.
+      z0: the starting latent (e.g. the encoder mean of the image), any shape ``decode`` takes;
+        float32 (or float64). float16/bfloat16 and integer starts are refused.
       target: class index to reach (softmax), 1/0 to increase/decrease a sigmoid, or whatever
         a custom ``objective``/``success_fn`` takes.{options}
 
@@ -678,8 +782,11 @@ def attack(
       :class:`AttackResult`; ``trajectory`` has ``ceil(steps / record_every) + 1`` images.
 
     Raises:
-      InputError: bad options, non-finite ``z0``, a ``target`` outside ``[0, K)``, or a
-        ``logits`` output that is not ``[K]`` (``[]``/``[1]`` for sigmoid).
+      InputError: bad options, a ``z0`` that is not float32/float64 or not finite, a
+        ``target`` outside ``[0, K)``, a ``logits`` output that is not ``[K]``
+        (``[]``/``[1]`` for sigmoid), or a callable (``decode``, ``logits``, ``objective``,
+        ``success_fn``, ``proximity``) that fails or returns the wrong kind of output on one
+        example (the message names it and the input it was given).
 
     Example:
       >>> import jax.numpy as jnp
@@ -688,23 +795,45 @@ def attack(
       >>> bool(r.success), int(r.status), int(r.steps_taken) > 0
       (True, 0, True)
     """
+    return _attack(_LATENT, **locals())  # every argument, by name
+
+
+def _attack(names: _Names, decode, logits, z0, target, *, steps, learning_rate, optimizer, threshold, objective, success_fn, proximity,
+            proximity_weight, threshold_rule, on_zero_gradient, compute_dtype, record_every, project, early_exit_every,
+            rewrite_grads) -> AttackResult:
+    """:func:`attack` with the start point's argument named as ``names`` says."""
     spec = _parse_options(steps=steps, threshold=threshold, objective=objective, success_fn=success_fn, proximity=proximity,
                           proximity_weight=proximity_weight, threshold_rule=threshold_rule, on_zero_gradient=on_zero_gradient,
                           compute_dtype=compute_dtype, record_every=record_every, early_exit_every=early_exit_every)
+    tx = make_optimizer(optimizer, learning_rate)
     z0 = jnp.asarray(z0) if not isinstance(z0, jax.core.Tracer) else z0
-    check_finite(z0, "z0")
-    k = _num_classes(decode, logits, z0, spec, batched=False)
+    _check_start_dtype(z0, names)
+    check_finite(z0, names.start)
     if spec.score_kind != "custom" and np.ndim(target) != 0:
         raise bad_arg("target", f"shape {np.shape(target)}", "a scalar class index (use attack_batch for batches)")
-    _check_target_values(target, k, spec)
+    if not isinstance(target, jax.core.Tracer):
+        target = jnp.asarray(target)
+    k = _num_classes(decode, logits, z0, target, spec, batched=False, names=names)
+    target = _check_target_values(target, k, spec)
     decode, logits = _prepare(decode, logits, spec, rewrite_grads)
-    fns = _lane_fns(decode, logits, spec=spec, tx=make_optimizer(optimizer, learning_rate), project=project)
-    target = jnp.asarray(target, jnp.int32) if spec.score_kind != "custom" else jnp.asarray(target)
+    fns = _lane_fns(decode, logits, spec=spec, tx=tx, project=project)
     return _run_one(fns, z0, target, steps=spec.steps, record_every=spec.record_every, early_exit_every=spec.early_exit_every)
 
 
 if attack.__doc__:  # None under python -OO
     attack.__doc__ = attack.__doc__.replace("{options}", _OPTIONS_DOC)
+
+_SINGLE_DEFAULTS = {k: p.default for k, p in inspect.signature(attack).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _pixel_options(kw: dict, allowed, **fixed) -> dict:
+    """The pixel attack's options: refuses unknown ones and ``project`` (always clipping)."""
+    if "project" in kw:
+        raise bad_arg("project", "a projection", "no projection for a pixel attack (it always clips to [0, 1])")
+    unknown = sorted(set(kw) - set(allowed))
+    if unknown:
+        raise bad_arg("options", ", ".join(unknown), f"options of the pixel attack: {', '.join(sorted(allowed))}")
+    return {**kw, **fixed}
 
 
 def _clip01(x):
@@ -727,7 +856,8 @@ def attack_pixels(
     [0, 1] after every step, :math:`x_{t+1} = \Pi_{[0,1]}(x_t + \mathrm{opt}(\nabla_x L))`.
 
     Same options and result type as :func:`attack` (``z`` and ``x`` are both the final
-    image; a proximity term measures ``x - x0``). On an undefended classifier it flips the
+    image; a proximity term measures ``x - x0``). Its messages name ``x0`` and ``logits``
+    (there is no ``decode``); ``project`` is refused (it always clips). On an undefended classifier it flips the
     class with small, structured noise: the adversarial example the latent attack is compared
     against.
 
@@ -750,7 +880,8 @@ def attack_pixels(
       (True, True)
     """
     check_images(x0, "x0", batched=False)
-    return attack(_identity, logits, x0, target, learning_rate=learning_rate, project=_clip01, **kw)
+    opts = _pixel_options(kw, set(_SINGLE_DEFAULTS) - {"learning_rate"}, learning_rate=learning_rate, project=_clip01)
+    return _attack(_PIXELS, _identity, logits, x0, target, **{**_SINGLE_DEFAULTS, **opts})
 
 
 def attack_batch(
@@ -789,7 +920,7 @@ def attack_batch(
       decode, logits: as in :func:`attack`.
       z0: starting latents [n, ...].
       target: [n] target per example ([n, ...] for a custom ``success_fn``).
-      source: optional [n] source classes; a ``target == source`` pair is refused.
+      source: optional [n] source classes in ``[0, K)``; a ``target == source`` pair is refused.
       schedule: ``"compact"`` (default; see the module docstring: cost ~ the sum of the
         examples' own step counts) or ``"vmap"`` (``jax.vmap(attack)``; every lane costs the
         slowest one's steps). Both give the same per-example results, trajectories included.
@@ -801,7 +932,7 @@ def attack_batch(
 
     Raises:
       InputError: as :func:`attack`, plus bad batch shapes, ``schedule``, ``block``,
-        ``min_width`` or ``target == source``.
+        ``min_width``, a ``source`` outside ``[0, K)`` or ``target == source``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -810,17 +941,24 @@ def attack_batch(
       >>> r.success.shape, bool(r.success.all())
       ((4,), True)
     """
+    return _attack_batch(_LATENT, **locals())  # every argument, by name
+
+
+def _attack_batch(names: _Names, decode, logits, z0, target, *, source, schedule, block, min_width, steps, learning_rate, optimizer, threshold,
+                  objective, success_fn, proximity, proximity_weight, threshold_rule, on_zero_gradient, compute_dtype, record_every, project,
+                  early_exit_every, rewrite_grads) -> AttackResult:
+    """:func:`attack_batch` with the start point's argument named as ``names`` says."""
     spec = _parse_options(steps=steps, threshold=threshold, objective=objective, success_fn=success_fn, proximity=proximity,
                           proximity_weight=proximity_weight, threshold_rule=threshold_rule, on_zero_gradient=on_zero_gradient,
                           compute_dtype=compute_dtype, record_every=record_every, early_exit_every=early_exit_every)
     _check_schedule(schedule, block, min_width)
-    z0, target = _check_batch_args(z0, target, source, spec)
-    k = _num_classes(decode, logits, z0, spec, batched=True)
-    _check_target_values(target, k, spec)
+    tx = make_optimizer(optimizer, learning_rate)
+    z0, target = _check_batch_args(z0, target, source, spec, names)
+    k = _num_classes(decode, logits, z0, target, spec, batched=True, names=names)
+    target = _check_target_values(target, k, spec)
+    _check_source_values(source, k)
     decode, logits = _prepare(decode, logits, spec, rewrite_grads)
-    fns = _lane_fns(decode, logits, spec=spec, tx=make_optimizer(optimizer, learning_rate), project=project)
-    if spec.score_kind != "custom":
-        target = target.astype(jnp.int32)
+    fns = _lane_fns(decode, logits, spec=spec, tx=tx, project=project)
     if schedule == "vmap":
         one = functools.partial(_run_one, fns, steps=spec.steps, record_every=spec.record_every, early_exit_every=spec.early_exit_every)
         return jax.vmap(one)(z0, target)
@@ -829,6 +967,8 @@ def attack_batch(
 
 if attack_batch.__doc__:
     attack_batch.__doc__ = attack_batch.__doc__.replace("{options}", _OPTIONS_DOC)
+
+_BATCH_DEFAULTS = {k: p.default for k, p in inspect.signature(attack_batch).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _check_schedule(schedule, block, min_width) -> None:
@@ -854,7 +994,8 @@ def attack_pixels_batch(logits: Callable, x0: Float[Array, "n h w c"], target: I
       :class:`AttackResult` with a leading batch axis.
     """
     check_images(x0, "x0")
-    return attack_batch(_identity, logits, x0, target, learning_rate=learning_rate, project=_clip01, **kw)
+    opts = _pixel_options(kw, set(_BATCH_DEFAULTS) - {"learning_rate"}, learning_rate=learning_rate, project=_clip01)
+    return _attack_batch(_PIXELS, _identity, logits, x0, target, **{**_BATCH_DEFAULTS, **opts})
 
 
 # ------------------------------------------------------------------ compile once, call many
@@ -876,8 +1017,14 @@ class Attack:
     Calling :func:`attack_batch` directly re-traces and re-compiles the whole loop on every
     call (seconds per call, even for a toy model); an ``Attack`` jits it once, so later calls
     with the same shapes and dtypes only run the compiled program. The options are checked at
-    construction; each call still checks argument shapes, and (for concrete arrays) the
-    target range, ``target != source`` and finite ``z0`` on the host, without tracing again.
+    construction; each call still checks argument shapes and dtypes, and (for concrete arrays)
+    the target and source ranges, ``target != source`` and finite ``z0`` on the host, without
+    tracing again. Concrete preset targets are cast to int32 on the host, so uint8 or int64
+    targets reuse the int32 program; :attr:`compile_count` says how many programs were built.
+
+    The models are closed over: their weights are constants of the compiled program. A model
+    changed in place afterwards (an NNX module trained further) is NOT seen by later calls of
+    the same shapes; build a new ``Attack`` or pass the weights as data (docs/byom.md).
 
     Args:
       decode: ``z -> x [H, W, C]`` (single example; ``_identity`` for the pixel attack, see
@@ -893,8 +1040,8 @@ class Attack:
       >>> run = Attack(lambda z: z, lambda x: jnp.eye(3) @ x, steps=50)
       >>> r = run(jnp.zeros((4, 3)), jnp.array([0, 1, 2, 1]))   # traces and compiles
       >>> r = run(jnp.ones((4, 3)), jnp.array([2, 2, 0, 1]))    # reuses the program
-      >>> bool(r.success.all())
-      True
+      >>> bool(r.success.all()), run.compile_count
+      (True, 1)
     """
 
     def __init__(self, decode: Callable, logits: Callable, *, batched: bool = True, **options):
@@ -907,23 +1054,39 @@ class Attack:
         if unknown:
             raise bad_arg("options", ", ".join(unknown), f"options of {'attack_batch' if batched else 'attack'}: {', '.join(sorted(allowed))}")
         self._pixels = options.pop("_pixels", False)
-        defaults = inspect.signature(attack_batch).parameters
-        self._spec = _parse_options(**{k: options.get(k, defaults[k].default) for k in _SPEC_OPTIONS})
+        self._names = _PIXELS if self._pixels else _LATENT
+        defaults = _BATCH_DEFAULTS if batched else _SINGLE_DEFAULTS
+        self._spec = _parse_options(**{k: options.get(k, defaults[k]) for k in _SPEC_OPTIONS})
         if batched:
             _check_schedule(options.get("schedule", "compact"), options.get("block", 5), options.get("min_width", 8))
-        make_optimizer(options.get("optimizer"), options.get("learning_rate", 0.1))  # checks the optimizer
+        make_optimizer(options.get("optimizer"), options.get("learning_rate", defaults["learning_rate"]))  # checks optimizer and rate
         self.decode, self.logits, self.batched, self.options = decode, logits, batched, dict(options)
         self._k: dict = {}
-        self._fn = jax.jit(functools.partial(attack_batch if batched else attack, decode, logits, **options))
+        self._compiles = 0
+        impl = functools.partial(_attack_batch if batched else _attack, self._names, decode, logits, **{**defaults, **options})
+
+        def _attack_program(z0, target):  # runs only while jit traces, i.e. once per program it compiles
+            self._compiles += 1
+            return impl(z0, target)
+
+        self._fn = jax.jit(_attack_program)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
         return f"{type(self).__name__}({'batched' if self.batched else 'single'}{', ' if opts else ''}{opts})"
 
-    def _classes(self, z0) -> int:
-        key = (tuple(z0.shape), str(z0.dtype))
-        if key not in self._k:  # traces decode/logits abstractly once per shape
-            self._k[key] = _num_classes(self.decode, self.logits, z0, self._spec, batched=self.batched)
+    @property
+    def compile_count(self) -> int:
+        """How many programs this attack has traced and compiled so far: one per distinct
+        ``(z0, target)`` shape and dtype signature (0 before the first call). For a user's own
+        test that a loop of calls does not recompile. A call made inside an outer ``jax.jit``
+        counts once per trace of that outer function."""
+        return self._compiles
+
+    def _classes(self, z0, target) -> int:
+        key = (tuple(z0.shape), str(z0.dtype), tuple(np.shape(target)), str(getattr(target, "dtype", "")))
+        if key not in self._k:  # traces the callables abstractly once per shape
+            self._k[key] = _num_classes(self.decode, self.logits, z0, target, self._spec, batched=self.batched, names=self._names)
         return self._k[key]
 
     def __call__(self, z0: Float[Array, "n d"], target: Int[Array, "n"], source: Int[Array, "n"] | None = None) -> AttackResult:
@@ -931,23 +1094,29 @@ class Attack:
 
         Args:
           z0: starting latents [n, ...] (one example [...] when ``batched=False``; images
-            [n, H, W, C] for a pixel attack).
+            [n, H, W, C] for a pixel attack, named ``x0`` in its messages).
           target: [n] targets (a scalar when ``batched=False``).
-          source: optional [n] source classes, checked ``!= target`` on the host.
+          source: optional [n] source classes, checked in ``[0, K)`` and ``!= target`` on the
+            host.
 
         Returns:
           :class:`AttackResult` (with a leading batch axis when batched).
         """
+        names = self._names
         if self._pixels:
-            check_images(z0, "x0", batched=self.batched)
+            check_images(z0, names.start, batched=self.batched)
         if self.batched:
-            z0, target = _check_batch_args(z0, target, source, self._spec)
+            z0, target = _check_batch_args(z0, target, source, self._spec, names)
         else:
             z0 = z0 if isinstance(z0, jax.core.Tracer) else jnp.asarray(z0)
-            check_finite(z0, "z0")
+            _check_start_dtype(z0, names)
+            check_finite(z0, names.start)
             if self._spec.score_kind != "custom" and np.ndim(target) != 0:
                 raise bad_arg("target", f"shape {np.shape(target)}", "a scalar class index (use a batched Attack for batches)")
-        _check_target_values(target, self._classes(z0), self._spec)
+            target = target if isinstance(target, jax.core.Tracer) else jnp.asarray(target)
+        k = self._classes(z0, target)
+        target = _check_target_values(target, k, self._spec)  # preset targets: int32, cast on the host
+        _check_source_values(source, k)
         return self._fn(z0, target)
 
 
