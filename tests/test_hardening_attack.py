@@ -81,6 +81,8 @@ def _bn_logits(x):  # forgot mutable=["batch_stats"] (or use_running_average=Tru
         (lambda z: (decode(z), z), logits, {}, "decode", ("tuple of 2 arrays", "shape (4,) float32")),
         # decode returns NCHW: the channels-last classifier fails on what decode returned
         (lambda z: jnp.transpose(decode(z), (2, 0, 1)), _conv_logits, {}, "logits", ("shape (1, 4, 4) float32", "what decode returned")),
+        # decode keeps a batch axis: the classifier fails on [1, H, W, C]
+        (lambda z: decode(z)[None], _conv_logits, {}, "logits", ("shape (1, 4, 4, 1) float32", "what decode returned")),
         # BatchNorm left in train mode: flax refuses to update an immutable collection
         (decode, _bn_logits, {}, "logits", ("shape (4, 4, 1) float32", "batch_stats")),
         # a classifier returning integer scores
