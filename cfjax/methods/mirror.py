@@ -545,7 +545,7 @@ def mirror_cfe(
         mc.check_ks(ks, compose=compose)
     ks = default_k_grid() if ks is None else jnp.asarray(ks, jnp.float32)
     map_specs = mc.probe_feature_maps(feature_maps, x.shape, x.dtype, W.shape)
-    mc.probe_decoder(decode, map_specs, x.shape)
+    mc.probe_decoder(decode, map_specs, x.shape, source, target)
     if logits is not None:
         mc.probe_logits(logits, x.shape, x.dtype, K)
         mc.check_head_matches_logits(feature_maps, logits, W, b, x)

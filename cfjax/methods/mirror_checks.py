@@ -209,9 +209,18 @@ def check_class_batch(source, target, K: int, n: int) -> tuple[np.ndarray, np.nd
 # ------------------------------------------------------------------ images, grid
 
 
-def check_image(x, name: str = "x", *, batched: bool = False, x_range: tuple[float, float] | None = None) -> None:
+def check_image(x, name: str = "x", *, batched: bool = False, x_range: tuple[float, float] | None = None,
+                range_note: str = "the range the decoder was trained on") -> None:
     """A float image [H, W, c] (``batched``: [n, H, W, c]); concrete ones finite and, with
-    ``x_range``, within it (the range the decoder was trained on)."""
+    ``x_range``, within it.
+
+    Args:
+      x: the image(s).
+      name: the argument name for messages.
+      batched: a leading batch axis is expected.
+      x_range: ``(lo, hi)`` the values must lie in (None: no range check).
+      range_note: what the range is, for the message.
+    """
     rank = 4 if batched else 3
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise bad_arg(name, _describe(x), f"a float array [{'n, ' if batched else ''}H, W, c]")
@@ -233,7 +242,7 @@ def check_image(x, name: str = "x", *, batched: bool = False, x_range: tuple[flo
         if lo < x_range[0] - 1e-6 or hi > x_range[1] + 1e-6:
             hint = " (divide 0..255 data by 255)" if hi > 1.5 and x_range[1] <= 1.0 else ""
             raise bad_arg(name, f"values in [{lo:.4g}, {hi:.4g}]",
-                          f"values in [{x_range[0]:g}, {x_range[1]:g}], the range the decoder was trained on{hint}")
+                          f"values in [{x_range[0]:g}, {x_range[1]:g}], {range_note}{hint}")
 
 
 def check_ks(ks, *, compose: str = "decoded") -> None:
@@ -325,12 +334,21 @@ def probe_feature_maps(feature_maps: Callable, x_shape: Sequence[int], x_dtype, 
     return list(out)
 
 
-def probe_decoder(decode: Callable, maps, x_shape: Sequence[int], name: str = "decode") -> None:
-    """``decode(F_k, skips, source, target, k)`` returns one image of ``x``'s shape."""
+def probe_decoder(decode: Callable, maps, x_shape: Sequence[int], source=0, target=1, name: str = "decode") -> None:
+    """``decode(F_k, skips, source, target, k)`` returns one image of ``x``'s shape.
+
+    Args:
+      decode: the user's decoder.
+      maps: the shapes of ``feature_maps(x)`` (:func:`probe_feature_maps`).
+      x_shape: the image's shape.
+      source, target: passed as given (Python ints stay ints, as in the real call).
+      name: the argument name for messages.
+    """
     F_spec = jax.ShapeDtypeStruct(tuple(maps[-1].shape), maps[-1].dtype)
     skips = [jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for m in maps[:-1]]
-    i32, f32 = jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32)
-    out = _probe(decode, name, (F_spec, skips, i32, i32, f32), "(F_k [h, w, C], skips, source, target, k) -> x [H, W, c]")
+    f32 = jax.ShapeDtypeStruct((), jnp.float32)
+    out = _probe(lambda F, sk, k: decode(F, sk, source, target, k), name, (F_spec, skips, f32),
+                 "(F_k [h, w, C], skips, source, target, k) -> x [H, W, c]")
     shape = getattr(out, "shape", None)
     if shape is None or tuple(shape) != tuple(x_shape):
         raise bad_arg(name, f"an output of shape {shape if shape is not None else type(out).__name__}",
@@ -392,7 +410,7 @@ def check_dataset(data, name: str = "train"):
         labels_a = np.asarray(labels)
     except Exception:  # noqa: BLE001
         raise bad_arg(f"{name}.images", _describe(images), "an array [N, H, W, c]") from None
-    check_image(images_a, f"{name}.images", batched=True, x_range=(0.0, 1.0))
+    check_image(images_a, f"{name}.images", batched=True, x_range=(0.0, 1.0), range_note="the range cfjax's decoders train on and produce")
     if not np.issubdtype(labels_a.dtype, np.integer):
         raise bad_arg(f"{name}.labels", f"dtype {labels_a.dtype}", "integer class indices")
     if labels_a.shape != (images_a.shape[0],):
