@@ -465,7 +465,7 @@ def _merge_parser(p: argparse.ArgumentParser):
                           "the models the shard used (a shard written by `cfjax global ... --shard I/N`)")
         models_dir = a.models_dir or ns.models_dir or str(Path(recs[0]["dir"]) / "models")
         data_dir = a.data_dir or ns.data_dir
-        if cli["method"] == "mirror":
+        if ns.method == "mirror":
             from cfjax.jobs.mirror import MirrorJob, run_mirror_global
 
             cfg = mirror_config(ns)
