@@ -172,9 +172,10 @@ def run_pass(p: Pass, out: Path, *, checkpoint_every: int, progress: bool, shard
 
 # ------------------------------------------------------------------------------ shards and merge
 
-RESULT_NEUTRAL = ("batch_size", "chunk_size", "checkpoint_every", "max_decode", "lpips_weights")
+RESULT_NEUTRAL = ("batch_size", "chunk_size", "checkpoint_every", "max_decode", "lpips_weights", "figures", "n_figure_examples",
+                  "figure_pairs", "record_every")
 """Config fields that never change a result (rows per compiled step, checkpoint spacing, the
-memory bound of a step, the path of a sha256-checked weight file): left out of the run's
+memory bound of a step, the path of a sha256-checked weight file, what the figures show): left out of the run's
 fingerprint and of an output folder's identity, so a shard retried with another batch size on
 another machine still merges. Dropped at the top level of a ``run_config`` and of the dicts
 directly inside it (e.g. ``run_config["cfg"]``), never deeper (a decoder's training batch size is
