@@ -50,11 +50,25 @@ def _given(**kw) -> dict:
 
 
 def _data_args(p, *, default="mnist5k") -> None:
-    p.add_argument("--data", default=default, help="dataset name (mnist5k, fashion_mnist, mnist, celeb_a)")
+    p.add_argument("--data", default=default, help="dataset name (mnist5k, fashion_mnist, mnist, celeb_a, celeb_a_hq, bloodmnist)")
     p.add_argument("--out", required=True, help="output directory (summary.json, figures/, report.html)")
-    p.add_argument("--data-dir", default=None, help="TFDS data directory")
+    p.add_argument("--data-dir", default=None, help="TFDS data directory, or the folder of MedMNIST+ .npz files (bloodmnist)")
+    _size_task_args(p)
     p.add_argument("--smoke", action="store_true", help="tiny models and budgets: runs in seconds")
     p.add_argument("--overwrite", action="store_true", help="replace another run's outputs in OUT (default: refuse; the same run resumes)")
+
+
+def _size_task_args(p) -> None:
+    p.add_argument("--size", type=int, default=None, help="image side: bloodmnist 28/64/128/224 (which .npz), CelebA's resize target")
+    p.add_argument("--task", default=None, help="CelebA attribute as a 2-class task (e.g. Smiling, Mouth_Slightly_Open)")
+
+
+def _compose_data(a) -> None:
+    """``--data N --size S --task T`` -> the dataset spec ``N@S:T`` every job takes as its name."""
+    if getattr(a, "data", None) is not None and (getattr(a, "size", None) is not None or getattr(a, "task", None) is not None):
+        from cfjax.data import dataset_spec
+
+        a.data = dataset_spec(a.data, a.size, a.task)
 
 
 def _attack_args(p) -> None:
@@ -286,9 +300,11 @@ def _train_parser(p: argparse.ArgumentParser):
         sp.add_argument("--latent-dim", type=int, default=None, help="VAE latent size")
         sp.add_argument("--augment-blur", type=float, default=None, help="classifier: fraction of blurred training images")
         sp.add_argument("--data-dir", default=None)
+        _size_task_args(sp)
         sp.add_argument("--limit", type=int, default=None, help="cap examples per split (smoke runs)")
     sp = sub.add_parser("mirror-decoder", help="train (or reuse) the Mirror-CFE decoder of a dataset")
     sp.add_argument("--data", default="mnist5k")
+    _size_task_args(sp)
     sp.add_argument("--out", required=True, help="run directory; models go to OUT/models/<data>/ (or --models-dir)")
     sp.add_argument("--models-dir", default=None)
     sp.add_argument("--pair", default=None, help="S,T: train on this pair (both directions) only; default: one decoder for all pairs")
@@ -592,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _check_finite(a)
+        _compose_data(a)
         if getattr(a, "overwrite", False):
             from cfjax.jobs.skeleton import overwrite_outputs
 

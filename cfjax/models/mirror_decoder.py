@@ -14,6 +14,21 @@ the module: the module is a plain image generator). The decoder goes coarse to f
 two 3x3 convs -> final upsample to the image size -> 3x3 conv -> sigmoid (images in [0, 1]).
 Sizes follow the inputs, so the same module serves 28x28x1 and 64x64x3 (``image_shape``).
 
+**High resolution** (issue 27; a ResNet's shallowest skip is 1/4 of the image at 128-224 px):
+when the shallowest skip is smaller than the image, a *tail* of x2 upsample + 3x3 conv stages
+(``tail{j}_conv``, width ``max(widths[-1] // 2, 8)``) climbs to the image size instead of one
+large pixel repetition; a final non-power-of-two factor (224 = 7 * 32) is taken by the last
+resize. With ``skip_mode="eq12"`` each editor pools its skip down to ``F_k``'s resolution (the
+paper's controller), so the editors cost the same at 224 px as at 64 px. Two memory options,
+neither of which changes the parameters (a decoder trained with them loads without them):
+
+* ``remat``: each level (editor, mix, two convs) and each tail stage is rematerialised in the
+  backward pass (``nn.remat`` of a per-level function, parameter names unchanged): only the
+  level outputs are kept. ``None`` (default) turns it on at 64x64 and above, where activations
+  dominate; the outputs are bit-identical.
+* ``dtype``: compute dtype of the convolutions (``jnp.bfloat16``: bf16 activations and
+  matmuls, float32 parameters, float32 sigmoid output).
+
 No training logic here (see :func:`cfjax.mirror.train_mirror_decoder`).
 
 Example:
@@ -53,11 +68,12 @@ class PatternEditor(nn.Module):
     channels, ReLU so it lives where the classifier's post-ReLU skips live)."""
 
     width: int
+    dtype: object = None
 
     @nn.compact
     def __call__(self, skip, fk_up):
-        h = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME", name="conv0")(jnp.concatenate([skip, fk_up], -1)))
-        return nn.relu(nn.Conv(skip.shape[-1], (3, 3), padding="SAME", name="conv1")(h))
+        h = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME", dtype=self.dtype, name="conv0")(jnp.concatenate([skip, fk_up], -1)))
+        return nn.relu(nn.Conv(skip.shape[-1], (3, 3), padding="SAME", dtype=self.dtype, name="conv1")(h))
 
 
 def _pool_to(x: Float[Array, "n H W c"], hw: tuple[int, int]) -> Float[Array, "n h w c"]:
@@ -80,14 +96,16 @@ class Eq12Editor(nn.Module):
     Inside the CSP mask the decoder thus sees the source only through ``F_k``'s resolution."""
 
     width: int
+    dtype: object = None
 
     @nn.compact
     def __call__(self, skip, F_k):
         hw_k, hw_s = tuple(F_k.shape[1:3]), tuple(skip.shape[1:3])
-        b = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME", name="B")(_pool_to(skip, hw_k)))
-        u = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME", name="D0")(jnp.concatenate([b, F_k], -1)))
-        u = nn.relu(nn.Conv(self.width, (3, 3), padding="SAME", name="D1")(_resize(u, hw_s)))
-        return nn.relu(nn.Conv(skip.shape[-1], (3, 3), padding="SAME", name="D2")(u))
+        conv = lambda c, name: nn.Conv(c, (3, 3), padding="SAME", dtype=self.dtype, name=name)  # noqa: E731
+        b = nn.relu(conv(self.width, "B")(_pool_to(skip, hw_k)))
+        u = nn.relu(conv(self.width, "D0")(jnp.concatenate([b, F_k.astype(b.dtype)], -1)))
+        u = nn.relu(conv(self.width, "D1")(_resize(u, hw_s)))
+        return nn.relu(conv(skip.shape[-1], "D2")(u))
 
 
 class MirrorDecoder(nn.Module):
@@ -103,6 +121,8 @@ class MirrorDecoder(nn.Module):
       skip_mode: ``"full"``: the editor sees the full-resolution source skip and the upsampled,
         reduced ``F_k`` (:class:`PatternEditor`); ``"eq12"``: the paper's Eq. 12
         (:class:`Eq12Editor`: the skip pooled to ``F_k``'s resolution + the full ``F_k``).
+      remat: rematerialise each level in the backward pass (``None``: at 64x64 and above).
+      dtype: compute dtype (``None`` = float32; ``jnp.bfloat16``: bf16 compute, f32 params).
     """
 
     image_shape: tuple[int, int, int] = (28, 28, 1)
@@ -110,6 +130,8 @@ class MirrorDecoder(nn.Module):
     editor_width: int = 16
     fk_channels: int = 32
     skip_mode: str = "full"
+    remat: bool | None = None
+    dtype: object = None
 
     @nn.compact
     def __call__(
@@ -130,22 +152,39 @@ class MirrorDecoder(nn.Module):
         widths = list(self.widths) or [32]
         if self.skip_mode not in ("full", "eq12"):
             raise ValueError(f"skip_mode: expected 'full' or 'eq12', got {self.skip_mode!r}")
-        fk = nn.Conv(self.fk_channels, (1, 1), name="fk_reduce")(F_k) if self.skip_mode == "full" else None
-        h = nn.relu(nn.Conv(widths[0], (3, 3), padding="SAME", name="stem")(F_k))
-        for level, i in enumerate(reversed(range(len(skips)))):
-            skip, m = skips[i], masks[i]
+        dt = self.dtype
+        remat = (H * W >= 64 * 64) if self.remat is None else self.remat
+        fk = nn.Conv(self.fk_channels, (1, 1), dtype=dt, name="fk_reduce")(F_k) if self.skip_mode == "full" else None
+        h = nn.relu(nn.Conv(widths[0], (3, 3), padding="SAME", dtype=dt, name="stem")(F_k))
+
+        def level(mdl, h, skip, m, F_k, fk, i, width):
             hw = tuple(skip.shape[1:3])
-            width = widths[min(level, len(widths) - 1)]
-            if self.skip_mode == "full":
-                edited = PatternEditor(self.editor_width, name=f"editor{i}")(skip, _resize(fk, hw))
+            if mdl.skip_mode == "full":
+                edited = PatternEditor(mdl.editor_width, dtype=dt, name=f"editor{i}", parent=mdl)(skip, _resize(fk, hw))
             else:
-                edited = Eq12Editor(self.editor_width, name=f"editor{i}")(skip, F_k)
-            mixed = (1.0 - m) * skip + m * edited
+                edited = Eq12Editor(mdl.editor_width, dtype=dt, name=f"editor{i}", parent=mdl)(skip, F_k)
+            mixed = (1.0 - m) * skip + m * edited.astype(skip.dtype)
             h = _resize(h, hw)
-            h = nn.relu(nn.Conv(width, (3, 3), padding="SAME", name=f"up{i}_conv0")(jnp.concatenate([h, mixed], -1)))
-            h = nn.relu(nn.Conv(width, (3, 3), padding="SAME", name=f"up{i}_conv1")(h))
+            mixed = mixed.astype(h.dtype)
+            h = nn.relu(nn.Conv(width, (3, 3), padding="SAME", dtype=dt, name=f"up{i}_conv0", parent=mdl)(jnp.concatenate([h, mixed], -1)))
+            return nn.relu(nn.Conv(width, (3, 3), padding="SAME", dtype=dt, name=f"up{i}_conv1", parent=mdl)(h))
+
+        def tail(mdl, h, j, width):
+            h = _resize(h, (2 * h.shape[1], 2 * h.shape[2]))
+            return nn.relu(nn.Conv(width, (3, 3), padding="SAME", dtype=dt, name=f"tail{j}_conv", parent=mdl)(h))
+
+        level_fn = nn.remat(level, static_argnums=(6, 7)) if remat else level
+        tail_fn = nn.remat(tail, static_argnums=(2, 3)) if remat else tail
+        for lvl, i in enumerate(reversed(range(len(skips)))):
+            width = widths[min(lvl, len(widths) - 1)]
+            h = level_fn(self, h, skips[i], masks[i], F_k, fk, i, width)
+        j = 0
+        while 2 * h.shape[1] <= H and 2 * h.shape[2] <= W:  # the high-resolution tail
+            h = tail_fn(self, h, j, max(widths[-1] // 2, 8))
+            j += 1
         h = _resize(h, (H, W))
-        return nn.sigmoid(nn.Conv(c, (3, 3), padding="SAME", name="out")(h))
+        out = nn.Conv(c, (3, 3), padding="SAME", dtype=dt, name="out")(h)
+        return nn.sigmoid(out.astype(jnp.float32))
 
 
 class PatchDiscriminator(nn.Module):

@@ -31,16 +31,29 @@ from cfjax import checkpoint as ckpt
 from cfjax._checks import check_images, check_labels
 from cfjax.errors import bad_arg
 from cfjax.progress import progress_bar
-from cfjax.models import VAE, Classifier
+from cfjax.models import VAE, Classifier, ResNet
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
-    """GAP-CNN hyper-parameters (see :class:`cfjax.models.Classifier`)."""
+    """GAP classifier hyper-parameters: ``arch="cnn"`` is :class:`cfjax.models.Classifier`,
+    ``arch="resnet"`` :class:`cfjax.models.ResNet` (``widths`` per stage, ``blocks``, ``groups``)."""
 
     num_classes: int = 10
     widths: tuple[int, ...] = (32, 64, 128, 128)
     convs_per_block: int = 1
+    arch: str = "cnn"
+    blocks: tuple[int, ...] = (2, 2, 2, 2)
+    groups: int = 8
+
+    def as_dict(self) -> dict:
+        """As recorded in checkpoints (the ResNet fields left out for ``arch="cnn"``, so CNN
+        checkpoints written before they existed still match)."""
+        d = dataclasses.asdict(self)
+        if self.arch == "cnn":
+            for k in ("arch", "blocks", "groups"):
+                d.pop(k)
+        return d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +109,11 @@ class Trained(NamedTuple):
     config: dict
 
 
-def build_classifier(cfg: ClassifierConfig) -> Classifier:
+def build_classifier(cfg: ClassifierConfig) -> Classifier | ResNet:
+    if cfg.arch == "resnet":
+        return ResNet(num_classes=cfg.num_classes, widths=tuple(cfg.widths), blocks=tuple(cfg.blocks), groups=cfg.groups)
+    if cfg.arch != "cnn":
+        raise bad_arg("ClassifierConfig.arch", repr(cfg.arch), "'cnn' or 'resnet'")
     return Classifier(num_classes=cfg.num_classes, widths=tuple(cfg.widths), convs_per_block=cfg.convs_per_block)
 
 
@@ -316,7 +333,7 @@ def train_classifier(
             "count": y.shape[0],
         }
 
-    config = {"model": dataclasses.asdict(model_cfg), "image_shape": list(shape), "data": getattr(train, "name", "?")}
+    config = {"model": model_cfg.as_dict(), "image_shape": list(shape), "data": getattr(train, "name", "?")}
     params, history, metrics = fit(
         params=params,
         loss_fn=loss_fn,
@@ -411,7 +428,8 @@ def load_trained(workdir: str | Path, kind: str) -> Trained:
     shape = tuple(cfgd["image_shape"])
     if kind == "classifier":
         m = cfgd["model"]
-        module = build_classifier(ClassifierConfig(m["num_classes"], tuple(m["widths"]), m["convs_per_block"]))
+        module = build_classifier(ClassifierConfig(m["num_classes"], tuple(m["widths"]), m["convs_per_block"], m.get("arch", "cnn"),
+                                                   tuple(m.get("blocks", (2, 2, 2, 2))), m.get("groups", 8)))
         like = module.init(jax.random.key(0), jnp.zeros((1, *shape)))
     elif kind == "vae":
         m = cfgd["model"]
@@ -438,7 +456,7 @@ def load_or_train_classifier(train, test, model_cfg=None, train_cfg=None, workdi
     model_cfg = model_cfg or ClassifierConfig(num_classes=max(int(np.max(train.labels)) + 1, 2))
     train_cfg = train_cfg or TrainConfig()
     expected = {
-        "model": dataclasses.asdict(model_cfg),
+        "model": model_cfg.as_dict(),
         "image_shape": list(train.images.shape[1:]),
         "data": getattr(train, "name", "?"),
         "train": train_cfg.as_dict(),

@@ -29,7 +29,7 @@ def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None
     ``backbone=False``)."""
     from cfjax import data as cdata
 
-    zc = cfg.models or zoo.defaults_for(dataset)
+    zc = zoo.resolve(dataset, cfg.models)  # SMOKE -> tiny models at the dataset's resolution
     if cfg.classifier_augment_blur:
         zc = dataclasses.replace(zc, classifier_train=dataclasses.replace(zc.classifier_train, augment_blur=cfg.classifier_augment_blur))
     train = cdata.load(dataset, "train", data_dir=data_dir, limit=cfg.data_limit)
