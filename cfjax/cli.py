@@ -169,6 +169,7 @@ def _mirror_args(p, *, pair: bool) -> None:
                    help="first counterfactual = the first k > 0.5 whose decoded image gets target probability >= P "
                         "(default: the paper's rule, the target is the argmax class)")
     g.add_argument("--decoder-steps", type=int, default=None, help="decoder training steps")
+    _preset_arg(g)
     _reflect_others_arg(g)
     g.add_argument("--decoder-warm-start", default=None, metavar="DIR",
                    help="continue this finished shorter decoder run (same options, fewer steps) instead of starting over")
@@ -183,13 +184,20 @@ def _mirror_args(p, *, pair: bool) -> None:
     _lpips_args(g)
 
 
+def _preset_arg(g) -> None:
+    g.add_argument("--preset", choices=["paper", "robust"], default="paper",
+                   help="'paper' (default): Mirror-CFE as published (its path, T = 1, last-iterate decoder, L_fea in feature "
+                        "units, k ~ U[0, 1], an ordinary classifier); 'robust': the changes the preset ablation earned "
+                        "(docs/mirror_cfe.md). Flags below override single fields of the preset")
+
+
 def _reflect_others_arg(g) -> None:
     from cfjax.methods.mirror import OTHERS
 
     g.add_argument("--reflect-others", choices=list(OTHERS), default=None,
-                   help="classes other than source and target: 'mirror' (default) reflects those above the source/target "
-                        "midpoint too, so the path never passes through them; 'keep' leaves their logits (the paper's path). "
-                        "A decoder option: the decoder is trained on the path the job walks")
+                   help="classes other than source and target: 'keep' (the paper preset) leaves their logits (the paper's "
+                        "path); 'mirror' (the robust preset) reflects those above the source/target midpoint too, so the path "
+                        "never passes through them. A decoder option: the decoder is trained on the path the job walks")
 
 
 def _lpips_args(g) -> None:
@@ -201,7 +209,7 @@ def mirror_config(a):
     """The Mirror-CFE job's config from parsed args, built once."""
     from cfjax.jobs.mirror import MirrorJobConfig
 
-    base = MirrorJobConfig.smoke() if a.smoke else MirrorJobConfig()
+    base = MirrorJobConfig.from_preset(a.preset, smoke=a.smoke)
     dec = _given(steps=getattr(a, "decoder_steps", None), reflect_others=a.reflect_others)
     if "steps" in dec:
         dec["checkpoint_every"] = max(1, min(base.decoder.checkpoint_every, dec["steps"]))
@@ -309,6 +317,7 @@ def _train_parser(p: argparse.ArgumentParser):
     sp.add_argument("--models-dir", default=None)
     sp.add_argument("--pair", default=None, help="S,T: train on this pair (both directions) only; default: one decoder for all pairs")
     sp.add_argument("--steps", type=int, default=None)
+    _preset_arg(sp)
     _reflect_others_arg(sp)
     sp.add_argument("--batch-size", type=int, default=None)
     sp.add_argument("--seed", type=int, default=None)
@@ -351,7 +360,7 @@ def _train_decoder(a):
     from cfjax._checks import parse_pairs
     from cfjax.jobs.mirror import MirrorJobConfig, train_decoder
 
-    base = MirrorJobConfig.smoke() if a.smoke else MirrorJobConfig()
+    base = MirrorJobConfig.from_preset(a.preset, smoke=a.smoke)
     dec = _given(steps=a.steps, batch_size=a.batch_size, seed=a.seed, reflect_others=a.reflect_others)
     if a.pair:
         from cfjax.errors import bad_arg

@@ -85,7 +85,33 @@ def global_figures(out: Path, test, clf, decode, backbone, ks, cfg: MirrorJobCon
         atomic_savefig(fig, out / "figures" / "confidence_vs_k_pairs.png")
         figs.append(("Confidence vs k per pair", "figures/confidence_vs_k_pairs.png",
                      "Solid: the classifier on the decoded image G(F_k); dashed: softmax(W z_k + b) of the interpolated features; where solid lags dashed, the decoder does not follow the features."))
+        for key, cv in list(pc.items())[:12]:
+            name = f"confidence_{key.replace('->', '_to_').replace('/', '-').replace(' ', '')}.png"
+            atomic_savefig(_pair_confidence_figure(kk, cv, key, summary["pairs"].get(key, {})), out / "figures" / name)
+            figs.append((f"Faithfulness {key}", f"figures/{name}",
+                         "The path's target probability softmax(W z_k + b)_t (features, dashed) beside the classifier's on the decoded "
+                         "image G(F_k) (solid), and their signed gap (decoded - path): a faithful decoder follows the dashed curve."))
     return figs
+
+
+def _pair_confidence_figure(kk, cv, key: str, row: dict):
+    """One pair's mean target probability along k: path (features) vs decoded, and the signed gap."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3.6, 2.6))
+    lin, dec = np.asarray(cv["p_target_logits"]), np.asarray(cv["p_target_decoded"])
+    ax.plot(kk, lin, color="tab:blue", ls="--", lw=1.4, label="path: softmax(W z_k + b)_t")
+    ax.plot(kk, dec, color="tab:orange", lw=1.6, label="decoded: classifier(G(F_k))_t")
+    ax.fill_between(kk, lin, dec, color="tab:red", alpha=0.15, lw=0, label="gap (decoded - path)")
+    ax.axvline(0.5, color="k", lw=0.6, ls=":")
+    ax.set_xlabel("k")
+    ax.set_ylabel("p(target)")
+    ax.set_ylim(-0.02, 1.02)
+    g, gs = row.get("target_prob_gap_at_cf"), row.get("target_prob_gap_signed_at_cf")
+    sub = f"\n|gap| at CF {g:.2f}, signed {gs:+.2f}" if g is not None and gs is not None else ""
+    ax.set_title(f"{key}{sub}", fontsize=7)
+    ax.legend(fontsize=5, loc="upper left")
+    return fig
 
 
 def pair_figures(out: Path, test, preds, clf, decode, backbone, ks, cfg: MirrorJobConfig, data, summary, history, dataset) -> list:
