@@ -4,6 +4,15 @@
         [--torch] [--full-test-set] [--upsample resize transpose]
     python experiments/bench.py --model celeba64 --out bench_celeba64.json --batch-sizes 16 64 --steps 20 --torch
 
+``--model resnet128`` / ``--model resnet224`` (issue 27): a ResNet-18 GAP classifier
+(cfjax.models.ResNet, GroupNorm) with a latent-512 VAE decoder (attack) and the default Mirror
+decoder at 128x128x3 / 224x224x3, side by side with PyTorch (eager and ``--torch-compile``),
+each configuration in a fresh process; delegated to ``experiments/bench_highres.py`` (see its
+docstring for the models, the protocol and ``--pause``)::
+
+    python experiments/bench.py --model resnet128 --out bench_highres.json --batch-sizes 16 64 256 --steps 2 \
+        --torch --torch-compile --mirror --pause mirror_ablation.py
+
 ``--model celeba64`` swaps the MNIST-sized models for CelebA-sized ones (64x64x3 images): a
 VAE decoder with latent 128 (4x4x256 grid, four nearest-x2 + 3x3 conv stages of 256/128/64/64
 channels) and a plain GAP-CNN classifier (cfjax Classifier, widths 64/128/256/256, two convs
@@ -250,11 +259,39 @@ def torch_side_by_side(clf_m, cp, vae_m, vp, batch, steps, per_image_n=4):
     return out
 
 
+HIGHRES = ("resnet128", "resnet224")
+
+
+def _highres(a) -> int:
+    """``--model resnet128|resnet224``: run experiments/bench_highres.py with this command's options."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_highres
+
+    sides = ["jax"] + (["torch"] if a.torch else []) + (["torch_compile"] if a.torch_compile else [])
+    args = ["--model", a.model, "--out", a.out, "--batch-sizes", *map(str, a.batch_sizes), "--steps", str(a.steps[0]), "--repeats", str(a.repeats),
+            "--sides", *sides, "--methods", "attack", *(["mirror"] if a.mirror else []), "--max-decode", str(a.max_decode)]
+    if a.mirror_batch_sizes:
+        args += ["--mirror-batch-sizes", *map(str, a.mirror_batch_sizes)]
+    if a.pause:
+        args += ["--pause", a.pause]
+    if a.highres_cfg_json:
+        args += ["--cfg-json", a.highres_cfg_json]
+    if a.torch_sides:
+        args[args.index("--sides") + 1 : args.index("--methods")] = a.torch_sides
+    for flag, v in (("--nice", a.nice), ("--nice-outside", a.nice_outside), ("--quiet-wait-s", a.quiet_wait_s)):
+        if v is not None:
+            args += [flag, str(v)]
+    if a.skip_existing:
+        args.append("--skip-existing")
+    return bench_highres.main(args)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench.json")
-    p.add_argument("--model", choices=sorted(MODELS), default="mnist",
-                   help="mnist: 28x28x1, latent 16 (default); celeba64: 64x64x3, latent 128 (latent attack only)")
+    p.add_argument("--model", choices=sorted(MODELS) + sorted(HIGHRES), default="mnist",
+                   help="mnist: 28x28x1, latent 16 (default); celeba64: 64x64x3, latent 128 (latent attack only); "
+                        "resnet128/resnet224: ResNet-18 at 128/224 px vs PyTorch (experiments/bench_highres.py)")
     p.add_argument("--torch-per-image", type=int, default=None,
                    help="images timed one at a time in the PyTorch loop (default 4 for mnist, 0 for celeba64)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256, 1024])
@@ -264,7 +301,23 @@ def main(argv=None):
     p.add_argument("--torch", action="store_true")
     p.add_argument("--mirror", action="store_true")
     p.add_argument("--full-test-set", action="store_true")
+    p.add_argument("--full-test-set-images", type=int, default=10000, help="images of the full pass (x 9 targets; 10,000 = MNIST's test set)")
+    p.add_argument("--full-test-set-steps", type=int, default=100)
+    p.add_argument("--full-test-set-chunk", type=int, default=8192)
+    p.add_argument("--torch-compile", action="store_true", help="resnet models: also time torch.compile")
+    p.add_argument("--pause", default=None, help="resnet models: SIGSTOP processes matching this around timed regions")
+    p.add_argument("--max-decode", type=int, default=168, help="resnet models: Mirror-CFE images decoded at once")
+    p.add_argument("--mirror-batch-sizes", type=int, nargs="+", default=None, help="resnet models: Mirror batch sizes (default --batch-sizes)")
+    p.add_argument("--nice", type=int, default=None, help="resnet models: niceness of the timed regions (root: e.g. -19)")
+    p.add_argument("--nice-outside", type=int, default=None, help="resnet models: niceness of the workers outside timed regions")
+    p.add_argument("--quiet-wait-s", type=float, default=None, help="resnet models: wait up to this long for an idle moment before timing")
+    p.add_argument("--skip-existing", action="store_true", help="resnet models: keep the rows already in --out (merge models / resume)")
+    p.add_argument("--torch-sides", nargs="+", default=None, choices=["jax", "torch", "torch_compile"],
+                   help="resnet models: the sides to run (default: jax + what --torch/--torch-compile ask for)")
+    p.add_argument("--highres-cfg-json", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.model in HIGHRES:
+        return _highres(a)
     cfg = MODELS[a.model]
     if a.model != "mnist" and (a.mirror or a.full_test_set):
         p.error("--mirror and --full-test-set are MNIST-only")
@@ -308,7 +361,8 @@ def main(argv=None):
                 res.setdefault("mirror", []).append(r)
                 print(json.dumps(r), flush=True)
         if a.full_test_set and up == a.upsample[0]:
-            res["full_test_set"] = full_test_set(clf, vae)
+            res["full_test_set"] = full_test_set(clf, vae, n_images=a.full_test_set_images, steps=a.full_test_set_steps, chunk=a.full_test_set_chunk)
+            res["full_test_set"]["weights"] = "random (throughput does not depend on them); latents drawn N(0, 1), not encoded images"
             print(json.dumps(res["full_test_set"]), flush=True)
     res["loadavg_end"] = os.getloadavg()
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

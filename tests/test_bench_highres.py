@@ -1,0 +1,129 @@
+"""experiments/bench_highres.py: the PyTorch twin computes what cfjax computes (same weights,
+tiny widths at full resolution), and the benchmark writes a consistent JSON. No timing asserts."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+
+torch = pytest.importorskip("torch", reason="the PyTorch twin needs torch (.ci/run installs the CPU build)")
+
+TINY = {"widths": (8, 8, 16, 16), "groups": 4, "vae_widths": (4, 4, 8, 8, 8), "latent_dim": 16}
+
+
+def _twin(model, tmp_path, **over):
+    import bench_highres as bh
+
+    cfg = {**bh.MODELS[model], **TINY, **over}
+    path = str(tmp_path / f"{model}.npz")
+    bh.prepare(cfg, path)
+    P = dict(np.load(path))
+    return bh, cfg, P, bh.TorchTwin(cfg, P)
+
+
+@pytest.mark.parametrize("model,over", [("resnet128", {}), ("resnet224", {}), ("resnet128", {"image_shape": (64, 64, 3)})])
+def test_torch_twin_matches_flax(tmp_path, model, over):
+    """ResNet (both stems), VAE decoder, Mirror decoder + CSP masks + exact reflection: the
+    torch twin's logits equal the Flax ones (decoded latents, and the whole decoded Mirror path
+    on a 21-point k grid) to ~1e-4."""
+    import jax
+    import jax.numpy as jnp
+
+    from cfjax.methods import mirror as mr
+    from cfjax.models import bind_classifier, bind_vae
+
+    bh, cfg, P, tw = _twin(model, tmp_path, **over)
+    # the reference written by prepare(): logits of decoded latents and of a decoded Mirror path
+    with torch.no_grad():
+        l = tw.logits(tw.decode(torch.tensor(P["ref/z"])))
+        assert np.abs(l.numpy() - P["ref/attack_logits"]).max() < 1e-4 * (1 + np.abs(P["ref/attack_logits"]).max())
+    clf_m, cp, vae_m, vp, g, gp, dcfg = bh.build(cfg)
+    clf = bind_classifier(clf_m, cp)
+    # every stage map (the Mirror skips) equal
+    x, src, tgt = bh.mirror_inputs(cfg, 3, seed=7)
+    jm = jax.vmap(clf.feature_maps)(jnp.asarray(x))
+    with torch.no_grad():
+        tm = tw.feature_maps(torch.tensor(x).permute(0, 3, 1, 2))
+    assert len(jm) == len(tm) == 4
+    for a, b in zip(jm, tm):
+        np.testing.assert_allclose(b.permute(0, 2, 3, 1).numpy(), np.asarray(a), atol=1e-4, rtol=1e-4)
+    # the whole Mirror-CFE path on the paper's 21-point grid, 2 slices of the batch
+    ks = mr.default_k_grid(bh.K_STEP)
+    dec = mr.bind_mirror_decoder(g, gp, clf.W, dcfg.rho_l, dcfg.rho_u)
+    x, src, tgt = bh.mirror_inputs(cfg, 4)
+    k_j, f_j, lp_j = bh.jax_mirror_fn(clf, dec, ks, 4, 2)(jnp.asarray(x), jnp.asarray(src), jnp.asarray(tgt))
+    with torch.no_grad():
+        k_t, f_t, lp_t = tw.mirror_cfe(torch.tensor(x).permute(0, 3, 1, 2), torch.tensor(src).long(), torch.tensor(tgt).long(),
+                                       torch.tensor(np.asarray(ks)))
+    np.testing.assert_allclose(lp_t.numpy(), np.asarray(lp_j), atol=1e-4, rtol=1e-4)
+    np.testing.assert_array_equal(f_t.numpy(), np.asarray(f_j))
+    np.testing.assert_allclose(k_t.numpy(), np.asarray(k_j), atol=1e-6)
+    # the attack's step: the gradient of -p_target w.r.t. the latent, both sides
+    vae = bind_vae(vae_m, vp)
+    z, t = bh.attack_inputs(cfg, 3)
+    gj = jax.vmap(jax.grad(lambda zz, tt: -jax.nn.softmax(clf.logits(vae.decode(zz)))[tt]))(jnp.asarray(z), jnp.asarray(t))
+    zt = torch.tensor(z).requires_grad_(True)
+    (-torch.softmax(tw.logits(tw.decode(zt)), -1).gather(1, torch.tensor(t).long()[:, None]).sum()).backward()
+    # float32 round-off, mostly torch's: at 224 px (tiny widths) against a float64 run of both
+    # sides (which agree to 7e-9) JAX's float32 gradient was off by 1.1e-6 and torch's by 5.8e-4
+    # (max |g| 0.13), so the tolerance is relative to the gradient's scale
+    gj = np.asarray(gj)
+    np.testing.assert_allclose(zt.grad.numpy(), gj, atol=1e-2 * np.abs(gj).max(), rtol=0)
+
+
+def test_slice_size():
+    import bench_highres as bh
+
+    assert bh.slice_size(64, 21, 168) == 8 and bh.slice_size(16, 21, 168) == 8 and bh.slice_size(256, 21, 168) == 8
+    assert bh.slice_size(5, 21, 10) == 1 and bh.slice_size(6, 1, 100) == 6
+
+
+def test_pauser_resumes_on_error():
+    """The pause helper sends SIGCONT even when the timed region raises."""
+    import signal
+    import subprocess
+
+    import bench_highres as bh
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(RuntimeError):
+            with bh.Pauser([p.pid]):
+                assert open(f"/proc/{p.pid}/stat").read().split()[2] == "T"  # stopped
+                raise RuntimeError("boom")
+        assert open(f"/proc/{p.pid}/stat").read().split()[2] != "T"
+    finally:
+        p.send_signal(signal.SIGCONT)
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.slow
+def test_bench_highres_writes_consistent_json(tmp_path):
+    """End to end on tiny widths at 128 px, one batch of 2, both methods, jax and torch eager."""
+    import bench
+
+    out = tmp_path / "hr.json"
+    cfg = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()})
+    bench.main(["--model", "resnet128", "--out", str(out), "--batch-sizes", "2", "--steps", "1", "--repeats", "1", "--torch", "--mirror",
+                "--max-decode", "21", "--highres-cfg-json", cfg])
+    r = json.loads(out.read_text())
+    assert r["matmul_peak_f32_flops"] > 1e8 and r["environment"]["cpus"] >= 1
+    rows = {(x["method"], x["side"]): x for x in r["rows"]}
+    assert set(rows) == {("attack", "jax"), ("attack", "torch"), ("mirror", "jax"), ("mirror", "torch")}
+    for x in rows.values():
+        assert "error" not in x, x
+        assert x["peak_rss_mb"] > 0 and x["model"] == "resnet128" and x["batch"] == 2
+    a, at = rows["attack", "jax"], rows["attack", "torch"]
+    assert a["lane_steps"] == 2 and a["flops_per_cf_step"] > 0
+    assert a["frac_of_matmul_peak"] == pytest.approx(a["flops_per_s"] / r["matmul_peak_f32_flops"])
+    assert a["jax_over_torch"] == pytest.approx(a["cf_steps_per_s"] / at["cf_steps_per_s"])
+    assert at["port_max_logit_diff"] < 1e-4 and at["port_max_mirror_logit_diff"] < 1e-4
+    m, mt = rows["mirror", "jax"], rows["mirror", "torch"]
+    assert m["k_grid"] == mt["k_grid"] == 21 and m["slice"] == mt["slice"] == 1
+    assert m["found"] == mt["found"]
+    assert m["logits_path_checksum"] == pytest.approx(mt["logits_path_checksum"], rel=1e-3, abs=1e-3)
