@@ -433,7 +433,8 @@ def test_real_target_ceilings_match_a_per_image_loop():
     imgs[::3] = 0.0  # some flat images: ties go to class 0
     labels = rng.integers(0, 3, 40)
     Wc = jnp.asarray(rng.normal(size=(36, 3)).astype(np.float32))
-    clf = SimpleNamespace(module=SimpleNamespace(apply=lambda p, v: v.reshape(v.shape[0], -1) @ p), params=Wc)
+    clf = SimpleNamespace(module=SimpleNamespace(apply=lambda p, v: v.reshape(v.shape[0], -1) @ p), params=Wc,
+                          logits_batch=lambda v: v.reshape(v.shape[0], -1) @ Wc)  # both spellings of a trained classifier
     test = SimpleNamespace(images=imgs, labels=labels, class_names=["a", "b", "c"])
     got = real_target_ceilings(test, clf, None, (0, 2))
     for t, name in ((0, "a"), (2, "c")):
