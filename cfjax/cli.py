@@ -169,6 +169,7 @@ def _mirror_args(p, *, pair: bool) -> None:
                    help="first counterfactual = the first k > 0.5 whose decoded image gets target probability >= P "
                         "(default: the paper's rule, the target is the argmax class)")
     g.add_argument("--decoder-steps", type=int, default=None, help="decoder training steps")
+    _classifier_arg(g)
     _preset_arg(g)
     _reflect_others_arg(g)
     g.add_argument("--decoder-warm-start", default=None, metavar="DIR",
@@ -182,6 +183,13 @@ def _mirror_args(p, *, pair: bool) -> None:
     g.add_argument("--inception-weights", default=None, help="pytorch-fid Inception-v3 weights (.pth/.npz): report the standard FID too")
     g.add_argument("--no-oracle", action="store_true", help="skip the oracle classifier (oracle validity)")
     _lpips_args(g)
+
+
+def _classifier_arg(g) -> None:
+    g.add_argument("--classifier", default=None, metavar="MODULE:FUNCTION",
+                   help="explain your own GAP classifier: FUNCTION(train, test) in the importable MODULE returns a "
+                        "cfjax.models.ClassifierFns (e.g. ClassifierFns.from_gap(feature_maps, W, b)) or (feature_maps, W, b) "
+                        "(docs/byom.md); default: the zoo's classifier, trained and cached by cfjax")
 
 
 def _preset_arg(g) -> None:
@@ -215,7 +223,7 @@ def mirror_config(a):
         dec["checkpoint_every"] = max(1, min(base.decoder.checkpoint_every, dec["steps"]))
     if getattr(a, "pair_decoder", False) and a.source is not None and a.target is not None:
         dec["pairs"] = ((a.source, a.target), (a.target, a.source))
-    over = _given(solver=a.solver, maxiter=a.maxiter, k_step=a.k_step, compose=a.compose, cf_threshold=a.cf_threshold, limit=a.limit, chunk_size=a.chunk_size,
+    over = _given(classifier=a.classifier, solver=a.solver, maxiter=a.maxiter, k_step=a.k_step, compose=a.compose, cf_threshold=a.cf_threshold, limit=a.limit, chunk_size=a.chunk_size,
                   checkpoint_every=a.checkpoint_every, classifier_augment_blur=a.classifier_blur)
     if a.no_figures:
         over["figures"] = False
@@ -317,6 +325,7 @@ def _train_parser(p: argparse.ArgumentParser):
     sp.add_argument("--models-dir", default=None)
     sp.add_argument("--pair", default=None, help="S,T: train on this pair (both directions) only; default: one decoder for all pairs")
     sp.add_argument("--steps", type=int, default=None)
+    _classifier_arg(sp)
     _preset_arg(sp)
     _reflect_others_arg(sp)
     sp.add_argument("--batch-size", type=int, default=None)
@@ -373,7 +382,7 @@ def _train_decoder(a):
     if "steps" in dec:
         dec["checkpoint_every"] = max(1, min(base.decoder.checkpoint_every, dec["steps"]))
     cfg = dataclasses.replace(base, decoder=dataclasses.replace(base.decoder, **dec),
-                              **_given(classifier_augment_blur=a.classifier_blur, decoder_warm_start=a.warm_start))
+                              **_given(classifier=a.classifier, classifier_augment_blur=a.classifier_blur, decoder_warm_start=a.warm_start))
     print(json.dumps(train_decoder(a.data, a.out, cfg, models_dir=a.models_dir, data_dir=a.data_dir), indent=1))
 
 

@@ -57,6 +57,7 @@ def main(argv=None) -> dict:
     p.add_argument("--classifier-blur", type=float, default=0.0)
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--decoder-pairs", default="paper", help="'paper' (the 6 explained pairs), 'all', or 'S,T;S,T'")
+    p.add_argument("--preset", choices=["paper", "robust"], default="paper", help="the base the --set options change (default: the paper's)")
     p.add_argument("--set", action="append", default=[], help="decoder option KEY=VALUE (MirrorDecoderConfig field)")
     p.add_argument("--classifier-epochs", type=int, default=None, help="epochs of the explained classifier (default: the zoo's)")
     p.add_argument("--classifier-flip", action="store_true", help="train the explained classifier with left-right flips")
@@ -69,7 +70,7 @@ def main(argv=None) -> dict:
     p.add_argument("--train-only", action="store_true", help="train (or reuse) the classifier and the decoder, write OUT/train.json, no evaluation")
     a = p.parse_args(argv)
     pairs = MIRROR_PAIRS[a.data] if a.data in MIRROR_PAIRS else None
-    base = MirrorJobConfig.smoke() if a.smoke else MirrorJobConfig()
+    base = MirrorJobConfig.from_preset(a.preset, smoke=a.smoke)
     over = dict(kv.split("=", 1) for kv in a.set)
     dec = dataclasses.replace(base.decoder, steps=a.steps, checkpoint_every=min(base.decoder.checkpoint_every, a.steps),
                               **{k: decoder_value(base.decoder, k, v) for k, v in over.items()})
@@ -98,21 +99,25 @@ def main(argv=None) -> dict:
         return rec
     s = run_mirror_global(a.data, out, config=cfg, pairs=pairs, models_dir=models_dir)
     keys = ("validity", "validity_k1", "denoised_validity", "denoised_validity_k1", "oracle_validity", "oracle_validity_k1", "l1",
-            "l1_pm1", "first_cf_k_mean", "converged_rate", "n_counterfactuals")
+            "l1_pm1", "lpips_alex", "first_cf_k_mean", "first_cf_k_q25", "first_cf_k_q50", "first_cf_k_q75", "first_cf_k_grid_mean",
+            "converged_rate", "n_counterfactuals")
     row = {k: s.get(k) for k in keys}
+    row.update({k: s["faithfulness"].get(k) for k in s["faithfulness"]})
+    row["preset"] = a.preset
     row.update(
         data=a.data, classifier_blur=a.classifier_blur, classifier_epochs=a.classifier_epochs, classifier_flip=a.classifier_flip, decoder_pairs=a.decoder_pairs, steps=a.steps, options=over, warm_start=a.warm_start,
-        target_prob_gap_at_cf=s["faithfulness"]["target_prob_gap_at_cf"], decoder_train_s=s["decoder_load_or_train_s"],
+        decoder_train_s=s["decoder_load_or_train_s"],
         classifier_accuracy=s["classifier_accuracy"], oracle_accuracy=s.get("oracle_accuracy"), total_s=time.perf_counter() - t0,
         pairs={k: {**{kk: v.get(kk) for kk in ("validity", "denoised_validity", "oracle_validity", "l1", "validity_k1", "denoised_validity_k1",
-                                               "oracle_validity_k1", "first_cf_k_mean", "lpips_alex")},
+                                               "oracle_validity_k1", "first_cf_k_mean", "lpips_alex", "target_prob_gap_at_cf",
+                                               "target_prob_gap_signed_at_cf", "target_prob_gap_mean", "feature_l1_rel_at_cf")},
                    # what real images of the target class score (the ceilings of D.Val and oracle validity)
                    **{f"real_target_{kk}": s["real_target_ceiling"].get(k.split("->")[-1], {}).get(kk) for kk in ("denoised_validity", "denoised_validity_given_valid", "oracle_validity")}}
                for k, v in s["pairs"].items()},
         command="python experiments/mirror_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
     )
     atomic_write_json(out / "row.json", row)
-    print(json.dumps({k: row[k] for k in keys + ("target_prob_gap_at_cf", "decoder_train_s")}, indent=1))
+    print(json.dumps({k: row[k] for k in keys + ("target_prob_gap_at_cf", "target_prob_gap_signed_at_cf", "decoder_train_s")}, indent=1))
     return row
 
 

@@ -48,7 +48,6 @@ def main(argv=None) -> dict:
     from cfjax.jobs.skeleton import batched_predict
     from cfjax.jobs.mirror import MIRROR_PAIRS, MirrorJobConfig, classifier_backbone, decoder_dir, get_decoder, load_models, mirror_rows
     from cfjax.methods import mirror as mr
-    from cfjax.models import bind_classifier
 
     if a.data not in MIRROR_PAIRS:
         raise bad_arg("--data", repr(a.data), f"one of {sorted(MIRROR_PAIRS)}")
@@ -74,10 +73,10 @@ def main(argv=None) -> dict:
     if not (ddir / "best").is_dir():
         raise bad_arg("--set", repr(a.set), f"the options of a trained decoder (no decoder at {ddir}; train it with mirror_ablation.py)")
     trained, _ = get_decoder(clf_t, train, test, root, dec, False)  # cached (checked above): loads, never trains
-    clf = bind_classifier(clf_t.module, clf_t.params)
-    decode = mr.bind_mirror_decoder(trained.module, trained.params, clf.W, dec.rho_l, dec.rho_u)
+    clf = clf_t.fns
+    decode = mr.bind_mirror_decoder(trained, clf.W)
     ks = np.asarray(mr.default_k_grid(cfg.k_step), np.float32)
-    logits = jax.jit(lambda x: clf_t.module.apply(clf_t.params, x))
+    logits = jax.jit(clf_t.logits_batch)
     labels = np.asarray(test.labels)
     test_logits = batched_predict(logits, test.images)
     preds = np.argmax(test_logits, -1)

@@ -194,14 +194,18 @@ def test_old_and_new_cli_spellings_parse_the_same():
 
 
 def test_reflect_others_flag_reaches_the_decoder_config():
-    """``--reflect-others keep`` sets the decoder's path to the paper's (the job walks it too);
-    absent, the default ``mirror``."""
+    """``--reflect-others mirror`` sets the decoder's path to cfjax's mirrored one (the job walks it
+    too); absent, the preset's: ``keep`` (the paper's, default preset) or ``mirror`` (``--preset robust``)."""
     from cfjax.cli import build_parser, mirror_config
 
     p = build_parser()
-    a = p.parse_args(["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--out", "o", "--reflect-others", "keep"])
-    assert mirror_config(a).decoder.reflect_others == "keep"
+    a = p.parse_args(["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--out", "o", "--reflect-others", "mirror"])
+    assert mirror_config(a).decoder.reflect_others == "mirror" and mirror_config(a).preset == "paper"
     a = p.parse_args(["global", "mirror", "--data", "mnist5k", "--out", "o"])
-    assert mirror_config(a).decoder.reflect_others == "mirror"
+    assert mirror_config(a).decoder.reflect_others == "keep" and mirror_config(a).preset == "paper"
+    a = p.parse_args(["global", "mirror", "--data", "mnist5k", "--out", "o", "--preset", "robust"])
+    assert mirror_config(a).decoder.reflect_others == "mirror" and mirror_config(a).preset == "robust"
+    a = p.parse_args(["train", "mirror-decoder", "--data", "mnist5k", "--out", "o", "--preset", "robust", "--reflect-others", "keep"])
+    assert a.preset == "robust" and a.reflect_others == "keep"
     with pytest.raises(SystemExit):
         p.parse_args(["train", "mirror-decoder", "--data", "mnist5k", "--out", "o", "--reflect-others", "lower"])

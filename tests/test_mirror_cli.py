@@ -109,8 +109,8 @@ def test_job_rows_are_cfjax_mirror_cfe(smoke_run):
     assert cfg.decoder.pairs == mjob.MIRROR_PAIRS["mnist5k"]  # the default: one decoder for the paper pairs
     train, test, clf_t, _, root = mjob.load_models("mnist5k", out / "models", cfg, progress=False, backbone=False)
     dec, _ = mjob.get_decoder(clf_t, train, test, root, cfg.decoder, progress=False)
-    clf = cf.bind_classifier(clf_t.module, clf_t.params)
-    decode = cf.bind_mirror_decoder(dec.module, dec.params, clf.W, cfg.decoder.rho_l, cfg.decoder.rho_u)
+    clf = clf_t.fns
+    decode = cf.bind_mirror_decoder(dec, clf.W)
     preds = np.argmax(np.asarray(jax.vmap(clf.logits)(jnp.asarray(test.images))), -1)
     sel = np.flatnonzero((test.labels == 3) & (preds == 3))
     if len(sel) == 0:  # the job's documented fallback when the (smoke) classifier gets no 3 right
@@ -120,7 +120,7 @@ def test_job_rows_are_cfjax_mirror_cfe(smoke_run):
     assert len(sel) == s["n_counterfactuals"] == len(rows["k_cf"])
     ks = mr.default_k_grid(cfg.k_step)
     r = jax.jit(jax.vmap(lambda x: cf.mirror_cfe(clf.feature_maps, clf.W, clf.b, decode, x, 3, 8, ks=ks, solver=cfg.solver,
-                                                 maxiter=cfg.maxiter, tol=cfg.tol, others=cfg.decoder.reflect_others)))(jnp.asarray(test.images[sel]))
+                                                 maxiter=cfg.maxiter, tol=cfg.tol)))(jnp.asarray(test.images[sel]))
     np.testing.assert_array_equal(np.asarray(r.found), rows["found"])
     np.testing.assert_array_equal(np.asarray(r.index), rows["index"])
     np.testing.assert_array_equal(np.asarray(r.status), rows["status"])

@@ -305,7 +305,7 @@ def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
 
     seen = []
     for T in (1.0, 3.0):
-        _, terms, x_k = md.mirror_decoder_losses(gp, dp, g, d, clf, batch, dataclasses.replace(TINY, cls_temperature=T))
+        _, terms, x_k = md.mirror_decoder_losses(gp, dp, g, d, clf, batch, dataclasses.replace(TINY, cls_temperature=T, w_cls_blur=1.0))
         np.testing.assert_allclose(float(terms["cls"]), kl_ref(T, x_k), rtol=1e-3, atol=1e-6)
         np.testing.assert_allclose(float(terms["cls_blur"]), kl_ref(T, x_k, blur=True), rtol=1e-3, atol=1e-6)
         seen.append(float(terms["cls"]))
@@ -325,9 +325,9 @@ def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
     np.testing.assert_allclose(float(total), float(base_total) + 2.0 * flip_ref, rtol=1e-4)
     assert "w_cls_flip" not in TINY.as_dict() and dataclasses.replace(TINY, w_cls_flip=1.0).as_dict()["w_cls_flip"] == 1.0
     # off value absent from the recorded config (cached decoders keep their names); bad values refused
-    # (the paper's T = 1: decoders trained before the option existed keep their cache names; the default 5 is recorded)
-    assert "cls_temperature" not in dataclasses.replace(TINY, cls_temperature=1.0).as_dict()
-    assert md.MirrorDecoderConfig().cls_temperature == 5.0 and TINY.as_dict()["cls_temperature"] == 5.0
+    # (the paper's T = 1, both presets' value: decoders trained before the option existed keep their cache names)
+    assert "cls_temperature" not in TINY.as_dict() and dataclasses.replace(TINY, cls_temperature=5.0).as_dict()["cls_temperature"] == 5.0
+    assert md.MirrorDecoderConfig().cls_temperature == 1.0 and md.MirrorDecoderConfig.robust().cls_temperature == 1.0
     from cfjax.jobs.mirror import MirrorJobConfig
     from cfjax.errors import InputError
     with pytest.raises(InputError, match="decoder.cls_temperature"):
@@ -349,10 +349,11 @@ def test_cls_temperature_sharpens_the_l_cls_target(tiny_clf, mnist_small):
     # the path option is recorded when not the paper's, and the job walks the decoder's path
     # (the paper's "keep" is left out of the recorded config, so decoders trained before the option keep their names)
     from cfjax.jobs.mirror import _rows_options
-    assert md.MirrorDecoderConfig().reflect_others == "mirror" and TINY.as_dict()["reflect_others"] == "mirror"
-    cfg_k = MirrorJobConfig(decoder=dataclasses.replace(TINY, reflect_others="keep"))
+    assert md.MirrorDecoderConfig().reflect_others == "keep" and md.MirrorDecoderConfig.robust().reflect_others == "mirror"
+    cfg_k = MirrorJobConfig(decoder=TINY)
     assert "reflect_others" not in cfg_k.decoder.as_dict() and _rows_options(cfg_k)["others"] == "keep"
-    assert _rows_options(MirrorJobConfig(decoder=TINY))["others"] == "mirror"
+    cfg_m = MirrorJobConfig(decoder=dataclasses.replace(TINY, reflect_others="mirror"))
+    assert cfg_m.decoder.as_dict()["reflect_others"] == "mirror" and _rows_options(cfg_m)["others"] == "mirror"
 
 
 def test_reflect_others_sets_the_training_path(tiny_clf, mnist_small):
@@ -430,9 +431,38 @@ def test_ema_and_cosine_schedule_train_resume_and_keep_the_average(tiny_clf, mni
     _assert_same_params(full.params, resumed.params)
     # the off values are left out of the recorded config (decoders trained before the options keep their cache names)
     assert "ema_decay" not in dataclasses.replace(TINY, ema_decay=0.0).as_dict() and "lr_schedule" not in TINY.as_dict()
-    assert md.MirrorDecoderConfig().ema_decay == 0.999 and TINY.as_dict()["ema_decay"] == 0.999
+    assert md.MirrorDecoderConfig().ema_decay == 0.0 and md.MirrorDecoderConfig.robust().ema_decay == 0.999
     assert ema_cfg.as_dict()["lr_schedule"] == "cosine"
     for bad, field in ((dict(ema_decay=1.0), "ema_decay"), (dict(ema_decay=float("nan")), "ema_decay"), (dict(lr_schedule="linear"), "lr_schedule")):
         with pytest.raises(InputError, match=f"MirrorDecoderConfig.{field}"):
             md.train_mirror_decoder(clf, tr, dataclasses.replace(TINY, **bad), workdir=tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_presets_paper_is_the_default_and_robust_changes_only_what_it_names():
+    """``paper()`` is the field defaults (the method as published); ``robust()`` differs from it in
+    exactly :data:`ROBUST_CHANGES`, never sharpens L_cls, never trains on D.Val's blur; the job
+    presets carry the name (recorded in summaries), an ordinary classifier, and validate it."""
+    from cfjax.errors import InputError
+    from cfjax.jobs.mirror import MirrorJobConfig, decoder_dir
+
+    paper, robust = md.MirrorDecoderConfig.paper(), md.MirrorDecoderConfig.robust()
+    assert paper == md.MirrorDecoderConfig()
+    assert (paper.reflect_others, paper.cls_temperature, paper.ema_decay, paper.w_cls_blur, paper.fea_normalized, paper.k_cf_fraction) == (
+        "keep", 1.0, 0.0, 0.0, False, 0.0)
+    changed = {f.name for f in dataclasses.fields(paper) if getattr(paper, f.name) != getattr(robust, f.name)}
+    assert changed == set(md.ROBUST_CHANGES)
+    assert robust.cls_temperature == 1.0 and robust.w_cls_blur == 0.0
+    # the paper preset's decoder has the cache name of an explicitly spelled paper config
+    spelled = dataclasses.replace(TINY, reflect_others="keep", cls_temperature=1.0, ema_decay=0.0, w_cls_blur=0.0, fea_normalized=False, k_cf_fraction=0.0)
+    assert decoder_dir(tmp := __import__("pathlib").Path("m"), TINY) == decoder_dir(tmp, spelled)
+    for name in md.PRESETS:
+        job = MirrorJobConfig.from_preset(name)
+        assert job.preset == name and job.classifier_augment_blur == 0.0 and job.decoder == md.MirrorDecoderConfig.preset(name)
+        small = MirrorJobConfig.from_preset(name, smoke=True)
+        assert small.preset == name and small.decoder.reflect_others == job.decoder.reflect_others and small.decoder.steps < 100
+    assert MirrorJobConfig() == MirrorJobConfig.paper()
+    with pytest.raises(InputError, match="preset"):
+        MirrorJobConfig.from_preset("best")
+    with pytest.raises(InputError, match="preset"):
+        MirrorJobConfig(preset="best").validate()

@@ -89,6 +89,11 @@ class MirrorJobConfig:
     """Cap train/test examples when loading the dataset (smoke runs)."""
     models: zoo.ZooConfig | None = None
     """Classifier configs (None: the dataset's defaults, :func:`cfjax.training.zoo.defaults_for`)."""
+    classifier: str | None = None
+    """The explained classifier: None (the zoo's, trained and cached by cfjax) or a user's entry
+    point ``"module:function"`` called with ``(train, test)`` that returns a
+    :class:`cfjax.models.ClassifierFns` or ``(feature_maps, W, b)``
+    (:mod:`cfjax.jobs.mirror.classifier`; ``--classifier`` on the CLI)."""
     oracle: bool = True
     """Judge every counterfactual also by an independently trained classifier (another
     architecture and seed, no blur augmentation): **oracle validity**. A counterfactual that only
@@ -141,6 +146,10 @@ class MirrorJobConfig:
 
     def validate(self) -> None:
         """Every check that needs no data (raises :class:`cfjax.InputError` naming the field)."""
+        if self.classifier is not None:
+            from cfjax.jobs.mirror.classifier import resolve_entry
+
+            resolve_entry(self.classifier, "classifier")
         if self.preset not in md.PRESETS:
             raise bad_arg("preset", repr(self.preset), f"one of {md.PRESETS}")
         if self.solver not in mr.SOLVERS:

@@ -24,7 +24,6 @@ from cfjax.jobs.mirror.summary import common_fields, decoder_record, first_cf_ru
 from cfjax.jobs.mirror.rows import BACKBONE_LABEL, PER_EXAMPLE, classifier_backbone, mirror_evaluators, mirror_rows, rows_options
 from cfjax.jobs.skeleton import Context, Pass, PassResult, batched_predict, global_chunk, run_job
 from cfjax.methods import mirror as mr
-from cfjax.models import bind_classifier
 
 
 class MirrorJob:
@@ -76,14 +75,14 @@ class MirrorJob:
         prog = ctx.progress and ctx.lead
         train, test, clf_t, bb_t, root = load_models(ctx.dataset, models_dir, cfg, data_dir=ctx.data_dir, progress=prog)
         dec, dec_s = get_decoder(clf_t, train, test, root, cfg.decoder, prog, cfg.decoder_warm_start)
-        preds = batched_predict(jax.jit(lambda x: jnp.argmax(clf_t.module.apply(clf_t.params, x), -1)), test.images)
+        preds = batched_predict(jax.jit(lambda x: jnp.argmax(clf_t.logits_batch(x), -1)), test.images)
         oracle = load_oracle(train, test, root, cfg, prog) if cfg.oracle else None
         return MirrorModels(train, test, clf_t, bb_t, dec, dec_s, preds, oracle)
 
     def parts(self, ctx: Context, models: MirrorModels):
         """The bound classifier, single-example decoder, backbone and k grid."""
-        clf = bind_classifier(models.classifier.module, models.classifier.params)
-        decode = mr.bind_mirror_decoder(models.decoder.module, models.decoder.params, clf.W, ctx.config.decoder.rho_l, ctx.config.decoder.rho_u)
+        clf = models.classifier.fns
+        decode = mr.bind_mirror_decoder(models.decoder, clf.W)  # carries the path and CSP bounds it was trained with
         backbone = classifier_backbone(models.backbone.module, models.backbone.params)
         ks = np.asarray(mr.default_k_grid(ctx.config.k_step), np.float32)
         return clf, decode, backbone, ks
@@ -125,7 +124,7 @@ class MirrorJob:
         d = int(np.asarray(backbone.features(jnp.asarray(test.images[:1]))).shape[-1])
         job = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("figures", "n_figure_examples", "figure_pairs", "checkpoint_every")}
         run_cfg = {"method": "mirror", "dataset": ctx.dataset, "pairs": [list(p) for p in self.pairs(ctx.dataset, test.num_classes)], "job": job,
-                   "clf": ckpt.tree_digest(models.classifier.params), "decoder": ckpt.tree_digest(models.decoder.params), "n": len(idx)}
+                   "clf": models.classifier.digest, "decoder": ckpt.tree_digest(models.decoder.params), "n": len(idx)}
 
         orc = models.oracle
         oracle_logits = None if orc is None else (lambda x: orc.module.apply(orc.params, x))
@@ -157,7 +156,8 @@ class MirrorJob:
                 "n_processes": jax.process_count(), **res, "wall_s": r.wall_s,
                 "cf_per_s": None if r.resumed else res["n_counterfactuals"] / r.wall_s, "resumed": r.resumed,
                 "solver": cfg.solver, "maxiter": cfg.maxiter, "chunk_size": global_chunk(cfg.chunk_size, len(idx)),
-                "classifier_accuracy": models.classifier.metrics.get("accuracy"), "decoder_load_or_train_s": models.decoder_wall_s,
+                "classifier_accuracy": models.classifier.metrics.get("accuracy"), "classifier": models.classifier.source,
+                "decoder_load_or_train_s": models.decoder_wall_s,
                 "decoder": decoder_record(cfg, models), "first_cf_rule": first_cf_rule(cfg),
                 "real_target_ceiling": real_target_ceilings(test, models.classifier, models.oracle, sorted({int(v) for v in tgt}), cfg.blur_sigma),
                 "backend": jax.default_backend(), "total_wall_s": None,
@@ -175,7 +175,7 @@ class MirrorJob:
             "perceptual_backbone": BACKBONE_LABEL, "solver": cfg.solver, "maxiter": cfg.maxiter, "tol": cfg.tol,
             "k_grid": {"step": cfg.k_step, "first_cf_search": "k > 0.5", "cf_threshold": cfg.cf_threshold}, "first_cf_rule": first_cf_rule(cfg),
             "compose": cfg.compose, "csp_rho": {"rho_l": cfg.decoder.rho_l, "rho_u": cfg.decoder.rho_u}, "decoder": decoder_record(cfg, models),
-            "classifier_accuracy": models.classifier.metrics.get("accuracy"), "backbone_accuracy": models.backbone.metrics.get("accuracy"),
+            "classifier_accuracy": models.classifier.metrics.get("accuracy"), "classifier": models.classifier.source, "backbone_accuracy": models.backbone.metrics.get("accuracy"),
             "backbone_epochs": models.backbone.config.get("train", {}).get("epochs"), "total_wall_s": None,
         }
 

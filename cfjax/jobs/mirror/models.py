@@ -13,20 +13,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cfjax import checkpoint as ckpt
 from cfjax.eval import metrics
+from cfjax.jobs.mirror.classifier import ExplainedClassifier, from_entry, from_trained
 from cfjax.jobs.mirror.config import MirrorJobConfig
 from cfjax.jobs.skeleton import batched_predict
-from cfjax.models import bind_classifier
 from cfjax.training import loop as ct
 from cfjax.training import mirror_decoder as md
 from cfjax.training import zoo
 
 
 def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None, progress: bool = True, backbone: bool = True):
-    """Data, the classifier (same cache as :func:`cfjax.training.zoo.get_models`, no VAE) and the
-    domain backbone (same architecture and schedule, ``seed = cfg.backbone_seed``; ``None`` with
-    ``backbone=False``)."""
+    """``(train, test, classifier, backbone, root)``: the data, the explained classifier
+    (:class:`~cfjax.jobs.mirror.classifier.ExplainedClassifier`: the zoo's, same cache as
+    :func:`cfjax.training.zoo.get_models`, or the user's ``cfg.classifier`` entry point), the domain
+    backbone (the zoo's architecture and schedule, ``seed = cfg.backbone_seed``; ``None`` with
+    ``backbone=False``) and the model folder (``<models_dir>/<dataset>``; a user's classifier's
+    decoders go under ``.../user-<digest>``)."""
     from cfjax import data as cdata
 
     zc = zoo.resolve(dataset, cfg.models)  # SMOKE -> tiny models at the dataset's resolution
@@ -36,7 +38,11 @@ def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None
     test = cdata.load(dataset, "test", data_dir=data_dir, limit=cfg.data_limit)
     root = Path(models_dir) / dataset
     clf_cfg = dataclasses.replace(zc.classifier, num_classes=train.num_classes)
-    clf = ct.load_or_train_classifier(train, test, clf_cfg, zc.classifier_train, root / "classifier", progress)
+    if cfg.classifier is None:
+        clf = from_trained(ct.load_or_train_classifier(train, test, clf_cfg, zc.classifier_train, root / "classifier", progress))
+    else:
+        clf = from_entry(cfg.classifier, train, test)
+        root = root / f"user-{clf.digest[:12]}"
     bb_train = dataclasses.replace(zc.classifier_train, seed=cfg.backbone_seed)
     if cfg.backbone_epochs is not None:
         bb_train = dataclasses.replace(bb_train, epochs=cfg.backbone_epochs)
@@ -68,14 +74,12 @@ def decoder_dir(root: Path, dcfg: md.MirrorDecoderConfig) -> Path:
     return root / ("mirror_decoder_" + "_".join(f"{s}-{t}" for s, t in dcfg.pairs) + f"-{h}")
 
 
-def get_decoder(clf_trained, train, test, root: Path, dcfg: md.MirrorDecoderConfig, progress: bool = True, warm_start=None):
-    """Train (or reuse) the decoder for ``clf_trained``: ``(DecoderTrained, seconds)``
-    (``warm_start``: :attr:`MirrorJobConfig.decoder_warm_start`)."""
-    clf = bind_classifier(clf_trained.module, clf_trained.params)
-    digest = ckpt.tree_digest(clf_trained.params)
+def get_decoder(clf: ExplainedClassifier, train, test, root: Path, dcfg: md.MirrorDecoderConfig, progress: bool = True, warm_start=None):
+    """Train (or reuse) the decoder for the explained classifier ``clf``: ``(DecoderTrained,
+    seconds)`` (``warm_start``: :attr:`MirrorJobConfig.decoder_warm_start`)."""
     t0 = time.perf_counter()
-    dec = md.load_or_train_mirror_decoder(clf, train, dcfg, test=test, workdir=decoder_dir(root, dcfg), classifier_digest=digest, progress=progress,
-                                          warm_start=warm_start)
+    dec = md.load_or_train_mirror_decoder(clf.fns, train, dcfg, test=test, workdir=decoder_dir(root, dcfg), classifier_digest=clf.digest,
+                                          progress=progress, warm_start=warm_start)
     return dec, time.perf_counter() - t0
 
 
@@ -103,7 +107,7 @@ class MirrorModels(NamedTuple):
 
     train: object
     test: object
-    classifier: ct.Trained
+    classifier: ExplainedClassifier
     backbone: ct.Trained
     decoder: md.DecoderTrained
     decoder_wall_s: float
@@ -112,15 +116,15 @@ class MirrorModels(NamedTuple):
     oracle: ct.Trained | None = None
 
 
-def real_target_ceilings(test, classifier: ct.Trained, oracle: ct.Trained | None, targets, blur_sigma: float = 1.0) -> dict:
+def real_target_ceilings(test, classifier: ExplainedClassifier, oracle: ct.Trained | None, targets, blur_sigma: float = 1.0) -> dict:
     """What REAL test images of each target class score on the counterfactual metrics, i.e. their
     ceilings: ``{class name: {"denoised_validity": fraction the classifier still calls the class
     after the sigma-``blur_sigma`` blur, "oracle_validity": fraction the oracle calls the class
     (when given), "n": images}}``. A classifier that is not blur-robust caps denoised validity
     below 1 for counterfactuals too; a weak oracle caps oracle validity."""
     names = test.class_names
-    fclean = jax.jit(lambda x: jnp.argmax(classifier.module.apply(classifier.params, x), -1))
-    fblur = jax.jit(lambda x: jnp.argmax(classifier.module.apply(classifier.params, metrics.gaussian_blur(x, blur_sigma)), -1))
+    fclean = jax.jit(lambda x: jnp.argmax(classifier.logits_batch(x), -1))
+    fblur = jax.jit(lambda x: jnp.argmax(classifier.logits_batch(metrics.gaussian_blur(x, blur_sigma)), -1))
     fo = jax.jit(lambda x: jnp.argmax(oracle.module.apply(oracle.params, x), -1)) if oracle is not None else None
     out = {}
     for t in targets:

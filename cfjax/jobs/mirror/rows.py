@@ -13,7 +13,6 @@ from cfjax.eval import evaluators as E
 from cfjax.eval import metrics
 from cfjax.methods import mirror as mr
 from cfjax.methods.locate import bisection_steps, locate_crossing
-from cfjax.models import Classifier
 
 if TYPE_CHECKING:
     from cfjax.jobs.mirror.config import MirrorJobConfig
