@@ -278,7 +278,7 @@ def _highres(a) -> int:
         args += ["--cfg-json", a.highres_cfg_json]
     if a.torch_sides:
         args[args.index("--sides") + 1 : args.index("--methods")] = a.torch_sides
-    for flag, v in (("--nice", a.nice), ("--nice-outside", a.nice_outside), ("--quiet-wait-s", a.quiet_wait_s)):
+    for flag, v in (("--nice", a.nice), ("--nice-outside", a.nice_outside), ("--quiet-wait-s", a.quiet_wait_s), ("--block", a.block)):
         if v is not None:
             args += [flag, str(v)]
     if a.skip_existing:
@@ -314,6 +314,7 @@ def main(argv=None):
     p.add_argument("--skip-existing", action="store_true", help="resnet models: keep the rows already in --out (merge models / resume)")
     p.add_argument("--torch-sides", nargs="+", default=None, choices=["jax", "torch", "torch_compile"],
                    help="resnet models: the sides to run (default: jax + what --torch/--torch-compile ask for)")
+    p.add_argument("--block", type=int, default=None, help="resnet models: attack_batch's block (compacted schedule round; default the library's 5)")
     p.add_argument("--highres-cfg-json", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.model in HIGHRES:

@@ -187,8 +187,12 @@ class Timed:
                 pass
 
     def __enter__(self):
+        import fcntl
         import threading
 
+        # one timed window at a time on this machine (several benchmark processes may be alive)
+        self._lock = open(os.path.join(tempfile.gettempdir(), "cfjax_bench_timed.lock"), "w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
         t0 = time.perf_counter()
         before = None
         while True:
@@ -218,6 +222,7 @@ class Timed:
         if self.nice is not None:
             self._renice(NICE_OUTSIDE or 0)
         self.pauser.resume()
+        self._lock.close()  # releases the flock
         xs = self._samples
         # our own compute threads are runnable too: on a 2-core box ~2-3 is "only us"
         self.info.update(running_mean=float(np.mean(xs)) if xs else None, running_max=int(max(xs)) if xs else None, loadavg_after=os.getloadavg())
@@ -304,7 +309,7 @@ def jax_mirror_fn(clf, dec, ks, n: int, s: int):
     return f
 
 
-def jax_worker(cfg, method, batch, steps, repeats, max_decode, pauser, schedule="compact", rewrite=None, quiet_wait_s=0.0) -> dict:
+def jax_worker(cfg, method, batch, steps, repeats, max_decode, pauser, schedule="compact", rewrite=None, quiet_wait_s=0.0, block=None) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -318,8 +323,16 @@ def jax_worker(cfg, method, batch, steps, repeats, max_decode, pauser, schedule=
     out = {}
     if method == "attack":
         z0, tgt = map(jnp.asarray, attack_inputs(cfg, batch))
+        opts = {} if block is None else {"block": block}
         f = jax.jit(lambda z, t: atk.attack_batch(vae.decode, clf.logits, z, t, steps=steps, threshold=0.999, early_exit_every=0, schedule=schedule,
-                                                  rewrite_grads=rewrite))
+                                                  rewrite_grads=rewrite, **opts))
+        # the compacted schedule advances lanes in rounds of `block` steps (default 5) and a
+        # round always runs whole: with steps % block != 0 the last round's extra steps are
+        # computed (masked) and thrown away
+        import inspect
+
+        blk = block or inspect.signature(atk.attack_batch).parameters["block"].default
+        out.update(block=blk, computed_steps=(-(-steps // blk) * blk) if schedule == "compact" else steps)
         args = (z0, tgt)
 
         def one_step(z, t):
@@ -691,7 +704,7 @@ def _worker_main(a) -> int:
                 rec["matmul_peak_bf16_flops"] = matmul_peak_worker("bfloat16")
         elif a.worker == "jax":
             rec = jax_worker(cfg, a.method, a.batch, a.steps, a.repeats, a.max_decode, pauser, schedule=a.schedule,
-                             rewrite=None if a.rewrite == "default" else a.rewrite == "on", quiet_wait_s=a.quiet_wait_s or 0.0)
+                             rewrite=None if a.rewrite == "default" else a.rewrite == "on", quiet_wait_s=a.quiet_wait_s or 0.0, block=a.block)
         else:
             rec = torch_worker(cfg, a.method, a.batch, a.steps, a.repeats, a.max_decode, pauser, a.params, compile_=a.worker == "torch_compile",
                                channels_last=a.channels_last, quiet_wait_s=a.quiet_wait_s or 0.0)
@@ -796,6 +809,7 @@ def main(argv=None) -> int:
     p.add_argument("--pause-budget-s", type=float, default=1800.0, help="stop pausing (and flag rows 'contended') after this many paused seconds")
     p.add_argument("--timeout", type=float, default=900.0, help="per worker process")
     p.add_argument("--schedule", default="compact", choices=["compact", "vmap"])
+    p.add_argument("--block", type=int, default=None, help="attack_batch's block (compacted schedule round length; default: the library's, 5)")
     p.add_argument("--rewrite", default="default", choices=["default", "on", "off"])
     p.add_argument("--channels-last", action="store_true", help="torch sides in channels_last memory format")
     p.add_argument("--quiet-wait-s", type=float, default=None,
@@ -836,7 +850,8 @@ def main(argv=None) -> int:
                 res[k] = old[k]
         res["commands"] = old.get("commands", [old.get("command")])
     res["commands"] = res.get("commands", []) + [res["command"]]
-    done = {(r["model"], r["method"], r["batch"], r["side"]) for r in res["rows"] if "error" not in r}
+    key = lambda r: (r["model"], r["method"], r["batch"], r["side"], r.get("block_option"))  # noqa: E731
+    done = {key(r) for r in res["rows"] if "error" not in r}
     cfg_over = json.loads(a.cfg_json or "{}")
 
     def save():
@@ -869,11 +884,13 @@ def main(argv=None) -> int:
                 bss = a.batch_sizes if method == "attack" or not a.mirror_batch_sizes else a.mirror_batch_sizes
                 for bs in bss:
                     for side in a.sides:
-                        if (model, method, bs, side) in done:
+                        if (model, method, bs, side, a.block if method == "attack" and side == "jax" else None) in done:
                             continue
                         use = pids if res["paused_s_total"] < a.pause_budget_s else []
                         args = [*common, "--worker", side, "--quiet-wait-s", str(quiet), "--method", method, "--batch", str(bs), "--steps", str(a.steps), "--repeats", str(a.repeats),
                                 "--max-decode", str(a.max_decode), "--params", params, "--schedule", a.schedule, "--rewrite", a.rewrite]
+                        if a.block is not None:
+                            args += ["--block", str(a.block)]
                         if a.channels_last:
                             args.append("--channels-last")
                         if a.nice is not None:
@@ -884,13 +901,14 @@ def main(argv=None) -> int:
                             rec = _in_process(p.parse_args(args))
                         else:
                             rec = run_worker(args, a.timeout, use)
-                        rec.update(model=model, method=method, batch=bs, side=side, contended=bool(pids) and not use)
+                        rec.update(model=model, method=method, batch=bs, side=side, contended=bool(pids) and not use,
+                                   block_option=a.block if method == "attack" and side == "jax" else None)
                         if method == "attack":
                             rec["steps"] = a.steps
                         if "flops_per_s" in rec:
                             rec["frac_of_matmul_peak"] = rec["flops_per_s"] / res["matmul_peak_f32_flops"]
                         res["paused_s_total"] += rec.get("paused_s", 0.0)
-                        res["rows"] = [r for r in res["rows"] if (r["model"], r["method"], r["batch"], r["side"]) != (model, method, bs, side)] + [rec]
+                        res["rows"] = [r for r in res["rows"] if key(r) != key(rec)] + [rec]
                         _ratios(res["rows"])
                         save()
                         print(json.dumps({k: v for k, v in rec.items() if k not in ("walls_s", "loadavg_timed")}), flush=True)

@@ -61,7 +61,7 @@ def worker(path: str, n: int, chunk: int, steps: int, model: str, cfg_json: str 
         z0 = jax.vmap(vae.encode)(x)
         src = jnp.argmax(jax.vmap(clf.logits)(x), -1)
         tgt = (src + 1) % cfg["num_classes"]
-        r = atk.attack_batch(vae.decode, clf.logits, z0, tgt, steps=steps, threshold=0.999, early_exit_every=0)
+        r = atk.attack_batch(vae.decode, clf.logits, z0, tgt, steps=steps, threshold=0.999, early_exit_every=0, block=steps)
         m = mask.astype(jnp.float32)
         return {"n": acc["n"] + m.sum(), "success": acc["success"] + (r.success * m).sum(), "p": acc["p"] + (r.target_prob * m).sum()}, None
 
@@ -84,10 +84,17 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="resnet128")
     ap.add_argument("--cfg-json", default=None, help="model config overrides (tests: tiny widths)")
     ap.add_argument("--max-growth-mb", type=float, default=64.0)
+    ap.add_argument("--nice", type=int, default=None, help="autogroup niceness of the workers (root: e.g. -5 on a shared box)")
     ap.add_argument("--out", default="bench_highres_rss.json")
     ap.add_argument("--worker", nargs=2, metavar=("PATH", "N"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
+        if a.nice is not None:  # the worker is its own session (start_new_session): renice its autogroup
+            try:
+                with open("/proc/self/autogroup", "w") as f:
+                    f.write(str(a.nice))
+            except OSError:
+                pass
         print("RESULT " + json.dumps(worker(a.worker[0], int(a.worker[1]), a.chunk, a.steps, a.model, a.cfg_json)))
         return 0
     import bench_highres as bh
@@ -106,7 +113,9 @@ def main(argv=None) -> int:
             cmd = [sys.executable, __file__, "--worker", str(path), str(n), "--chunk", str(a.chunk), "--steps", str(a.steps), "--model", a.model]
             if a.cfg_json:
                 cmd += ["--cfg-json", a.cfg_json]
-            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=7200)
+            if a.nice is not None:
+                cmd += ["--nice", str(a.nice)]
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=7200, start_new_session=True)
             lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
             if r.returncode or not lines:
                 print(r.stderr[-3000:], file=sys.stderr)

@@ -148,7 +148,7 @@ else
     --full-test-set-images 16 --full-test-set-steps 2 --full-test-set-chunk 64
   step mirror28 600 "$PY" experiments/bench.py --out "$WORK/mirror28.json" --batch-sizes 8 --steps 2 --repeats 1 --mirror
   for m in resnet128 resnet224; do
-    step "$m" 900 "$PY" experiments/bench_highres.py --model "$m" --out "$WORK/$m.json" --in-process --sides jax torch \
+    step "$m" 1800 "$PY" experiments/bench_highres.py --model "$m" --out "$WORK/$m.json" --in-process --sides jax torch \
       --batch-sizes 2 --steps 1 --repeats 1 --max-decode 21 --cfg-json "$TINY"
   done
 fi
