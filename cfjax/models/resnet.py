@@ -81,6 +81,10 @@ class ResNet(nn.Module):
         default; a 1-channel input uses the first entry).
       dtype: compute dtype (``None`` = float32; ``jnp.bfloat16`` computes in bf16 with float32
         params). Logits are returned as float32.
+      remat: rematerialise each BasicBlock in the backward pass (same params, same outputs): a
+        gradient through the classifier (the attack, the Mirror decoder's ``L_cls``) then keeps
+        only the block outputs. This is where memory goes when training the Mirror decoder at
+        high resolution (BUILD_NOTES, issue 27).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -97,6 +101,7 @@ class ResNet(nn.Module):
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
     dtype: object = None
+    remat: bool = False
 
     def setup(self):
         if len(self.widths) != len(self.blocks) or not self.widths:
@@ -109,8 +114,9 @@ class ResNet(nn.Module):
         self.stem_small = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype, name="stem_conv3")
         self.stem_large = nn.Conv(self.widths[0], (7, 7), strides=(2, 2), padding=3, use_bias=False, dtype=self.dtype, name="stem_conv7")
         self.stem_norm = nn.GroupNorm(self.groups, epsilon=EPS, dtype=self.dtype, name="stem_norm")
+        block = nn.remat(BasicBlock) if self.remat else BasicBlock
         self.stages = [
-            [BasicBlock(w, stride=(2 if (s > 0 and i == 0) else 1), groups=self.groups, dtype=self.dtype, name=f"stage{s}_block{i}")
+            [block(w, stride=(2 if (s > 0 and i == 0) else 1), groups=self.groups, dtype=self.dtype, name=f"stage{s}_block{i}")
              for i in range(n)]
             for s, (w, n) in enumerate(zip(self.widths, self.blocks))
         ]
