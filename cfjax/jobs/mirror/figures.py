@@ -63,7 +63,9 @@ def global_figures(out: Path, test, clf, decode, backbone, ks, cfg: MirrorJobCon
         o = jrun(*(jnp.asarray(parallel.pad_to(np.asarray(v), nb)) for v in (x, src[r], tgt[r])))
         o = jax.tree_util.tree_map(lambda v: np.asarray(v)[: len(r)], jax.device_get(o))
         row = summary["pairs"].get(f"{names[a]}->{names[b]}", {})
-        title = f"{names[a]} -> {names[b]}: validity {row.get('validity', float('nan')):.2f}, D.Val {row.get('denoised_validity') or float('nan'):.2f}"
+        num = lambda key: float("nan") if row.get(key) is None else row[key]  # noqa: E731 -- 0.0 is a value, not a missing one
+        title = (f"{names[a]} -> {names[b]}: validity {num('validity'):.2f}, D.Val {num('denoised_validity'):.2f}, "
+                 f"|p gap| at CF {num('target_prob_gap_at_cf'):.2f}")
         name = f"strip_{a}_{b}.png"
         atomic_savefig(_strip_figure(x, o, ks, title), out / "figures" / name)
         figs.append((f"Transitions {names[a]} -> {names[b]}", f"figures/{name}",
