@@ -208,8 +208,11 @@ def test_mirror_decoder_high_resolution_path(size):
     ga, gb = jax.grad(loss)(gp, g), jax.grad(loss)(gp, g_r)
     for a, b in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
-    ob = g.clone(dtype=jnp.bfloat16).apply(gp, F, skips, masks)
-    assert ob.dtype == jnp.float32 and float(jnp.abs(ob - out).max()) < 0.05
+    small = [s[:, :8, :8] for s in skips], [m[:, :8, :8] for m in masks]  # bf16 convs compile slowly on XLA:CPU: a small crop
+    gs = MirrorDecoder(image_shape=(32, 32, 3), widths=(16, 8, 8), editor_width=8, skip_mode="eq12")
+    sp = gs.init(jax.random.key(3), F[:, :2, :2], *small)
+    o32, o16 = gs.apply(sp, F[:, :2, :2], *small), gs.clone(dtype=jnp.bfloat16).apply(sp, F[:, :2, :2], *small)
+    assert o16.dtype == jnp.float32 and float(jnp.abs(o16 - o32).max()) < 0.05
 
 
 # ---------------------------------------------------------------- end to end at 128 px

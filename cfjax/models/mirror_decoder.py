@@ -24,8 +24,9 @@ neither of which changes the parameters (a decoder trained with them loads witho
 
 * ``remat``: each level (editor, mix, two convs) and each tail stage is rematerialised in the
   backward pass (``nn.remat`` of a per-level function, parameter names unchanged): only the
-  level outputs are kept. ``None`` (default) turns it on at 64x64 and above, where activations
-  dominate; the outputs are bit-identical.
+  level outputs are kept; outputs and gradients are identical. Off by default: XLA:CPU's
+  memory accounting of the training step showed no saving at 64-224 px (the ``L_cls`` pass
+  through the classifier dominates; BUILD_NOTES, issue 27).
 * ``dtype``: compute dtype of the convolutions (``jnp.bfloat16``: bf16 activations and
   matmuls, float32 parameters, float32 sigmoid output).
 
@@ -121,7 +122,7 @@ class MirrorDecoder(nn.Module):
       skip_mode: ``"full"``: the editor sees the full-resolution source skip and the upsampled,
         reduced ``F_k`` (:class:`PatternEditor`); ``"eq12"``: the paper's Eq. 12
         (:class:`Eq12Editor`: the skip pooled to ``F_k``'s resolution + the full ``F_k``).
-      remat: rematerialise each level in the backward pass (``None``: at 64x64 and above).
+      remat: rematerialise each level in the backward pass.
       dtype: compute dtype (``None`` = float32; ``jnp.bfloat16``: bf16 compute, f32 params).
     """
 
@@ -130,7 +131,7 @@ class MirrorDecoder(nn.Module):
     editor_width: int = 16
     fk_channels: int = 32
     skip_mode: str = "full"
-    remat: bool | None = None
+    remat: bool = False
     dtype: object = None
 
     @nn.compact
@@ -153,7 +154,7 @@ class MirrorDecoder(nn.Module):
         if self.skip_mode not in ("full", "eq12"):
             raise ValueError(f"skip_mode: expected 'full' or 'eq12', got {self.skip_mode!r}")
         dt = self.dtype
-        remat = (H * W >= 64 * 64) if self.remat is None else self.remat
+        remat = self.remat
         fk = nn.Conv(self.fk_channels, (1, 1), dtype=dt, name="fk_reduce")(F_k) if self.skip_mode == "full" else None
         h = nn.relu(nn.Conv(widths[0], (3, 3), padding="SAME", dtype=dt, name="stem")(F_k))
 
