@@ -15,7 +15,7 @@ from cfjax.errors import InputError
 from cfjax.jobs import skeleton
 from smoke_models import shared_models_dir
 
-TIMING = {"wall_s", "cf_per_s", "phase_wall_s", "total_wall_s", "models_wall_s", "resumed", "decoder_load_or_train_s"}
+TIMING = {"wall_s", "cf_per_s", "phase_wall_s", "total_wall_s", "models_wall_s", "resumed", "decoder_load_or_train_s", "load_or_train_s"}
 
 
 def assert_same_summary(a, b, path=""):
