@@ -621,3 +621,20 @@ def test_compute_dtype_bfloat16_matmuls_keep_float32_state():
     # float32 means "no change"
     same = atk.attack_batch(dec, lg, z0, t, steps=60, threshold=0.3, compute_dtype=jnp.float32)
     np.testing.assert_array_equal(same.z, f.z)
+
+
+def test_compact_rounds_capped_at_the_step_budget_change_no_result():
+    """A round of the compacted schedule never runs more steps than the budget (a 2-step budget
+    used to compute whole 5-step rounds): results equal those of 1-step rounds for budgets below,
+    at and above ``block``."""
+    W = jax.random.normal(jax.random.key(0), (4, 4))
+    decode = lambda z: jnp.tanh(z).reshape(2, 2, 1) * 0.5 + 0.5  # noqa: E731
+    logits = lambda x: W @ x.reshape(-1)  # noqa: E731
+    z0 = jax.random.normal(jax.random.key(1), (12, 4))
+    t = jnp.arange(12) % 4
+    for steps in (2, 5, 7):
+        a = atk.attack_batch(decode, logits, z0, t, steps=steps, block=5, threshold=0.9)
+        b = atk.attack_batch(decode, logits, z0, t, steps=steps, block=1, threshold=0.9)
+        np.testing.assert_allclose(np.asarray(a.z), np.asarray(b.z), rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(a.steps_taken), np.asarray(b.steps_taken))
+        assert int(np.max(np.asarray(a.steps_taken))) <= steps

@@ -644,6 +644,9 @@ def _ladder(n: int, min_width: int) -> tuple[int, ...]:
 
 
 def _run_compact(fns: _Fns, z0s, targets, *, steps, block, min_width, record_every=0) -> AttackResult:
+    # a round never needs more steps than the budget: finished lanes are frozen by the mask, so
+    # capping changes no result, only the work (a 2-step budget ran whole 5-step rounds before)
+    block = max(1, min(int(block), int(steps)))
     n = targets.shape[0]
     lanes = jax.vmap(fns.init)(z0s)
     widths = _ladder(n, min_width)
