@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -162,20 +161,10 @@ def write_medmnist_npz(
         arrays[f"{split}_labels"] = labels.astype(np.uint8)[:, None]
     if class_names:
         arrays["class_names"] = np.asarray(SHAPE_CLASSES)
+    from cfjax.io import atomic_write_with
+
     path = Path(data_dir) / medmnist_filename(flag, size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compressed else np.savez)(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_with(path, lambda f: (np.savez_compressed if compressed else np.savez)(f, **arrays))
 
 
 def main(argv=None) -> None:
