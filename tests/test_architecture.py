@@ -161,12 +161,12 @@ def test_mirror_source_equal_target_exits_2_fast_and_writes_nothing(tmp_path):
         (["global", "mirror", "--data", "mnist5k", "--pairs", "3,3"], "pairs"),
         (["global", "mirror", "--data", "imagenet"], "data"),
         (["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--k-step", "0.3"], "k_step"),
-        (["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--chunk-size", "0"], "chunk_size"),
+        (["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--chunk-size", "0"], "--batch-size"),  # --chunk-size is an alias
         (["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--cf-threshold", "1.2"], "cf_threshold"),
         (["explain", "attack", "--data", "mnist5k", "--threshold", "1.5"], "threshold"),
         (["global", "attack", "--data", "mnist5k", "--targets", "10"], "targets"),
         (["train", "mirror-decoder", "--data", "mnist5k", "--pair", "3,3"], "--pair"),
-        (["explain", "attack", "--data", "mnist5k", "--lpips-weights", "/nonexistent.ckpt"], "lpips_weights"),
+        (["explain", "attack", "--data", "mnist5k", "--lpips-weights", "/nonexistent.ckpt"], "--lpips-weights"),
         (["explain", "mirror", "--data", "mnist5k", "--source", "3", "--target", "8", "--inception-weights", "/nonexistent.pth"], "inception_weights"),
     ],
 )
