@@ -99,7 +99,7 @@ def test_cli_bad_inputs_leave_no_output(tmp_path, capsys):
         (["mirror", "--data", "mnist5k", "--smoke", "--source", "3", "--target", "3"], "target"),
         (["mirror", "--data", "mnist5k", "--smoke", "--source", "3", "--target", "12"], "target"),
         (["explain", "--method", "attack", "--data", "cifar", "--smoke"], "data"),
-        (["global", "--method", "attack", "--data", "mnist5k", "--smoke", "--batch-size", "0"], "batch_size"),
+        (["global", "--method", "attack", "--data", "mnist5k", "--smoke", "--batch-size", "0"], "--batch-size"),
         (["mirror", "--data", "mnist5k", "--smoke", "--source", "3", "--target", "8", "--decoder-warm-start", str(tmp_path / "nope")],
          "decoder_warm_start"),
         (["train", "mirror-decoder", "--data", "mnist5k", "--smoke", "--warm-start", str(tmp_path / "nope")], "decoder_warm_start"),
