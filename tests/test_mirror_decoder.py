@@ -466,3 +466,7 @@ def test_presets_paper_is_the_default_and_robust_changes_only_what_it_names():
         MirrorJobConfig.from_preset("best")
     with pytest.raises(InputError, match="preset"):
         MirrorJobConfig(preset="best").validate()
+    for bad in (0.0, 0.05, 0.2, float("nan")):  # a tolerance in (0, k_step)
+        with pytest.raises(InputError, match="locate_tol"):
+            MirrorJobConfig(locate_tol=bad).validate()
+    MirrorJobConfig(locate_tol=None).validate()
