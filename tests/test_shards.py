@@ -13,7 +13,7 @@ from cfjax import parallel
 from cfjax.cli import main, parse_shard
 from cfjax.errors import InputError
 from cfjax.jobs import skeleton
-from smoke_models import shared_models_dir
+from smoke_models import MIRROR_PAIRS, shared_models_dir
 
 TIMING = {"wall_s", "cf_per_s", "phase_wall_s", "total_wall_s", "models_wall_s", "resumed", "decoder_load_or_train_s", "load_or_train_s"}
 
@@ -57,7 +57,7 @@ def attack_shards(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mirror_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("mirror")
-    args = ["global", "mirror", "--data", "mnist5k", "--smoke", "--pairs", "3,8;8,3;4,9;1,7", "--limit", "40"]
+    args = ["global", "mirror", "--data", "mnist5k", "--smoke", "--pairs", MIRROR_PAIRS, "--limit", "40"]
     models = shared_models_dir(tmp_path_factory, "mirror")
     return root, _sharded_runs(root, args, models), [*args, "--models-dir", str(models)]
 
