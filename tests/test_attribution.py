@@ -89,3 +89,17 @@ def test_celeba_merges():
     assert "Male" not in new and "Attractive" not in new and "Goatee" not in new
     col = {n: out[:, i] for i, n in enumerate(new)}
     assert list(col["Facial_hair"]) == [1, 0] and list(col["Dark_hair"]) == [0, 1] and list(col["Overweight"]) == [0, 1]
+
+
+def test_celeba_attributes_exclude_drops_the_task():
+    from cfjax.data import CELEBA_ATTRIBUTES as names
+
+    names = list(names)
+    a = np.random.default_rng(0).integers(0, 2, (5, 40))
+    full, n_full = attr.celeba_attributes(a, names)
+    out, n = attr.celeba_attributes(a, names, exclude=("Mouth_Slightly_Open", "Dark_hair"))
+    assert len(n) == len(n_full) - 2 and "Mouth_Slightly_Open" not in n and "Dark_hair" not in n
+    keep = [n_full.index(x) for x in n]
+    np.testing.assert_array_equal(out, full[:, keep])
+    with pytest.raises(InputError, match="exclude"):
+        attr.celeba_attributes(a, names, exclude=("Smilin",))

@@ -42,7 +42,7 @@ from cfjax.methods import attribution as attr
 from cfjax.methods.attack import STATUS_NAMES, AttackResult, attack_batch, attack_pixels_batch
 from cfjax.models import bind_classifier, bind_vae
 from cfjax.training import zoo
-from cfjax.training.attributes import fit_predictor_for
+from cfjax.training.attributes import fit_predictor_for, fit_predictor_on_attributes
 
 PAPER_PAIRS = ((4, 9), (8, 9), (1, 7), (9, 7), (5, 6), (0, 8), (3, 2))
 
@@ -306,7 +306,8 @@ class AttackModels(NamedTuple):
 
     zoo: zoo.Models
     predictor: attr.AttributePredictor
-    standardizer: desc.Standardizer
+    standardizer: desc.Standardizer | None
+    """None when the dataset's own attributes (CelebA) are the descriptors: nothing to measure on an image."""
     predictor_accuracy: dict
     models_wall_s: float
     predictor_wall_s: float
@@ -344,7 +345,14 @@ class AttackJob:
         t_models = time.perf_counter() - t0
         t1 = time.perf_counter()
         vae = bind_vae(m.vae.module, m.vae.params)
-        pred, st, acc = fit_predictor_for(m.train.images, vae.encode, self.kind(ctx.dataset), steps=cfg.predictor_steps)
+        if m.train.attributes is not None:  # CelebA: its own labelled attributes are the descriptors (the paper's)
+            from cfjax.data import parse_spec
+
+            pred, acc = fit_predictor_on_attributes(m.train, vae.encode, exclude=(parse_spec(ctx.dataset).task or "",),
+                                                    steps=cfg.predictor_steps)
+            st = None
+        else:
+            pred, st, acc = fit_predictor_for(m.train.images, vae.encode, self.kind(ctx.dataset), steps=cfg.predictor_steps)
         return AttackModels(m, pred, st, acc, t_models, time.perf_counter() - t1)
 
     def _setup(self, ctx: Context, models: AttackModels):
@@ -367,10 +375,12 @@ class AttackJob:
                    "models": {"clf": ckpt.tree_digest(m.classifier.params), "vae": ckpt.tree_digest(m.vae.params)}}
         lpips_fn = _lpips_fn(cfg)
         lat = functools.partial(attack_rows, fns, steps=cfg.steps, learning_rate=cfg.learning_rate, threshold=cfg.threshold,
-                                optimizer=cfg.optimizer, block=cfg.block, descriptors=(self.kind(ctx.dataset), models.standardizer),
+                                optimizer=cfg.optimizer, block=cfg.block,
+                                descriptors=None if models.standardizer is None else (self.kind(ctx.dataset), models.standardizer),
                                 lpips_fn=lpips_fn)
         out = [Pass("latent", lambda b, mask: lat(b["x"], b["source"], b["target"], mask),
-                    attack_evaluators(K, names, models.predictor.names, lpips_alex=lpips_fn is not None), {"x": parallel.Rows(images, img_idx), "source": src, "target": tgt},
+                    attack_evaluators(K, names, models.predictor.names, lpips_alex=lpips_fn is not None,
+                                      descriptors=models.standardizer is not None), {"x": parallel.Rows(images, img_idx), "source": src, "target": tgt},
                     chunk, run_cfg, outputs=("source", "target", "success", "status", "steps", "target_prob", "l1", "scores"), desc="latent attack")]
         if cfg.pixel_baseline:
             n_pix = n_img if cfg.pixel_limit is None else min(cfg.pixel_limit, n_img)
@@ -397,7 +407,8 @@ class AttackJob:
                        steps_budget=cfg.pixel_steps, learning_rate=cfg.pixel_learning_rate, pairs=p["pairs"])
             if "lpips_alex" in p:
                 pix["lpips_alex"] = p["lpips_alex"]
-        glob, dglob = lat["global_attribution_full"], lat["descriptor_change_full"]
+        glob = lat["global_attribution_full"]
+        dglob = lat.get("descriptor_change_full") or {"overall": None, "pairs": None}  # None: labelled attributes, not measured
         return {
             "method": "attack", "dataset": ctx.dataset, "n_examples": n_img, "n_counterfactuals": lat["n_counterfactuals"],
             "n_devices": jax.device_count(), "n_processes": jax.process_count(), "validity": lat["validity"], "mean_steps": lat["mean_steps"],
@@ -422,7 +433,7 @@ class AttackJob:
         clf = bind_classifier(m.classifier.module, m.classifier.params)
         vae = bind_vae(m.vae.module, m.vae.params)
         glob = {"overall": summary["global_attribution"], "pairs": summary["global_attribution_pairs"]}
-        dglob = {"overall": summary["descriptor_change"], "pairs": summary["descriptor_change_pairs"]}
+        dglob = None if summary["descriptor_change"] is None else {"overall": summary["descriptor_change"], "pairs": summary["descriptor_change_pairs"]}
         pix = summary["baseline_pixel"]
         pix_val = pair_matrix(pix["pairs"], names, "validity") if pix else None
         return _figures(ctx.out, m, clf, vae, models.predictor, glob, dglob, ctx.config, pair_matrix(summary["pairs"], names, "validity"),
@@ -539,8 +550,9 @@ def _figures(out: Path, models, clf, vae, pred, glob, dglob, cfg: AttackJobConfi
     keys = [f"{names[s]}->{names[t]}" for s, t in pairs]
     report.attribution_bars(glob, figdir / "attribution_pairs.png", "global attribution per pair", pairs=keys)
     figs.append(("Global attribution per pair", "figures/attribution_pairs.png", "The paper's pairs: blue bars rise towards the target class, red bars fall."))
-    report.attribution_bars(dglob, figdir / "descriptor_change_pairs.png", "measured descriptor change per pair", pairs=keys)
-    figs.append(("Measured descriptor change per pair", "figures/descriptor_change_pairs.png", "The same change measured on the images (standardised descriptors, counterfactual minus reconstruction): its signs should agree with the panel above."))
+    if dglob is not None:
+        report.attribution_bars(dglob, figdir / "descriptor_change_pairs.png", "measured descriptor change per pair", pairs=keys)
+        figs.append(("Measured descriptor change per pair", "figures/descriptor_change_pairs.png", "The same change measured on the images (standardised descriptors, counterfactual minus reconstruction): its signs should agree with the panel above."))
     return figs
 
 

@@ -204,7 +204,7 @@ CELEBA_MERGES = {
 CELEBA_DROP = tuple(dict.fromkeys(CELEBA_ABSTRACT + CELEBA_EXPLAINED + tuple(n.lstrip("~") for v in CELEBA_MERGES.values() for n in v)))
 
 
-def celeba_attributes(attributes: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, tuple]:
+def celeba_attributes(attributes: np.ndarray, names: Sequence[str], exclude: Sequence[str] = ()) -> tuple[np.ndarray, tuple]:
     """CelebA's 40 binary attributes turned into the explanation attributes of the paper.
 
     Merged (logical OR): ``Facial_hair`` = Mustache | Goatee | Sideburns | 5_o_Clock_Shadow |
@@ -217,9 +217,11 @@ def celeba_attributes(attributes: np.ndarray, names: Sequence[str]) -> tuple[np.
     Args:
       attributes: ``[n, 40]`` in {0, 1} (or -1/1: values > 0.5 are "on").
       names: the 40 CelebA attribute names, in column order.
+      exclude: further attributes to drop (the binary task being explained, e.g.
+        ``"Mouth_Slightly_Open"``: a classifier is not explained by its own label).
 
     Returns:
-      ``(attrs [n, 29] float32 in {0, 1}, names)``.
+      ``(attrs [n, 29 - len(new excludes)] float32 in {0, 1}, names)``.
     """
     a = np.asarray(attributes) > 0.5
     names = list(names)
@@ -229,11 +231,15 @@ def celeba_attributes(attributes: np.ndarray, names: Sequence[str]) -> tuple[np.
     missing = [n.lstrip("~") for v in CELEBA_MERGES.values() for n in v if n.lstrip("~") not in idx]
     if missing:
         raise bad_arg("names", f"no {missing}", "CelebA's 40 attribute names")
+    unknown = [n for n in exclude if n not in idx and n not in CELEBA_MERGES]
+    if unknown:
+        raise bad_arg("exclude", unknown, "CelebA attribute names (or a merged one: " + ", ".join(CELEBA_MERGES) + ")")
 
     def col(n):
         return ~a[:, idx[n[1:]]] if n.startswith("~") else a[:, idx[n]]
 
     merged = {m: np.logical_or.reduce([col(n) for n in srcs]) for m, srcs in CELEBA_MERGES.items()}
-    keep = [n for n in names if n not in CELEBA_DROP]
+    merged = {m: v for m, v in merged.items() if m not in exclude}
+    keep = [n for n in names if n not in CELEBA_DROP and n not in exclude]
     cols = [a[:, idx[n]] for n in keep] + list(merged.values())
     return np.stack(cols, 1).astype(np.float32), tuple(keep) + tuple(merged)
