@@ -326,12 +326,12 @@ def jax_worker(cfg, method, batch, steps, repeats, max_decode, pauser, schedule=
         opts = {} if block is None else {"block": block}
         f = jax.jit(lambda z, t: atk.attack_batch(vae.decode, clf.logits, z, t, steps=steps, threshold=0.999, early_exit_every=0, schedule=schedule,
                                                   rewrite_grads=rewrite, **opts))
-        # the compacted schedule advances lanes in rounds of `block` steps (default 5) and a
-        # round always runs whole: with steps % block != 0 the last round's extra steps are
-        # computed (masked) and thrown away
+        # the compacted schedule advances lanes in rounds of `block` steps (default 5, capped at
+        # the step budget) and a round always runs whole: with steps % block != 0 the last
+        # round's extra steps are computed (masked) and thrown away
         import inspect
 
-        blk = block or inspect.signature(atk.attack_batch).parameters["block"].default
+        blk = min(block or inspect.signature(atk.attack_batch).parameters["block"].default, steps)
         out.update(block=blk, computed_steps=(-(-steps // blk) * blk) if schedule == "compact" else steps)
         args = (z0, tgt)
 

@@ -45,6 +45,11 @@ def _value(v: str):
 def decoder_value(decoder, key: str, text: str):
     """``--set KEY=TEXT`` as the type of the decoder field ``key`` ("1" for a float field is 1.0: the
     decoder cache key then equals the default config's)."""
+    if not hasattr(decoder, key):
+        from cfjax.errors import bad_arg
+
+        fields = ", ".join(f.name for f in dataclasses.fields(decoder))
+        raise bad_arg("--set", f"{key}={text}", f"KEY=VALUE with KEY a MirrorDecoderConfig field ({fields})")
     v, d = _value(text), getattr(decoder, key)
     return float(v) if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool) else v
 
@@ -64,6 +69,8 @@ def main(argv=None) -> dict:
     p.add_argument("--backbone-epochs", type=int, default=2)
     p.add_argument("--oracle-epochs", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="first N test images")
+    p.add_argument("--cf-threshold", type=float, default=None,
+                   help="first counterfactual = argmax target AND p_t(decoded) >= this (default: the paper's argmax rule)")
     p.add_argument("--figures", action="store_true", help="per-pair transition strips and confidence curves in the report")
     p.add_argument("--warm-start", default=None, help="continue this shorter decoder run (same options, fewer steps)")
     p.add_argument("--smoke", action="store_true")
@@ -71,6 +78,11 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     pairs = MIRROR_PAIRS[a.data] if a.data in MIRROR_PAIRS else None
     base = MirrorJobConfig.from_preset(a.preset, smoke=a.smoke)
+    bad = [kv for kv in a.set if "=" not in kv]
+    if bad:
+        from cfjax.errors import bad_arg
+
+        raise bad_arg("--set", bad, "KEY=VALUE (a MirrorDecoderConfig field)")
     over = dict(kv.split("=", 1) for kv in a.set)
     dec = dataclasses.replace(base.decoder, steps=a.steps, checkpoint_every=min(base.decoder.checkpoint_every, a.steps),
                               **{k: decoder_value(base.decoder, k, v) for k, v in over.items()})
@@ -82,7 +94,8 @@ def main(argv=None) -> dict:
     cfg = dataclasses.replace(base, decoder=dec, classifier_augment_blur=a.classifier_blur, backbone_epochs=a.backbone_epochs,
                               decoder_pairs="all" if a.decoder_pairs == "all" else base.decoder_pairs,  # "auto" would pick the paper pairs
                               oracle_epochs=a.oracle_epochs, limit=a.limit, figures=a.figures, chunk_size=64,
-                              decoder_warm_start=a.warm_start)
+                              decoder_warm_start=a.warm_start, cf_threshold=a.cf_threshold)
+    cfg.validate()  # bad options fail here, before any training
     if a.classifier_epochs is not None or a.classifier_flip:
         zc = cfg.models or zoo.defaults_for(a.data)
         tc = dataclasses.replace(zc.classifier_train, augment_flip=a.classifier_flip)
@@ -104,6 +117,8 @@ def main(argv=None) -> dict:
     row = {k: s.get(k) for k in keys}
     row.update({k: s["faithfulness"].get(k) for k in s["faithfulness"]})
     row["preset"] = a.preset
+    row["cf_threshold"] = a.cf_threshold
+    row["target_prob_decoded_at_cf"] = s.get("target_prob_mean")
     row.update(
         data=a.data, classifier_blur=a.classifier_blur, classifier_epochs=a.classifier_epochs, classifier_flip=a.classifier_flip, decoder_pairs=a.decoder_pairs, steps=a.steps, options=over, warm_start=a.warm_start,
         decoder_train_s=s["decoder_load_or_train_s"],
