@@ -36,6 +36,7 @@ COLUMNS = [  # (header, key, digits)
     ("oracle k=1", "oracle_validity_k1", 3), ("L1", "l1", 3), ("LPIPS", "lpips_alex", 3),
     ("abs gap at CF", "target_prob_gap_at_cf", 3), ("signed gap at CF", "target_prob_gap_signed_at_cf", 3),
     ("abs gap, path mean", "target_prob_gap_mean", 3), ("feature L1 at CF (rel)", None, 1), ("first-CF k", "first_cf_k_mean", 3),
+    ("p_t(decoded) at CF", "target_prob_decoded_at_cf", 3),
 ]
 
 
@@ -77,10 +78,18 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
     return on
 
 
+def _order(r: dict) -> tuple:
+    """paper, the single changes on top of it, robust, then seeds and other first-CF rules."""
+    n = row_name(r)
+    rank = 0 if "_paper" in n else 2 if "_robust" in n else 1
+    return (r.get("cf_threshold") is not None, "_s1" in n, rank, n)
+
+
 def table(rows: list[dict]) -> str:
+    rows = sorted(rows, key=_order)
     lines = []
     for data in sorted({r.get("data", "?") for r in rows}):
-        lines += [f"### {data}", "", "| row | " + " | ".join(h for h, *_ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+        lines += [f"### {data}", "", "| row | first CF rule | " + " | ".join(h for h, *_ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
         for r in (r for r in rows if r.get("data", "?") == data):
             cells = []
             for _h, key, nd in COLUMNS:
@@ -89,7 +98,8 @@ def table(rows: list[dict]) -> str:
                     cells.append("–" if a is None else f"{a:.1f} ({rel:.2f})")
                 else:
                     cells.append(_fmt(r.get(key), nd))
-            lines.append(f"| {row_name(r)} | " + " | ".join(cells) + " |")
+            rule = "argmax (paper)" if r.get("cf_threshold") is None else f"p_t >= {r['cf_threshold']}"
+            lines.append(f"| {row_name(r)} | {rule} | " + " | ".join(cells) + " |")
         lines += ["", "Commands:", ""]
         lines += [f"- `{row_name(r)}`: `{r.get('command', '?')}`" for r in rows if r.get("data", "?") == data]
         lines.append("")
