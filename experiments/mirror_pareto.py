@@ -111,7 +111,7 @@ def points(rows: list[dict], kind: str) -> list[dict]:
     for r in rows:
         g, o = _num(r.get("target_prob_gap_at_cf")), _num(r.get("oracle_validity"))
         if g is not None and o is not None:
-            out.append({"name": row_name(r), "data": r.get("data", "?"), "gap": g, "oracle": o, "kind": kind,
+            out.append({"name": row_name(r), "data": r.get("data", "?"), "gap": g, "oracle": o, "kind": kind, "cf_threshold": r.get("cf_threshold"),
                         "validity": _num(r.get("validity")), "path": r["_path"]})
     return out
 
@@ -131,10 +131,17 @@ def plot(pts: list[dict], path: Path) -> None:
         new = [p for p in mine if p["kind"] == "rows"]
         ax.scatter([p["gap"] for p in hist], [p["oracle"] for p in hist], facecolors="none", edgecolors=c, s=22, alpha=0.6,
                    label=f"{data}: earlier rounds (gap at the grid CF)")
-        ax.scatter([p["gap"] for p in new], [p["oracle"] for p in new], color=c, s=46, edgecolors="k", linewidths=0.6,
-                   label=f"{data}: this ablation (located CF)")
-        for p in new:
-            ax.annotate(p["name"], (p["gap"], p["oracle"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        arg = [p for p in new if not p.get("cf_threshold")]
+        thr = [p for p in new if p.get("cf_threshold")]
+        ax.scatter([p["gap"] for p in arg], [p["oracle"] for p in arg], color=c, s=46, edgecolors="k", linewidths=0.6,
+                   label=f"{data}: this ablation (located CF, argmax rule)")
+        if thr:
+            ax.scatter([p["gap"] for p in thr], [p["oracle"] for p in thr], color=c, marker="D", s=40, edgecolors="k", linewidths=0.6,
+                       label=f"{data}: same decoders, first CF at p_t >= threshold")
+        offsets = [(4, 3), (4, -9), (4, 9), (4, -15)]
+        for i, p in enumerate(sorted(new, key=lambda p: (p["gap"], p["oracle"]))):
+            short = p["name"].removeprefix(f"{data}_").removesuffix("_3k")
+            ax.annotate(short, (p["gap"], p["oracle"]), fontsize=6.5, xytext=offsets[i % len(offsets)], textcoords="offset points")
         front = sorted((p for p in mine if p["front"]), key=lambda p: p["gap"])
         ax.plot([p["gap"] for p in front], [p["oracle"] for p in front], color=c, lw=1.2, ls="--")
     ax.axvline(0.15, color="gray", lw=0.8, ls=":")
