@@ -456,3 +456,23 @@ def test_train_refuses_a_head_that_is_not_the_classifiers():
         _train(clf._replace(b=jnp.zeros(7)), (images, labels))
     with pytest.raises(InputError, match=r"^clf\.features: .*GAP"):
         _train(clf._replace(features=lambda x: 2.0 * x.mean((0, 1))), (images, labels))
+
+
+def test_blur_trained_classifier_gets_its_own_model_folder(tmp_path, monkeypatch):
+    """--classifier-blur B caches the classifier (and what sits beside it) under
+    <models>/<data>/blur-B, so the plain classifier's cache keeps its name and is not refused."""
+    from cfjax.jobs.mirror import models as mm
+    from cfjax.jobs.mirror.config import MirrorJobConfig
+
+    seen = []
+
+    def fake(train, test, model_cfg, train_cfg, workdir, progress=True):
+        seen.append((workdir, train_cfg.augment_blur))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(mm.ct, "load_or_train_classifier", fake)
+    for blur, sub in ((0.0, "mnist5k"), (0.5, "mnist5k/blur-0.5")):
+        cfg = dataclasses.replace(MirrorJobConfig.paper(), classifier_augment_blur=blur, data_limit=50)
+        with pytest.raises(RuntimeError, match="stop"):
+            mm.load_models("mnist5k", tmp_path, cfg, progress=False)
+        assert seen[-1] == (tmp_path / sub / "classifier", blur)

@@ -37,6 +37,10 @@ def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None
     train = cdata.load(dataset, "train", data_dir=data_dir, limit=cfg.data_limit)
     test = cdata.load(dataset, "test", data_dir=data_dir, limit=cfg.data_limit)
     root = Path(models_dir) / dataset
+    if cfg.classifier_augment_blur and cfg.classifier is None:
+        # a blur-trained classifier (and the decoders, backbone and oracle beside it) gets its own
+        # folder: the plain classifier's cache keeps its name and is never refused as "another config"
+        root = root / f"blur-{cfg.classifier_augment_blur:g}"
     clf_cfg = dataclasses.replace(zc.classifier, num_classes=train.num_classes)
     if cfg.classifier is None:
         clf = from_trained(ct.load_or_train_classifier(train, test, clf_cfg, zc.classifier_train, root / "classifier", progress))
