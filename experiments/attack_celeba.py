@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from cfjax.methods import attribution as attr  # noqa: E402
-from cfjax.training.attributes import encode_all, fit_attribute_predictor  # noqa: E402
+from cfjax.training.attributes import encode_all, fit_predictor_on_attributes  # noqa: E402
 from cfjax import data as cdata  # noqa: E402
 from cfjax.jobs import report  # noqa: E402
 from cfjax.training import loop as ct  # noqa: E402
@@ -142,9 +142,8 @@ def main(argv=None) -> dict:
     root = out / "models" / "celeb_a"
     vae_t = ct.load_or_train_vae(train, test, vae_cfg, tcfg, root / "vae")
     vae = bind_vae(vae_t.module, vae_t.params)
-    lat = encode_all(vae.encode, train.images)
-    y, names = attr.celeba_attributes(train.attributes, train.attribute_names)
-    pred = fit_attribute_predictor(lat, y, names, steps=200 if a.smoke else 2000, balanced=True)
+    pred, _ = fit_predictor_on_attributes(train, vae.encode, steps=200 if a.smoke else 2000)
+    names = pred.names
     pred_acc = attr.attribute_accuracy(pred, encode_all(vae.encode, test.images), attr.celeba_attributes(test.attributes, test.attribute_names)[0])
     summary = {"method": "attack", "dataset": "celeb_a", "image_size": a.image_size, "n_train": len(train), "n_test": len(test),
                "vae_mse": vae_t.metrics.get("mse"), "attributes": list(names), "attribute_predictor_accuracy": pred_acc,

@@ -348,8 +348,8 @@ class AttackJob:
         if m.train.attributes is not None:  # CelebA: its own labelled attributes are the descriptors (the paper's)
             from cfjax.data import parse_spec
 
-            pred, acc = fit_predictor_on_attributes(m.train, vae.encode, exclude=(parse_spec(ctx.dataset).task or "",),
-                                                    steps=cfg.predictor_steps)
+            task = parse_spec(ctx.dataset).task
+            pred, acc = fit_predictor_on_attributes(m.train, vae.encode, exclude=(task,) if task else (), steps=cfg.predictor_steps)
             st = None
         else:
             pred, st, acc = fit_predictor_for(m.train.images, vae.encode, self.kind(ctx.dataset), steps=cfg.predictor_steps)

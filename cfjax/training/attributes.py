@@ -135,7 +135,7 @@ def fit_predictor_on_attributes(train, encode: Callable, *, exclude=(), steps: i
       train: a :class:`cfjax.data.Dataset` with ``attributes`` [N, 40] and ``attribute_names``.
       encode: the VAE's single-example encoder (its mean).
       exclude: attributes to drop besides the paper's explained labels (the task being
-        explained, e.g. ``("Mouth_Slightly_Open",)``; empty strings are ignored).
+        explained, e.g. ``("Mouth_Slightly_Open",)``).
       steps: full-batch Adam steps.
 
     Returns:
@@ -145,7 +145,7 @@ def fit_predictor_on_attributes(train, encode: Callable, *, exclude=(), steps: i
 
     if getattr(train, "attributes", None) is None:
         raise bad_arg("train", "a dataset without attributes", "a Dataset with labelled attributes (celeb_a, celeb_a_hq with its annotation file)")
-    y, names = celeba_attributes(train.attributes, train.attribute_names, exclude=tuple(e for e in exclude if e))
+    y, names = celeba_attributes(train.attributes, train.attribute_names, exclude=tuple(exclude))
     lat = encode_all(encode, train.images)
     pred = fit_attribute_predictor(lat, y, names, steps=steps, balanced=True)
     return pred, attribute_accuracy(pred, lat, y)
