@@ -17,7 +17,7 @@ demo: $(BIN)/.installed
 	$(BIN)/cfjax demo --out $(OUT)
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -n 2 --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 bench: $(BIN)/.installed
 	$(BIN)/python experiments/bench.py --out bench.json

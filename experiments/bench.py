@@ -283,6 +283,8 @@ def _highres(a) -> int:
             args += [flag, str(v)]
     if a.skip_existing:
         args.append("--skip-existing")
+    if a.in_process:
+        args.append("--in-process")
     return bench_highres.main(args)
 
 
@@ -315,6 +317,8 @@ def main(argv=None):
     p.add_argument("--torch-sides", nargs="+", default=None, choices=["jax", "torch", "torch_compile"],
                    help="resnet models: the sides to run (default: jax + what --torch/--torch-compile ask for)")
     p.add_argument("--block", type=int, default=None, help="resnet models: attack_batch's block (compacted schedule round; default the library's 5)")
+    p.add_argument("--in-process", action="store_true",
+                   help="resnet models: every configuration in this process (as the GPU check runs; peak RSS is then cumulative)")
     p.add_argument("--highres-cfg-json", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.model in HIGHRES:

@@ -10,6 +10,21 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+# XLA's persistent compilation cache, one fresh folder per test process (each xdist worker),
+# inherited by the CLI subprocesses the tests spawn: a restarted `cfjax global` (the kill and
+# resume tests) and the many tests that build the same smoke programs load them instead of
+# compiling again. Entries are keyed by the program's HLO, so a hit is the same executable.
+# CFJAX_TEST_XLA_CACHE=0 turns it off; a JAX_COMPILATION_CACHE_DIR already set is respected.
+if os.environ.get("CFJAX_TEST_XLA_CACHE", "1") != "0" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _xla_cache = tempfile.mkdtemp(prefix="cfjax-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    atexit.register(shutil.rmtree, _xla_cache, True)
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -106,3 +121,19 @@ def open_in_browser(tmp_path_factory):
         return seen
 
     return run
+
+
+
+# Module-scoped fixtures that train models or run whole jobs (tens of seconds each).
+_COSTLY_MODULE_FIXTURES = {"attack_shards", "mirror_shards", "smoke_run", "trained", "tiny_clf", "tiny_classifier", "runs"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist's ``--dist loadgroup`` (``make test``), the tests of a module that share a
+    costly module-scoped fixture all run on one worker, so the fixture is built once rather than
+    once per worker that happens to draw one of them. Other tests are spread as usual."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is not None and any(name in _COSTLY_MODULE_FIXTURES and defs[-1].scope == "module"
+                                    for name, defs in info.name2fixturedefs.items()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -120,14 +120,18 @@ def test_pauser_resumes_on_error():
 
 @pytest.mark.slow
 def test_bench_highres_writes_consistent_json(tmp_path):
-    """End to end on tiny widths at 128 px, one batch of 2, both methods, jax and torch eager."""
+    """End to end on tiny widths at 128 px, one batch of 2, both methods, jax and torch eager,
+    every configuration in this process (``--in-process``, the GPU check's mode; the default
+    one-process-per-configuration mode differs only in where the worker runs:
+    test_worker_processes_report_back covers it)."""
     import bench
 
     out = tmp_path / "hr.json"
     cfg = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()})
     bench.main(["--model", "resnet128", "--out", str(out), "--batch-sizes", "2", "--steps", "1", "--repeats", "1", "--torch", "--mirror",
-                "--max-decode", "21", "--highres-cfg-json", cfg])
+                "--max-decode", "21", "--highres-cfg-json", cfg, "--in-process"])
     r = json.loads(out.read_text())
+    assert r["options"]["in_process"] is True
     assert r["matmul_peak_f32_flops"] > 1e8 and r["environment"]["cpus"] >= 1
     rows = {(x["method"], x["side"]): x for x in r["rows"]}
     assert set(rows) == {("attack", "jax"), ("attack", "torch"), ("mirror", "jax"), ("mirror", "torch")}
@@ -143,3 +147,15 @@ def test_bench_highres_writes_consistent_json(tmp_path):
     assert m["k_grid"] == mt["k_grid"] == 21 and m["slice"] == mt["slice"] == 1
     assert m["found"] == mt["found"]
     assert m["logits_path_checksum"] == pytest.approx(mt["logits_path_checksum"], rel=1e-3, abs=1e-3)
+
+
+def test_worker_processes_report_back():
+    """The default mode's worker process (here the matmul-peak worker) reports its result line,
+    and a failing worker comes back as an error row rather than an exception."""
+    import bench_highres as bh
+
+    rec = bh.run_worker(["--model", "resnet128", "--worker", "peak", "--quiet-wait-s", "0"], 300, [])
+    assert "error" not in rec, rec
+    assert rec["matmul_peak_f32_flops"] > 1e8 and rec["peak_rss_mb"] > 0 and rec["process_wall_s"] > 0
+    bad = bh.run_worker(["--model", "resnet999", "--worker", "peak"], 300, [])
+    assert bad["error"].startswith("exit 2") and "resnet999" in bad["error"]

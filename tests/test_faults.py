@@ -102,7 +102,7 @@ def test_sigkill_cfjax_global_at_five_points_resumes_to_the_same_summary(tmp_pat
 
     models = shared_models_dir(tmp_path_factory, "attack")  # the session's smoke models, read only
     args = ["global", "--method", "attack", "--data", "mnist5k", "--smoke", "--no-pixel", "--limit", "16", "--batch-size", "8",
-            "--checkpoint-every", "1", "--models-dir", str(models)]
+            "--checkpoint-every", "1", "--no-figures", "--models-dir", str(models)]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0  # uninterrupted
     ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
     run = tmp_path / "run"

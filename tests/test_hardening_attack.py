@@ -197,11 +197,14 @@ def _attack_compiles(caplog, fn) -> int:
     (independent of ``Attack.compile_count``)."""
     caplog.clear()
     jax.config.update("jax_log_compiles", True)
+    cached = jax.config.jax_enable_compilation_cache  # a persistent-cache hit logs no compile
+    jax.config.update("jax_enable_compilation_cache", False)
     try:
         with caplog.at_level(logging.WARNING, logger="jax"):
             fn()
     finally:
         jax.config.update("jax_log_compiles", False)
+        jax.config.update("jax_enable_compilation_cache", cached)
     return sum("Finished XLA compilation of jit(_attack_program)" in r.getMessage() for r in caplog.records)
 
 
