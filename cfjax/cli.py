@@ -83,6 +83,7 @@ def _attack_args(p) -> None:
     g.add_argument("--pixel-steps", type=int, default=None, help=f"pixel baseline budget (default {d.pixel_steps})")
     g.add_argument("--pixel-lr", type=float, default=None, help=f"pixel baseline learning rate (default {d.pixel_learning_rate})")
     g.add_argument("--no-pixel", action="store_true", help="skip the pixel baseline")
+    g.add_argument("--no-figures", action="store_true", help="skip the figures (numbers and report only)")
     g.add_argument("--pixel-limit", type=int, default=None, help="pixel baseline on the first N images only")
     g.add_argument("--limit", type=int, default=None, help="attack only the first N test images")
     g.add_argument("--batch-size", type=int, default=None, help=f"counterfactuals per jitted step (default {d.batch_size})")
@@ -105,6 +106,8 @@ def attack_config(a, *, whole_split: bool = False):
         over["limit"] = None
     if a.no_pixel:
         over["pixel_baseline"] = False
+    if a.no_figures:
+        over["figures"] = False
     if a.no_lpips:
         over["lpips_alex"] = False
     over.update(_given(lpips_weights=a.lpips_weights))

