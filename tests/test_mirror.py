@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cfjax.methods import mirror as mr
@@ -244,6 +244,7 @@ def test_reflection_target_mirror_keeps_the_path_out_of_third_classes():
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), others=st.sampled_from(mr.OTHERS))
+@example(seed=5559, others="keep")  # a third class blocks only on (0.5, 0.50073]: shorter than 1e-3
 def test_feature_crossing_matches_a_fine_grid(seed, others):
     """Slow reference: walk the path's logits on a 20,001-point grid; the first k past 0.5 whose
     argmax is the target, and the argmax just before it, equal the closed form."""
@@ -258,10 +259,10 @@ def test_feature_crossing_matches_a_fine_grid(seed, others):
     am = path.argmax(-1)
     i = np.flatnonzero((ks > 0.5) & (am == t))[0]
     assert abs(float(k_star) - ks[i]) <= 1e-4 + 1e-4 * abs(ks[i])
-    if ks[i] > 0.5 + 1e-3:
+    if ks[i - 1] > 0.5:  # a third class held the argmax on the grid point just before the crossing
         assert int(blocker) == am[i - 1] and int(blocker) not in (s, t)
-    else:
-        assert int(blocker) == s
+    else:  # the crossing is within one grid step of 0.5: only a third class too brief for the grid is possible
+        assert int(blocker) == s or float(k_star) - 0.5 <= ks[1]
     if others == "mirror":
         assert float(k_star) == 0.5
 
