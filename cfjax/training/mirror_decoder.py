@@ -32,7 +32,7 @@ ROBUST_CHANGES = {"reflect_others": "mirror", "ema_decay": 0.999, "fea_normalize
 """What the ``robust`` preset changes from the paper's decoder (each earned in BUILD_NOTES' preset
 ablation; the classifier stays the ordinary one, T stays 1, k stays ~ U[0, 1], no loss sees D.Val's
 blur). The biased k draw (``k_cf_fraction``) was tried and dropped: leave-one-out, robust lost
-nothing without it and gained LPIPS.)"""
+nothing without it and gained LPIPS."""
 
 
 @dataclasses.dataclass(frozen=True)
