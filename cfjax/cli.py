@@ -83,7 +83,7 @@ def _attack_args(p) -> None:
     g.add_argument("--pixel-steps", type=int, default=None, help=f"pixel baseline budget (default {d.pixel_steps})")
     g.add_argument("--pixel-lr", type=float, default=None, help=f"pixel baseline learning rate (default {d.pixel_learning_rate})")
     g.add_argument("--no-pixel", action="store_true", help="skip the pixel baseline")
-    g.add_argument("--no-figures", action="store_true", help="skip the figures (numbers and report only)")
+    _figures_arg(g)
     g.add_argument("--pixel-limit", type=int, default=None, help="pixel baseline on the first N images only")
     g.add_argument("--limit", type=int, default=None, help="attack only the first N test images")
     g.add_argument("--batch-size", type=int, default=None, help=f"counterfactuals per jitted step (default {d.batch_size})")
@@ -182,7 +182,7 @@ def _mirror_args(p, *, pair: bool) -> None:
     g.add_argument("--chunk-size", "--batch-size", dest="chunk_size", type=int, default=None, help="images per sharded step")
     g.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint the accumulators every N chunks")
     g.add_argument("--classifier-blur", type=float, default=None, help="train the classifier with this fraction of blurred images")
-    g.add_argument("--no-figures", action="store_true", help="skip the figures (numbers and report only)")
+    _figures_arg(g)
     g.add_argument("--inception-weights", default=None, help="pytorch-fid Inception-v3 weights (.pth/.npz): report the standard FID too")
     g.add_argument("--no-oracle", action="store_true", help="skip the oracle classifier (oracle validity)")
     _lpips_args(g)
@@ -209,6 +209,10 @@ def _reflect_others_arg(g) -> None:
                    help="classes other than source and target: 'keep' (the paper preset) leaves their logits (the paper's "
                         "path); 'mirror' (the robust preset) reflects those above the source/target midpoint too, so the path "
                         "never passes through them. A decoder option: the decoder is trained on the path the job walks")
+
+
+def _figures_arg(g) -> None:
+    g.add_argument("--no-figures", action="store_true", help="skip the figures (numbers and report only)")
 
 
 def _lpips_args(g) -> None:

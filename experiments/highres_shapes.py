@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shutil
 import sys
 import time
@@ -51,8 +52,17 @@ def main(argv=None) -> dict:
     p.add_argument("--target", type=int, default=1)
     p.add_argument("--decoder-steps", type=int, default=1500)
     p.add_argument("--limit", type=int, default=48, help="test images per job")
+    p.add_argument("--preset", default="paper", choices=("paper", "robust"), help="the Mirror decoder's preset")
+    p.add_argument("--oracle-epochs", type=int, default=3)
+    p.add_argument("--methods", default="mirror,attack",
+                   help="comma-separated subset of mirror,attack; a method not run keeps its section of --out's summary.json")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args(argv)
+    methods = [m for m in a.methods.split(",") if m]
+    if not methods or any(m not in ("mirror", "attack") for m in methods):
+        p.error(f"--methods: expected a comma-separated subset of mirror,attack, got {a.methods!r}")
+    if a.decoder_steps < 1 or a.oracle_epochs < 1:
+        p.error("--decoder-steps and --oracle-epochs must be >= 1")
     from cfjax.jobs.attack import AttackJobConfig, run_attack_explanation
     from cfjax.jobs.mirror import MirrorJobConfig, run_mirror_explanation
     from cfjax.training.mirror_decoder import MirrorDecoderConfig
@@ -66,41 +76,48 @@ def main(argv=None) -> dict:
     zc = models(a.smoke)
     t0 = time.perf_counter()
     dec = dataclasses.replace(
-        MirrorDecoderConfig.smoke() if a.smoke else MirrorDecoderConfig(),
+        MirrorDecoderConfig.smoke(a.preset) if a.smoke else MirrorDecoderConfig.preset(a.preset),
         widths=(32, 32, 16), editor_width=16, fk_channels=16, disc_widths=(16, 32), batch_size=16,
         steps=20 if a.smoke else a.decoder_steps, log_every=5 if a.smoke else 50, checkpoint_every=10 if a.smoke else 250,
         eval_examples=32, pairs=((a.source, a.target), (a.target, a.source)),
     )
-    mcfg = MirrorJobConfig(models=zc, decoder=dec, limit=a.limit, chunk_size=16, oracle_widths=(8, 16, 32), oracle_convs_per_block=1,
-                           oracle_epochs=3 if not a.smoke else 1, backbone_epochs=1, lpips_alex=False, n_figure_examples=6)
-    ms = run_mirror_explanation(spec, work / "mirror", source=a.source, target=a.target, config=mcfg, models_dir=work / "models",
-                                data_dir=data_dir)
-    t_mirror = time.perf_counter() - t0
-    acfg = AttackJobConfig(models=zc, targets=str(a.target), limit=a.limit, pixel_baseline=False, lpips_alex=False,
-                           steps=20 if a.smoke else 300, batch_size=16, predictor_steps=300)
-    as_ = run_attack_explanation(spec, work / "attack", acfg, data_dir=data_dir, models_dir=work / "models")
-    t_attack = time.perf_counter() - t0 - t_mirror
-
-    out.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for job in ("mirror", "attack"):
-        for png in sorted((work / job / "figures").glob("*.png")):
-            dst = out / f"{job}_{png.name}"
-            shutil.copyfile(png, dst)
-            copied.append(dst.name)
-    keep = ("validity", "denoised_validity", "oracle_validity", "l1", "first_cf_k_mean", "converged_rate", "classifier_accuracy",
-            "n_counterfactuals", "n_examples", "mean_steps", "vae_mse", "pair", "pairs")
+    mcfg = MirrorJobConfig(preset=a.preset, models=zc, decoder=dec, limit=a.limit, chunk_size=16, oracle_widths=(8, 16, 32), oracle_convs_per_block=1,
+                           oracle_epochs=a.oracle_epochs if not a.smoke else 1, backbone_epochs=1, lpips_alex=False, n_figure_examples=6)
+    jobs = {"mirror": work / ("mirror" if a.preset == "paper" else f"mirror_{a.preset}"), "attack": work / "attack"}
+    prev = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    keep = ("validity", "denoised_validity", "oracle_validity", "oracle_validity_k1", "l1", "first_cf_k_mean", "converged_rate",
+            "classifier_accuracy", "oracle_accuracy", "validity_k1", "oracle_validity_real_target", "lpips_domain", "faithfulness", "n_counterfactuals", "n_examples", "mean_steps", "vae_mse", "pair", "pairs")
     summary = {
         "what": f"Mirror-CFE ({SHAPE_CLASSES[a.source]} -> {SHAPE_CLASSES[a.target]}) and Counterfactual Attacks (every shape -> "
                 f"{SHAPE_CLASSES[a.target]}) at {a.size} px on synthetic shapes in the MedMNIST+ format",
         "data": {"spec": spec, "n_train": n_train, "n_test": n_test, "classes": list(SHAPE_CLASSES)},
-        "models": {"classifier": dataclasses.asdict(zc.classifier), "vae": dataclasses.asdict(zc.vae), "decoder_steps": dec.steps},
-        "mirror": {k: ms.get(k) for k in keep if k in ms},
-        "attack": {k: as_.get(k) for k in keep if k in as_ and k != "pairs"},
-        "wall_s": {"mirror": round(t_mirror, 1), "attack": round(t_attack, 1)},
-        "figures": copied,
+        "models": {"classifier": dataclasses.asdict(zc.classifier), "vae": dataclasses.asdict(zc.vae)},
+        "wall_s": dict(prev.get("wall_s", {})),
         "smoke": a.smoke,
     }
+    out.mkdir(parents=True, exist_ok=True)
+    for job in ("mirror", "attack"):
+        if job not in methods:
+            if job in prev:
+                summary[job] = prev[job]
+            continue
+        t0 = time.perf_counter()
+        if job == "mirror":
+            res = run_mirror_explanation(spec, jobs[job], source=a.source, target=a.target, config=mcfg, models_dir=work / "models",
+                                         data_dir=data_dir)
+        else:
+            acfg = AttackJobConfig(models=zc, targets=str(a.target), limit=a.limit, pixel_baseline=False, lpips_alex=False,
+                                   steps=20 if a.smoke else 300, batch_size=16, predictor_steps=300)
+            res = run_attack_explanation(spec, jobs[job], acfg, data_dir=data_dir, models_dir=work / "models")
+        summary["wall_s"][job] = round(time.perf_counter() - t0, 1)
+        summary[job] = {k: res.get(k) for k in keep if k in res and not (job == "attack" and k == "pairs")}
+        if job == "mirror":
+            summary[job].update(preset=a.preset, decoder_steps=dec.steps, oracle_epochs=mcfg.oracle_epochs)
+        for stale in out.glob(f"{job}_*.png"):
+            stale.unlink()
+        for png in sorted((jobs[job] / "figures").glob("*.png")):
+            shutil.copyfile(png, out / f"{job}_{png.name}")
+    summary["figures"] = sorted(p.name for p in out.glob("*.png"))
     atomic_write_json(out / "summary.json", summary)
     print(summary)
     return summary

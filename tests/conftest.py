@@ -10,8 +10,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-# XLA's persistent compilation cache, one fresh folder per test process (each xdist worker),
-# inherited by the CLI subprocesses the tests spawn: a restarted `cfjax global` (the kill and
+# XLA's persistent compilation cache, one fresh folder per pytest run (set by the controller before
+# the xdist workers start, so both workers share it), inherited by the CLI subprocesses the tests spawn: a restarted `cfjax global` (the kill and
 # resume tests) and the many tests that build the same smoke programs load them instead of
 # compiling again. Entries are keyed by the program's HLO, so a hit is the same executable.
 # CFJAX_TEST_XLA_CACHE=0 turns it off; a JAX_COMPILATION_CACHE_DIR already set is respected.

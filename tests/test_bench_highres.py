@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
 
 torch = pytest.importorskip("torch", reason="the PyTorch twin needs torch (.ci/run installs the CPU build)")
 
-TINY = {"widths": (8, 8, 16, 16), "groups": 4, "vae_widths": (4, 4, 8, 8, 8), "latent_dim": 16}
+TINY = {"widths": (8, 8, 16, 16), "groups": 4, "vae_widths": (4, 4, 8, 8, 8), "latent_dim": 16, "decoder": {"widths": (8, 8, 8), "editor_width": 8}}
 
 
 def _twin(model, tmp_path, **over):
@@ -25,11 +25,13 @@ def _twin(model, tmp_path, **over):
     return bh, cfg, P, bh.TorchTwin(cfg, P)
 
 
-@pytest.mark.parametrize("model,over", [("resnet128", {}), ("resnet224", {}), ("resnet128", {"image_shape": (64, 64, 3)})])
-def test_torch_twin_matches_flax(tmp_path, model, over):
+@pytest.mark.parametrize("model,over,full", [("resnet128", {}, True), ("resnet224", {}, False), ("resnet128", {"image_shape": (64, 64, 3)}, False)])
+def test_torch_twin_matches_flax(tmp_path, model, over, full):
     """ResNet (both stems), VAE decoder, Mirror decoder + CSP masks + exact reflection: the
-    torch twin's logits equal the Flax ones (decoded latents, and the whole decoded Mirror path
-    on a 21-point k grid) to ~1e-4."""
+    torch twin's logits equal the Flax ones (decoded latents, and the whole decoded Mirror path)
+    to ~1e-4. Every size checks prepare()'s references (the bench's own port check); at 128 px
+    (``full``) also every stage map, the 21-point path on a fresh batch and the attack's gradient
+    in float64 (the same code at every size: the compiles, not the checks, cost the time)."""
     import jax
     import jax.numpy as jnp
 
@@ -37,10 +39,16 @@ def test_torch_twin_matches_flax(tmp_path, model, over):
     from cfjax.models import bind_classifier, bind_vae
 
     bh, cfg, P, tw = _twin(model, tmp_path, **over)
-    # the reference written by prepare(): logits of decoded latents and of a decoded Mirror path
+    # the references written by prepare(): logits of decoded latents and of a decoded Mirror path
     with torch.no_grad():
         l = tw.logits(tw.decode(torch.tensor(P["ref/z"])))
         assert np.abs(l.numpy() - P["ref/attack_logits"]).max() < 1e-4 * (1 + np.abs(P["ref/attack_logits"]).max())
+        _, _, lp = tw.mirror_cfe(torch.tensor(P["ref/x"]).permute(0, 3, 1, 2), torch.tensor(P["ref/src"]).long(),
+                                 torch.tensor(P["ref/tgt"]).long(), torch.tensor(P["ref/ks"]))
+    assert P["ref/ks"].shape == (5,) and lp.shape == P["ref/mirror_logits_path"].shape
+    np.testing.assert_allclose(lp.numpy(), P["ref/mirror_logits_path"], atol=1e-4, rtol=1e-4)
+    if not full:
+        return
     clf_m, cp, vae_m, vp, g, gp, dcfg = bh.build(cfg)
     clf = bind_classifier(clf_m, cp)
     # every stage map (the Mirror skips) equal

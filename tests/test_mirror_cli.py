@@ -142,3 +142,23 @@ def test_pair_report_renders_in_chromium(smoke_run, open_in_browser):
     assert seen["page_width"] <= seen["viewport_width"], "the page scrolls sideways"
     for label in ("validity", "denoised validity", "L1", "Mirror-CFE", "3->8"):
         assert label in seen["headline_text"], label
+
+
+def test_an_oracle_cached_for_another_config_is_refused_before_the_decoder_trains(tmp_path, tmp_path_factory, monkeypatch):
+    """The models folder's oracle was trained with other epochs: the job stops on it (naming the
+    folder and the field) before it trains or loads a decoder, not after."""
+    import dataclasses
+
+    from cfjax.errors import CheckpointError
+    from cfjax.jobs import mirror as jm
+    from cfjax.jobs.mirror import job as mirror_job
+    from smoke_models import shared_models_dir
+
+    models = shared_models_dir(tmp_path_factory, "mirror")
+    reached = []
+    monkeypatch.setattr(mirror_job, "get_decoder", lambda *a, **k: reached.append(1) or pytest.fail("the decoder was reached"))
+    cfg = jm.MirrorJobConfig.from_preset("paper", smoke=True)
+    cfg = dataclasses.replace(cfg, oracle_epochs=(cfg.oracle_epochs or 1) + 1)
+    with pytest.raises(CheckpointError, match=r"oracle_classifier(.|\n)*epochs"):
+        jm.run_mirror_explanation("mnist5k", tmp_path / "out", source=3, target=8, config=cfg, models_dir=models)
+    assert not reached

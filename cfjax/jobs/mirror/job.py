@@ -74,9 +74,11 @@ class MirrorJob:
         models_dir = Path(self.models_dir) if self.models_dir is not None else ctx.out / "models"
         prog = ctx.progress and ctx.lead
         train, test, clf_t, bb_t, root = load_models(ctx.dataset, models_dir, cfg, data_dir=ctx.data_dir, progress=prog)
+        # the oracle before the decoder: an oracle cache written for another config is refused in
+        # seconds, not after an hour of decoder training
+        oracle = load_oracle(train, test, root, cfg, prog) if cfg.oracle else None
         dec, dec_s = get_decoder(clf_t, train, test, root, cfg.decoder, prog, cfg.decoder_warm_start)
         preds = batched_predict(jax.jit(lambda x: jnp.argmax(clf_t.logits_batch(x), -1)), test.images)
-        oracle = load_oracle(train, test, root, cfg, prog) if cfg.oracle else None
         return MirrorModels(train, test, clf_t, bb_t, dec, dec_s, preds, oracle)
 
     def parts(self, ctx: Context, models: MirrorModels):
