@@ -8,7 +8,10 @@ import os
 import sys
 import time
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+sys.path.insert(0, os.path.dirname(__file__))
+from xla_env import with_devices  # noqa: E402
+
+os.environ.setdefault("XLA_FLAGS", with_devices(4))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

@@ -7,7 +7,10 @@ argv: PORT PROCESS_ID OUT_JSON [DELAY_S]: with DELAY_S, process 0 first sleeps t
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+sys.path.insert(0, os.path.dirname(__file__))
+from xla_env import with_devices  # noqa: E402
+
+os.environ["XLA_FLAGS"] = with_devices(2)
 
 import json  # noqa: E402
 import time  # noqa: E402

@@ -12,13 +12,14 @@ imported; the three of them run concurrently.
 """
 
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from xla_env import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,8 +93,7 @@ def runs(tmp_path_factory):
     specs = {"a": (8, "0"), "b": (8, "1"), "one": (1, "0")}  # name -> (devices, PYTHONHASHSEED)
     procs = {}
     for name, (n_dev, hashseed) in specs.items():
-        env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS", "JAX_ENABLE_X64")}
-        env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n_dev}", TQDM_DISABLE="1", PYTHONHASHSEED=hashseed)
+        env = child_env(n_dev, drop=("JAX_PLATFORMS", "JAX_ENABLE_X64"), JAX_PLATFORMS="cpu", TQDM_DISABLE="1", PYTHONHASHSEED=hashseed)
         procs[name] = subprocess.Popen([sys.executable, str(script), "0", str(tmp / f"{name}.npz")], env=env, cwd=ROOT,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = {}

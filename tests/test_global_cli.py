@@ -3,7 +3,6 @@ multi-host path (2 processes on localhost) against a single-process run."""
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ from cfjax.errors import InputError
 from cfjax.jobs import mirror as mjob
 from smoke_models import shared_models_dir
 from test_parallel import _free_port
+from xla_env import child_env
 
 
 def _outputs(d) -> dict:
@@ -70,7 +70,7 @@ def test_attack_global_two_processes_equal_one(tmp_path, tmp_path_factory):
     assert main([*args, "--out", str(tmp_path / "single")]) == 0
     one = json.loads((tmp_path / "single" / "summary.json").read_text())
     port = _free_port()
-    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = child_env(2, JAX_PLATFORMS="cpu")
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "cfjax", *args, "--out", str(tmp_path / "multi"), "--coordinator", f"127.0.0.1:{port}",

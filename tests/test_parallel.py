@@ -7,6 +7,7 @@ import pytest
 
 from cfjax import parallel
 from cfjax.errors import CheckpointError, InputError
+from xla_env import child_env
 
 
 def _toy_step(counter):
@@ -81,7 +82,7 @@ def test_resume_is_identical_and_outputs_written(tmp_path):
 def test_bad_arguments():
     data = _data(10)
     with pytest.raises(InputError, match="chunk_size"):
-        parallel.explain_dataset(_toy_step({"traces": 0}), _init(), data, chunk_size=12, progress=False)
+        parallel.explain_dataset(_toy_step({"traces": 0}), _init(), data, chunk_size=3 * jax.device_count() // 2, progress=False)  # not a multiple
     with pytest.raises(InputError, match="chunk_size"):
         parallel.explain_dataset(_toy_step({"traces": 0}), _init(), data, chunk_size=0, progress=False)
     with pytest.raises(InputError, match="data"):
@@ -111,7 +112,7 @@ def _run_two_workers(tmp_path, *extra):
 
     port = _free_port()
     here = os.path.dirname(__file__)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     procs = [
         subprocess.Popen([sys.executable, os.path.join(here, "mh_worker.py"), str(port), str(i), str(tmp_path / f"{i}.json"), *extra], env=env)
         for i in range(2)

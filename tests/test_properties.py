@@ -414,17 +414,17 @@ def _mesh(n_dev):
 @given(
     n=st.integers(1, 50),
     chunk=st.sampled_from([8, 16, 24]),
-    n_dev=st.sampled_from([1, 8]),
+    n_dev=st.sampled_from([1, 4]),
     seed=st.integers(0, 2**16),
     huge_pad_row=st.booleans(),
     write=st.booleans(),
 )
 def test_explain_dataset_sums_real_rows_exactly(n, chunk, n_dev, seed, huge_pad_row, write):
     """Integer (and integer-valued float) data: the accumulated sums equal numpy's over the
-    real rows exactly, on 1 or 8 devices, whatever the padding of the last chunk. With a huge
+    real rows exactly, on 1 or 4 devices, whatever the padding of the last chunk. With a huge
     first row in the last chunk (the row its padding repeats, ``pad_to``) any leak of a
     padded row would show by millions."""
-    assert jax.device_count() == 8
+    assert jax.device_count() >= 4
     rng = np.random.default_rng(seed)
     xi = rng.integers(-1000, 1000, (n, 3)).astype(np.int32)
     n_chunks = math.ceil(n / chunk)

@@ -1,5 +1,5 @@
 """Shards and merge: `cfjax global ... --shard I/N` on 3 shards + `cfjax merge` gives the
-unsharded run's summary (every non-timing field; floats up to float32 summation order), for
+unsharded run's summary (every non-timing field; floats up to float32 round-off), for
 both methods; a merge of a missing, duplicated or foreign shard exits 2 and writes nothing."""
 
 import json
@@ -14,12 +14,17 @@ from cfjax.cli import main, parse_shard
 from cfjax.errors import InputError
 from cfjax.jobs import skeleton
 from smoke_models import MIRROR_PAIRS, shared_models_dir
+from xla_env import child_env
 
 TIMING = {"wall_s", "cf_per_s", "phase_wall_s", "total_wall_s", "models_wall_s", "resumed", "decoder_load_or_train_s", "load_or_train_s"}
 
 
 def assert_same_summary(a, b, path=""):
-    """Equal in every non-timing field: exact for counts, strings, lists, None; floats to 1e-5."""
+    """Equal in every non-timing field: exact for counts, strings, lists, None; floats to rel 1e-4.
+
+    Not bitwise: besides the summation order, a shard feeds each device a different number of
+    rows than the unsharded run, and XLA:CPU picks its kernels by shape, so a decoded image's
+    class probability can move by ~2e-5 relative (seen at 4 simulated devices)."""
     if isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b), (path, set(a) ^ set(b))
         for k in a:
@@ -30,7 +35,7 @@ def assert_same_summary(a, b, path=""):
         for i, (u, v) in enumerate(zip(a, b)):
             assert_same_summary(u, v, f"{path}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
-        assert (math.isnan(a) and math.isnan(b)) or b == pytest.approx(a, rel=1e-5, abs=1e-6), (path, a, b)
+        assert (math.isnan(a) and math.isnan(b)) or b == pytest.approx(a, rel=1e-4, abs=1e-6), (path, a, b)
     else:
         assert a == b and type(a) is type(b), (path, a, b)
 
@@ -204,7 +209,7 @@ def test_ray_two_workers(tmp_path):
     import sys
 
     script = os.path.join(os.path.dirname(__file__), "..", "experiments", "ray_shards.py")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     r = subprocess.run([sys.executable, script, "--out", str(tmp_path / "ray"), "--shards", "2", "--workers", "2", "--",
                         "global", "attack", "--data", "mnist5k", "--smoke", "--limit", "2", "--no-pixel"],
                        env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=1200)
