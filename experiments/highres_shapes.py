@@ -8,6 +8,10 @@ to ``--out`` (``experiments/results/highres/``)::
 
     nice -n 10 python experiments/highres_shapes.py                 # ~25 CPU-min on 2 cores
     python experiments/highres_shapes.py --smoke --out /tmp/hr      # plumbing, minutes
+    # the longer Mirror decoders in BUILD_NOTES (the other sections of summary.json are kept):
+    python experiments/highres_shapes.py --methods mirror --oracle-epochs 12 --decoder-steps 1500 \
+        --warm-start runs/highres/models/bloodmnist@128/mirror_decoder_0-1_1-0-<hash of the 500-step run>
+    python experiments/highres_shapes.py --methods mirror --oracle-epochs 12 --decoder-steps 2500 --preset robust
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ def main(argv=None) -> dict:
     p.add_argument("--oracle-epochs", type=int, default=3)
     p.add_argument("--methods", default="mirror,attack",
                    help="comma-separated subset of mirror,attack; a method not run keeps its section of --out's summary.json")
+    p.add_argument("--warm-start", default=None, help="a shorter decoder run of the same config to continue (its workdir)")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args(argv)
     methods = [m for m in a.methods.split(",") if m]
@@ -82,8 +87,9 @@ def main(argv=None) -> dict:
         eval_examples=32, pairs=((a.source, a.target), (a.target, a.source)),
     )
     mcfg = MirrorJobConfig(preset=a.preset, models=zc, decoder=dec, limit=a.limit, chunk_size=16, oracle_widths=(8, 16, 32), oracle_convs_per_block=1,
-                           oracle_epochs=a.oracle_epochs if not a.smoke else 1, backbone_epochs=1, lpips_alex=False, n_figure_examples=6)
-    jobs = {"mirror": work / ("mirror" if a.preset == "paper" else f"mirror_{a.preset}"), "attack": work / "attack"}
+                           oracle_epochs=a.oracle_epochs if not a.smoke else 1, backbone_epochs=1, lpips_alex=False, n_figure_examples=6,
+                           decoder_warm_start=a.warm_start)
+    jobs = {"mirror": work / f"mirror_{a.preset}_{dec.steps}", "attack": work / "attack"}
     prev = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     keep = ("validity", "denoised_validity", "oracle_validity", "oracle_validity_k1", "l1", "first_cf_k_mean", "converged_rate",
             "classifier_accuracy", "oracle_accuracy", "validity_k1", "oracle_validity_real_target", "lpips_domain", "faithfulness", "n_counterfactuals", "n_examples", "mean_steps", "vae_mse", "pair", "pairs")
