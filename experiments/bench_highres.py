@@ -242,7 +242,8 @@ def build(cfg: dict, seed: int = 0):
 
     shape = tuple(cfg["image_shape"])
     clf_m = ResNet(num_classes=cfg["num_classes"], widths=tuple(cfg["widths"]), blocks=tuple(cfg["blocks"]), groups=cfg["groups"])
-    # jitted inits: one compile each instead of eager op-by-op dispatch (24 -> a few s at 224 px)
+    # jitted inits: one compile each instead of eager op-by-op dispatch (measured at 224 px on a
+    # contended box: 24 -> 20 s for the three; the values are the same draws)
     cp = jax.jit(clf_m.init)(jax.random.key(seed), jnp.zeros((1, *shape)))
     vae_m = VAE(image_shape=shape, latent_dim=cfg["latent_dim"], widths=tuple(cfg["vae_widths"]))
     vp = jax.jit(vae_m.init)(jax.random.key(seed + 1), jnp.zeros((1, *shape)), jax.random.key(2))
