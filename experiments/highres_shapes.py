@@ -34,14 +34,14 @@ from cfjax.training import loop as ct  # noqa: E402
 from cfjax.training import zoo  # noqa: E402
 
 
-def models(smoke: bool) -> zoo.ZooConfig:
+def models(smoke: bool, vae_beta: float = 1.0, vae_epochs: int = 12) -> zoo.ZooConfig:
     """Small ResNet (GroupNorm) + VAE at full 128 px resolution."""
     e = 1 if smoke else None
     return zoo.ZooConfig(
         ct.ClassifierConfig(num_classes=8, widths=(16, 16, 32, 32), arch="resnet", groups=4),
         ct.TrainConfig(epochs=e or 4, batch_size=32, augment_shift=4, eval_batch_size=64),
-        ct.VAEConfig(latent_dim=32, widths=(16, 32, 32, 64, 64)),
-        ct.TrainConfig(epochs=e or 12, batch_size=32, eval_batch_size=64),
+        ct.VAEConfig(latent_dim=32, widths=(16, 32, 32, 64, 64), beta=vae_beta),
+        ct.TrainConfig(epochs=e or vae_epochs, batch_size=32, eval_batch_size=64),
     )
 
 
@@ -60,14 +60,18 @@ def main(argv=None) -> dict:
     p.add_argument("--oracle-epochs", type=int, default=3)
     p.add_argument("--methods", default="mirror,attack",
                    help="comma-separated subset of mirror,attack; a method not run keeps its section of --out's summary.json")
+    p.add_argument("--vae-beta", type=float, default=1.0, help="the attack VAE's KL weight (a new VAE needs a new --work)")
+    p.add_argument("--vae-epochs", type=int, default=12, help="the attack VAE's epochs (a new VAE needs a new --work)")
     p.add_argument("--warm-start", default=None, help="a shorter decoder run of the same config to continue (its workdir)")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args(argv)
     methods = [m for m in a.methods.split(",") if m]
     if not methods or any(m not in ("mirror", "attack") for m in methods):
         p.error(f"--methods: expected a comma-separated subset of mirror,attack, got {a.methods!r}")
-    if a.decoder_steps < 1 or a.oracle_epochs < 1:
-        p.error("--decoder-steps and --oracle-epochs must be >= 1")
+    if a.vae_beta <= 0:
+        p.error(f"--vae-beta: expected > 0, got {a.vae_beta}")
+    if a.decoder_steps < 1 or a.oracle_epochs < 1 or a.vae_epochs < 1:
+        p.error("--decoder-steps, --oracle-epochs and --vae-epochs must be >= 1")
     from cfjax.jobs.attack import AttackJobConfig, run_attack_explanation
     from cfjax.jobs.mirror import MirrorJobConfig, run_mirror_explanation
     from cfjax.training.mirror_decoder import MirrorDecoderConfig
@@ -78,7 +82,7 @@ def main(argv=None) -> dict:
     if not medmnist_path("bloodmnist", a.size, data_dir).is_file():
         write_medmnist_npz(data_dir, a.size, n_train=n_train, n_val=max(n_test // 2, 8), n_test=n_test, seed=0)
     spec = f"bloodmnist@{a.size}"
-    zc = models(a.smoke)
+    zc = models(a.smoke, a.vae_beta, a.vae_epochs)
     t0 = time.perf_counter()
     dec = dataclasses.replace(
         MirrorDecoderConfig.smoke(a.preset) if a.smoke else MirrorDecoderConfig.preset(a.preset),
