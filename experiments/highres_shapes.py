@@ -83,7 +83,6 @@ def main(argv=None) -> dict:
         write_medmnist_npz(data_dir, a.size, n_train=n_train, n_val=max(n_test // 2, 8), n_test=n_test, seed=0)
     spec = f"bloodmnist@{a.size}"
     zc = models(a.smoke, a.vae_beta, a.vae_epochs)
-    t0 = time.perf_counter()
     dec = dataclasses.replace(
         MirrorDecoderConfig.smoke(a.preset) if a.smoke else MirrorDecoderConfig.preset(a.preset),
         widths=(32, 32, 16), editor_width=16, fk_channels=16, disc_widths=(16, 32), batch_size=16,

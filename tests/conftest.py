@@ -15,7 +15,9 @@ import os
 # tests' tolerances); CFJAX_TEST_XLA_EXTRA="" runs the suite at XLA's default. Processes the tests
 # spawn get the same flags (tests/xla_env.py).
 os.environ.setdefault("CFJAX_TEST_XLA_EXTRA", "--xla_backend_optimization_level=0")
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {os.environ['CFJAX_TEST_XLA_EXTRA']}".strip())
+from xla_env import with_devices  # noqa: E402
+
+os.environ.setdefault("XLA_FLAGS", with_devices(4))
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TQDM_DISABLE", "1")
 

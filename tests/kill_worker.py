@@ -11,7 +11,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from xla_env import with_devices  # noqa: E402
 
-os.environ.setdefault("XLA_FLAGS", with_devices(4))
+os.environ["XLA_FLAGS"] = with_devices(4)  # always 4 (child_env() passes only the compile flags)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

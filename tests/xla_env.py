@@ -8,14 +8,12 @@ import os
 
 def child_env(n_devices: int | None = None, drop: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
     """``os.environ`` without ``XLA_FLAGS`` (and ``drop``), then ``XLA_FLAGS`` = ``n_devices``
-    simulated CPU devices (None: XLA's default of one, or the child sets its own) plus the suite's
+    simulated CPU devices (None: XLA's default of one, or the child assigns its own) plus the suite's
     compile flags (``CFJAX_TEST_XLA_EXTRA``), then ``extra``."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS" and k not in drop}
-    flags = os.environ.get("CFJAX_TEST_XLA_EXTRA", "")
-    if n_devices is not None:
-        flags = f"--xla_force_host_platform_device_count={n_devices} {flags}"
-    if flags.strip():
-        env["XLA_FLAGS"] = flags.strip()
+    flags = with_devices(n_devices) if n_devices is not None else os.environ.get("CFJAX_TEST_XLA_EXTRA", "").strip()
+    if flags:
+        env["XLA_FLAGS"] = flags
     env.update(extra)
     return env
 
