@@ -1,5 +1,6 @@
 """Data layer: datasets as host arrays (see :mod:`cfjax.data.sources`)."""
 
+from cfjax.data.splits import validation_split
 from cfjax.data.medmnist import BLOODMNIST_CLASSES, medmnist_path
 from cfjax.data.sources import (
     CELEBA_ATTRIBUTES,
@@ -25,6 +26,7 @@ from cfjax.data.sources import (
 )
 
 __all__ = [
+    "validation_split",
     "BLOODMNIST_CLASSES",
     "CELEBA_ATTRIBUTES",
     "DataSpec",

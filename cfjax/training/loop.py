@@ -87,11 +87,15 @@ class TrainConfig:
     """Mirror half of the training images left-right (classifier training only; for data whose
     classes are left-right symmetric, e.g. garments): the classifier's evidence (its CAMs) then
     cannot sit on one side only."""
+    patience: int = 0
+    """Early stopping: end training once the selection metric (measured on the evaluation split,
+    a validation split for the reference models) has not improved for this many epochs; the
+    ``best`` checkpoint is kept. 0: off, train all ``epochs``."""
 
     def as_dict(self) -> dict:
         """The config as recorded in checkpoints (options at their off value are left out, so
         checkpoints written before an option existed still match)."""
-        return ckpt.recorded_config(self, {"augment_blur": 0.0, "augment_flip": False})
+        return ckpt.recorded_config(self, {"augment_blur": 0.0, "augment_flip": False, "patience": 0})
 
     @classmethod
     def smoke(cls) -> "TrainConfig":
@@ -171,6 +175,8 @@ def fit(
         raise bad_arg("TrainConfig.schedule", repr(cfg.schedule), "'cosine' or 'constant'")
     if not 0.0 <= cfg.augment_blur <= 1.0:
         raise bad_arg("TrainConfig.augment_blur", repr(cfg.augment_blur), "a fraction in [0, 1]")
+    if isinstance(cfg.patience, bool) or not isinstance(cfg.patience, int) or cfg.patience < 0:
+        raise bad_arg("TrainConfig.patience", repr(cfg.patience), "an int >= 0 (0: no early stopping)")
     tx = optax.adam(lr)
     opt_state = tx.init(params)
     state = {"params": params, "opt_state": opt_state}
@@ -204,6 +210,8 @@ def fit(
 
     key = jax.random.key(cfg.seed)
     for epoch in range(start_epoch, cfg.epochs):
+        if _patience_spent(history, select, select_mode, cfg.patience):
+            break
         rng = np.random.default_rng([cfg.seed, epoch])
         ekey = jax.random.fold_in(key, epoch)
         t0 = time.perf_counter()
@@ -245,6 +253,17 @@ def fit(
         # resumed after the best epoch: the best params are on disk only
         best_params, _ = ckpt.restore(workdir / "best", state["params"], kind=kind, config=config)
     return (best_params if best_params is not None else jax.device_get(state["params"])), history, best_metrics
+
+
+def _patience_spent(history: list, select: str, select_mode: str, patience: int) -> bool:
+    """Whether the last ``patience`` epochs of ``history`` all failed to improve on the best
+    ``select`` value before them (always ``False`` with ``patience=0``)."""
+    if patience <= 0 or len(history) <= patience:
+        return False
+    vals = [h[select] for h in history]
+    pick = max if select_mode == "max" else min
+    best_at = vals.index(pick(vals))
+    return len(vals) - 1 - best_at >= patience
 
 
 def random_shift(key: jax.Array, x: jnp.ndarray, max_shift: int) -> jnp.ndarray:
