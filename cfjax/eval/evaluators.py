@@ -7,7 +7,8 @@ Because every state is a sum over examples, evaluators
 * shard: the sum over a sharded batch axis is an all-reduce inside ``jit``;
 * stream: chunk sums add up (``explain_dataset`` carries them across chunks);
 * resume and merge: a checkpoint or a shard's sums combine with another's by addition
-  (:func:`merge_states`), exactly.
+  (:func:`merge_states`), exactly. An evaluator whose state is not a plain sum (a spread kept
+  as centred squares, combined by Chan's formula) brings its own ``merge``.
 
 ``finalize`` runs on the host and turns the sums into summary fields (means, rates, tables).
 
@@ -49,12 +50,15 @@ class Evaluator(NamedTuple):
       init: ``() -> state``, a pytree of zero float32 sums.
       update: ``(state, rows) -> state`` (pure, jit-able; adds this chunk's masked sums).
       finalize: ``(state) -> dict`` of summary fields (host side, plain Python numbers).
+      merge: ``(state, state) -> state`` combining two disjoint parts; ``None`` (the default):
+        leaf-wise addition, right for every pure-sum state.
     """
 
     name: str
     init: Callable[[], Any]
     update: Callable[[Any, Rows], Any]
     finalize: Callable[[Any], dict]
+    merge: Callable[[Any, Any], Any] | None = None
 
 
 def _zeros(*shape) -> jax.Array:
@@ -88,9 +92,30 @@ def finalize_states(evaluators: Sequence[Evaluator], states: dict) -> dict:
     return out
 
 
-def merge_states(*states):
-    """Exact combination of the sums of disjoint parts (chunks, devices, hosts, shards)."""
+def _add(*states):
     return jax.tree_util.tree_map(lambda *a: sum(a[1:], a[0]), *states)
+
+
+def merge_states(*states, evaluators: Sequence[Evaluator] | None = None):
+    """Combine the states of disjoint parts (chunks, devices, hosts, shards).
+
+    ``states`` are ``{name: state}`` dicts of :func:`init_states`' shape. With ``evaluators``,
+    each evaluator's own ``merge`` is used where it has one (leaf-wise addition otherwise);
+    without, every leaf is added (right for pure-sum states only)."""
+    own = {e.name: e.merge for e in (evaluators or ()) if e.merge is not None}
+    if not own:
+        return _add(*states)
+    out = {}
+    for name in states[0]:
+        parts = [s[name] for s in states]
+        if name in own:
+            acc = parts[0]
+            for p in parts[1:]:
+                acc = own[name](acc, p)
+            out[name] = acc
+        else:
+            out[name] = _add(*parts)
+    return out
 
 
 # ------------------------------------------------------------------------------ builders
@@ -328,12 +353,14 @@ def fid_moments(name: str, key: str, weight: str, dim: int, out: str = "fid_mome
 
 def grouped(group: str, ev: Evaluator) -> Evaluator:
     """``ev`` with its finalized fields nested under ``group`` (e.g. ``{"faithfulness": {...}}``)."""
-    return Evaluator(ev.name, ev.init, ev.update, lambda s: {group: ev.finalize(s)})
+    return Evaluator(ev.name, ev.init, ev.update, lambda s: {group: ev.finalize(s)}, ev.merge)
 
 
-def custom(name: str, init: Callable[[], Any], update: Callable[[Any, Rows], Any], finalize: Callable[[Any], dict]) -> Evaluator:
-    """An evaluator from three functions (the state must stay a pytree of sums)."""
-    return Evaluator(name, init, update, finalize)
+def custom(name: str, init: Callable[[], Any], update: Callable[[Any, Rows], Any], finalize: Callable[[Any], dict],
+           merge: Callable[[Any, Any], Any] | None = None) -> Evaluator:
+    """An evaluator from three functions (a pytree of sums), or four where the state needs its
+    own ``merge`` (see :class:`Evaluator`)."""
+    return Evaluator(name, init, update, finalize, merge)
 
 
 __all__ = [

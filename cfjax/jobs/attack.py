@@ -230,7 +230,10 @@ def _attribution(name: str, key: str, num_classes: int, names, class_names, out:
     def finalize(s):
         return {out: attr.global_finalize(attr.GlobalSums(*s), names, class_names)}
 
-    return E.custom(name, init, update, finalize)
+    def merge(a, b):
+        return attr.global_merge(attr.GlobalSums(*a), attr.GlobalSums(*b))
+
+    return E.custom(name, init, update, finalize, merge)
 
 
 def attack_evaluators(num_classes: int, class_names, attribute_names=(), *, latent: bool = True, descriptors: bool = True,

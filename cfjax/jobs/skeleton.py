@@ -513,7 +513,7 @@ def merge_results(records: Sequence[dict], passes: Sequence[Pass]) -> dict[str, 
     states = [load_shard_states(r, passes) for r in records]
     out = {}
     for p in passes:
-        merged = merge_states(*[s[p.name] for s in states])
+        merged = merge_states(*[s[p.name] for s in states], evaluators=p.evaluators)
         wall = float(sum(r["passes"][p.name]["wall_s"] for r in records))
         resumed = any(r["passes"][p.name]["resumed"] for r in records)
         out[p.name] = PassResult(finalize_states(p.evaluators, merged), merged, wall, resumed)

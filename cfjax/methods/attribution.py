@@ -7,9 +7,11 @@ is :math:`P_a(z_{cf}) - P_a(z_{orig})` (no re-encoding: the counterfactual is a 
 
 Global explanation over :math:`N` counterfactuals: :math:`G_a = \frac1N\sum_i s_i\,\ell_a(i)`
 with :math:`s_i=+1` when the counterfactual raises the class probability and :math:`-1` when
-it lowers it. :class:`GlobalSums` keeps plain sums per (source, target) pair so that the
-aggregation is a sum over the batch axis (it shards and merges across chunks/hosts by
-addition); only successful, non-padding counterfactuals are counted.
+it lowers it. :class:`GlobalSums` keeps sums per (source, target) pair so that the
+aggregation is a sum over the batch axis (it shards over devices inside ``jit``); the spread
+is carried as centred sums of squares combined with Chan's formula (:func:`cfjax.reduce.chan_merge`)
+across chunks, hosts and shards (:func:`global_merge`). Only successful, non-padding
+counterfactuals are counted.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from cfjax.errors import bad_arg
-from cfjax.reduce import pair_sums
+from cfjax.reduce import chan_merge, pair_moments, pair_sums
 
 
 class AttributePredictor(NamedTuple):
@@ -72,21 +74,22 @@ def attribute_accuracy(pred: AttributePredictor, latents, attributes) -> dict:
 
 
 class GlobalSums(NamedTuple):
-    r"""Plain sums per (source, target) pair slot ``source * K + target`` (``P = K * K`` slots).
+    r"""Sums per (source, target) pair slot ``source * K + target`` (``P = K * K`` slots).
 
     Attributes:
       signed: :math:`\sum_i s_i \ell_{ia}` [P, A].
       abs: :math:`\sum_i |\ell_{ia}|` [P, A].
-      sq: :math:`\sum_i \ell_{ia}^2` [P, A] (:math:`s_i^2 = 1`, so also that of
-        :math:`s_i\ell_{ia}`).
+      m2: :math:`\sum_i (s_i \ell_{ia} - G_a)^2` [P, A], the squared deviations from the
+        slot's mean (no cancellation: the std of equal scores stays at float32 rounding, ~eps |x|).
       count: number of counterfactuals counted [P].
 
-    Being sums, they merge across chunks, devices and hosts by addition (``psum``).
+    ``signed``, ``abs`` and ``count`` add across parts; ``m2`` combines with Chan's formula
+    (:func:`global_merge`).
     """
 
     signed: Float[Array, "p a"]
     abs: Float[Array, "p a"]
-    sq: Float[Array, "p a"]
+    m2: Float[Array, "p a"]
     count: Float[Array, "p"]
 
 
@@ -129,31 +132,38 @@ def global_update(
     m = jnp.asarray(mask).astype(jnp.float32)
     s = jnp.where(mask[:, None], scores, 0.0)
     sgn = jnp.where(mask, sign, 0.0)
-    per_pair = lambda v: pair_sums(v, source, target, m, k)  # noqa: E731
-    return GlobalSums(
-        acc.signed + per_pair(s * sgn[:, None]),
-        acc.abs + per_pair(jnp.abs(s)),
-        acc.sq + per_pair(s**2),
-        acc.count + per_pair(jnp.ones_like(m)),
-    )
+    count, signed, m2 = pair_moments(s * sgn[:, None], source, target, m, k)
+    return global_merge(acc, GlobalSums(signed, pair_sums(jnp.abs(s), source, target, m, k), m2, count))
 
 
 def global_merge(a: GlobalSums, b: GlobalSums) -> GlobalSums:
-    """Sums of two partial aggregations (other chunks, devices or hosts)."""
-    return jax.tree_util.tree_map(jnp.add, a, b)
+    """Combine two partial aggregations of disjoint counterfactuals (chunks, hosts, shards):
+    sums add, ``m2`` by Chan's formula. Pure; numpy or JAX arrays."""
+    count, signed, m2 = chan_merge(a.count, a.signed, a.m2, b.count, b.signed, b.m2)
+    return GlobalSums(signed, a.abs + b.abs, m2, count)
 
 
-def _stats(signed, ab, sq, count, names) -> dict:
+def _stats(signed, ab, m2, count, names) -> dict:
     out = {}
     c = float(count)
     for i, n in enumerate(names):
         if not c:
             out[n] = {"mean": float("nan"), "mean_abs": float("nan"), "std": float("nan"), "count": 0}
             continue
-        mean = float(signed[i]) / c
-        var = float(sq[i]) / c - mean**2
-        out[n] = {"mean": mean, "mean_abs": float(ab[i]) / c, "std": float(np.sqrt(max(var, 0.0))), "count": int(round(c))}
+        out[n] = {"mean": float(signed[i]) / c, "mean_abs": float(ab[i]) / c, "std": float(np.sqrt(max(float(m2[i]) / c, 0.0))),
+                  "count": int(round(c))}
     return out
+
+
+def _overall(signed, m2, count) -> np.ndarray:
+    """The pooled ``M2`` over every slot: the slots' own ``M2`` plus their means' spread around
+    the overall mean (the law of total variance; float64, non-negative terms only)."""
+    n = count.sum()
+    if not n:
+        return np.zeros(signed.shape[1])
+    mean = signed.sum(0) / n
+    slot_mean = signed / np.maximum(count, 1.0)[:, None]
+    return m2.sum(0) + (count[:, None] * (slot_mean - mean) ** 2).sum(0)
 
 
 def global_finalize(acc: GlobalSums, names: Sequence[str], class_names: Sequence[str] | None = None) -> dict:
@@ -165,7 +175,7 @@ def global_finalize(acc: GlobalSums, names: Sequence[str], class_names: Sequence
     :math:`N`. Only pairs with at least one counted counterfactual appear; pair keys use
     ``class_names`` (default ``"0"``, ``"1"``, ...). Computed on the host in float64.
     """
-    signed, ab, sq, count = (np.asarray(x, np.float64) for x in acc)
+    signed, ab, m2, count = (np.asarray(x, np.float64) for x in acc)
     k = int(round(np.sqrt(len(count))))
     cn = list(class_names) if class_names else [str(i) for i in range(k)]
     if len(cn) != k:
@@ -175,8 +185,9 @@ def global_finalize(acc: GlobalSums, names: Sequence[str], class_names: Sequence
     pairs = {}
     for slot in np.flatnonzero(count > 0):
         s, t = divmod(int(slot), k)
-        pairs[f"{cn[s]}->{cn[t]}"] = _stats(signed[slot], ab[slot], sq[slot], count[slot], names)
-    overall = _stats(signed.sum(0), ab.sum(0), sq.sum(0), count.sum(), names)
+        pairs[f"{cn[s]}->{cn[t]}"] = _stats(signed[slot], ab[slot], m2[slot], count[slot], names)
+    overall = _overall(signed, m2, count)
+    overall = _stats(signed.sum(0), ab.sum(0), overall, count.sum(), names)
     return {"overall": overall, "pairs": pairs}
 
 
