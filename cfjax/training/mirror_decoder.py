@@ -52,23 +52,20 @@ class MirrorDecoderConfig:
     fk_channels: int = 16
     skip_mode: str = "eq12"
     """``"eq12"`` (the paper's Eq. 12: the skip pooled to ``F_k``'s resolution + the full
-    ``F_k``; default since the ablations in BUILD_NOTES) or ``"full"`` (the earlier editor: the
-    full-resolution source skip + a reduced, upsampled ``F_k``)."""
+    ``F_k``; the default) or ``"full"`` (another editor: the full-resolution source skip + a
+    reduced, upsampled ``F_k``)."""
     disc_widths: tuple[int, ...] = (32, 64)
     disc_conditional: bool = False
     """A class-conditional (projection) discriminator: real images with their labels, decoded
     ``G(F_k)`` with the class ``F_k`` stands for (target if ``k > 0.5``, else source), so a
     counterfactual must look like a real image of the target class as a whole (a cfjax option,
-    not in the paper; BUILD_NOTES measures it)."""
+    not in the paper, in no preset)."""
     rho_l: float = 0.1
-    """CSP threshold bounds: ``rho = clip(1 - k, rho_l, rho_u)`` (not published; ``rho_u`` 0.3 and
-    0.2 measured in round 10 of BUILD_NOTES: no gain at 10,000 steps)."""
+    """CSP threshold bounds: ``rho = clip(1 - k, rho_l, rho_u)`` (the paper does not publish them)."""
     rho_u: float = 0.5
     steps: int = 10000
     """~0.2 s/step on 2 idle CPU cores with the default losses (batch 32; up to ~0.4 s/step when
-    other jobs share the cores): ~35 minutes (decoder time on a GPU not measured). Default 10,000 since
-    round 9 of BUILD_NOTES' ablations (with the averaged weights: validity and L1 better on both
-    datasets over two seeds each, no chevron artefact; 3,000 was the default before). A finished
+    other jobs share the cores): ~35 minutes (decoder time on a GPU not measured). A finished
     shorter run is continued, not restarted, by ``warm_start``."""
     batch_size: int = 32
     learning_rate: float = 2e-4
@@ -81,9 +78,8 @@ class MirrorDecoderConfig:
     last iterate). The decoder kept after training (``best``, the evaluation, the returned params) is
     the debiased average of the last ~``1 / (1 - ema_decay)`` steps' weights instead of the last
     step's, a noisy sample of an adversarial game (standard GAN practice, not in the paper; the
-    discriminator still plays the raw weights, so training itself is unchanged). Default 0.999
-    in rounds 8-11 of BUILD_NOTES' ablations (D.Val and oracle validity at k = 1 up on both
-    datasets over two seeds each, L1 unchanged); now a ``robust`` preset option."""
+    discriminator still plays the raw weights, so training itself is unchanged). The ``robust``
+    preset sets 0.999."""
     b1: float = 0.5
     b2: float = 0.999
     w_cls: float = 1.0
@@ -100,21 +96,20 @@ class MirrorDecoderConfig:
     counterfactual must keep the class ``softmax(T (W z_k + b))`` says after the blur that denoised
     validity applies (a cfjax addition, not in the paper; 0, both presets: off). It trains on
     D.Val's own corruption, so a decoder trained with it makes D.Val say less than the paper's
-    D.Val: kept for the ablation record only, in no preset."""
+    D.Val; in no preset."""
     w_cls_flip: float = 0.0
     """Weight of ``L_cls`` on the left-right mirrored decoded image: the counterfactual's class
     evidence must hold on both sides of the image, meant to stop a T-shirt from turning into a
     pullover by one grown sleeve (a cfjax addition, not in the paper; 0 turns it off). Only for
-    data whose classes a horizontal flip preserves, never digits. Off by default: on
-    Fashion-MNIST (round 10 of BUILD_NOTES) it raised D.Val but also L1 (0.120 -> 0.160-0.180),
-    stamped a diagonal pattern on T-shirts and turned shoes, which point one way, into U shapes."""
+    data whose classes a horizontal flip preserves, never digits. In no preset (docs/mirror_cfe.md
+    says what it costs on Fashion-MNIST)."""
     cls_temperature: float = 1.0
     """Sharpen the ``L_cls`` (and blurred ``L_cls``) target to ``softmax(T (W z_k + b))``: with
     ``T > 1`` the decoded image is asked to be more decided than ``F_k`` is, so at the same ``k``
     it carries more of the target class (a cfjax change, not in the paper; ``1.0`` = the paper's
     target, both presets). It trains the decoder to overshoot the path: the decoded target
-    probability jumps at ``k = 0.5`` where the features rise smoothly (the faithfulness gap of
-    BUILD_NOTES rose from 0.13-0.15 at T <= 2 to 0.24 at T = 5), so no preset sharpens."""
+    probability jumps at ``k = 0.5`` where the features rise smoothly, so no preset sharpens
+    (docs/mirror_cfe.md measures the gap)."""
     k_cf_fraction: float = 0.0
     """Fraction of the non-reconstruction rows whose ``k`` is drawn from (0.5, 1] (the
     counterfactual side) instead of [0, 1] (0, the ``paper`` preset: ``k ~ U[0, 1]``; a cfjax
@@ -122,7 +117,7 @@ class MirrorDecoderConfig:
     k_cf_max: float = 1.0
     """Upper end of that counterfactual-side draw: ``k ~ U(0.5, k_cf_max]`` (1 = the whole side).
     Below 1 it concentrates training just past the boundary, where the first counterfactual of a
-    path is found (a cfjax option, not in the paper; BUILD_NOTES round 11 measures it)."""
+    path is found (a cfjax option, not in the paper, in no preset)."""
     w_tri: float = 1.0
     tri_a: float = 0.2
     rec_fraction: float = 0.25
@@ -138,7 +133,7 @@ class MirrorDecoderConfig:
     Pullover paths cross Shirt, and the first counterfactual then sits on the Pullover/Shirt
     boundary) or ``"mirror"`` (a cfjax change, not in the paper: classes whose logit lies above
     the s/t midpoint are reflected across it too, so past ``k = 0.5`` the path is in the target
-    class; BUILD_NOTES' round 11 and the preset ablation measure it)."""
+    class; the ``robust`` preset's path; docs/mirror_cfe.md measures both)."""
     seed: int = 0
     log_every: int = 25
     checkpoint_every: int = 250
@@ -181,13 +176,13 @@ class MirrorDecoderConfig:
         ``L_cls`` against ``softmax(W z_k + b)`` (T = 1), the last iterate (no EMA), no blurred
         ``L_cls``, ``L_fea`` in feature units, ``k ~ U[0, 1]`` (plus the ``rec_fraction`` rows at
         ``k = 0`` where ``L_rec`` is measured), equal loss weights, Adam 2e-4 (0.5, 0.999). Where
-        the paper is silent (steps, batch, pairs) the plainest choice: BUILD_NOTES lists them."""
+        the paper is silent (steps, batch, pairs) the plainest choice: docs/mirror_cfe.md lists them."""
         return cls()
 
     @classmethod
     def robust(cls) -> "MirrorDecoderConfig":
-        """The ``robust`` preset: the paper's decoder plus the changes the preset ablation in
-        BUILD_NOTES kept (:data:`ROBUST_CHANGES`): each helped without costing faithfulness.
+        """The ``robust`` preset: the paper's decoder plus :data:`ROBUST_CHANGES` (docs/mirror_cfe.md
+        measures each change).
         It never trains on D.Val's blur and never sharpens the L_cls target."""
         return dataclasses.replace(cls(), **ROBUST_CHANGES)
 
