@@ -2,7 +2,7 @@
 validity (issue 25 item 4).
 
     python experiments/mirror_pareto.py --rows 'experiments/results/mirror_presets/row_*.json' \
-        --history 'experiments/results/mirror_ablation/*.json' --out experiments/results/mirror_presets/pareto
+        --history 'experiments/results/mirror_ablation/rows/*.json' --out experiments/results/mirror_presets/pareto
 
 Reads ``row.json`` files of ``experiments/mirror_ablation.py`` and writes:
 
