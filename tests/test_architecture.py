@@ -1,5 +1,6 @@
-"""The shape of the package: layers without back-edges, no shadowed submodules, nothing cited
-from outside the repository, and argument checks before any work."""
+"""The shape of the package: layers without back-edges, no import circle (inside a layer
+either), no shadowed submodules, nothing cited from outside the repository, and argument checks
+before any work."""
 
 import ast
 import json
@@ -14,11 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "cfjax"
 
-# rank of each part: a module may import only modules of a rank <= its own
+# rank of each part: a module may import only modules of a rank <= its own. methods and eval
+# share a rank: neither imports the other (eval needs only the utilities), so neither is above.
+# Inside a rank imports are allowed, circles are not (test_no_import_circle).
 LAYERS = {
     "cfjax.errors": 0, "cfjax._checks": 0, "cfjax.io": 0, "cfjax.checkpoint": 0, "cfjax.flops": 0, "cfjax.reduce": 0,
     "cfjax.cpu_grads": 0, "cfjax.parallel": 0, "cfjax.progress": 0,
-    "cfjax.data": 1, "cfjax.models": 2, "cfjax.interop": 2, "cfjax.methods": 3, "cfjax.eval": 4, "cfjax.training": 5, "cfjax.jobs": 6, "cfjax.cli": 7,
+    "cfjax.data": 1, "cfjax.models": 2, "cfjax.interop": 2, "cfjax.methods": 3, "cfjax.eval": 3, "cfjax.training": 5, "cfjax.jobs": 6, "cfjax.cli": 7,
     "cfjax.__main__": 8,
 }
 
@@ -78,6 +81,96 @@ def test_no_import_goes_up_a_layer():
             if theirs is not None and theirs > mine:
                 bad.append(f"{mod} (layer {mine}) imports {imp} (layer {theirs})")
     assert not bad, "\n".join(bad)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the cfjax modules it imports (function-local imports included). An import of a
+    module's own parent package is left out: loading a submodule loads its parents first, so
+    that edge is Python's, not the code's."""
+    mods = dict(_modules())
+    graph = {}
+    for mod, f in mods.items():
+        graph[mod] = {i for i in _imports(f, mod) if i in mods and i != mod and not mod.startswith(i + ".")}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index, low, on, stack, out = {}, {}, set(), [], []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_circle_finder_finds_a_circle_inside_a_layer():
+    g = {"cfjax.methods.a": {"cfjax.methods.b"}, "cfjax.methods.b": {"cfjax.methods.c"}, "cfjax.methods.c": {"cfjax.methods.a"},
+         "cfjax.methods.d": {"cfjax.methods.a"}, "cfjax.errors": set()}
+    assert _circles(g) == [["cfjax.methods.a", "cfjax.methods.b", "cfjax.methods.c"]]
+    assert _circles({"cfjax.methods.a": {"cfjax.methods.b"}, "cfjax.methods.b": set()}) == []
+
+
+def test_no_import_circle():
+    """No two cfjax modules import each other, directly or through others, at any depth (a
+    function-local import counts: it only hides the circle), inside a layer too."""
+    circles = _circles(_import_graph())
+    assert not circles, "import circles: " + "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_methods_and_eval_rank_by_their_imports():
+    """One of ``methods``/``eval`` is ranked above the other only if it imports the other."""
+    graph = _import_graph()
+
+    def imports(upper: str, lower: str) -> bool:
+        return any(i == lower or i.startswith(lower + ".") for m in graph if m == upper or m.startswith(upper + ".") for i in graph[m])
+
+    for upper, lower in (("cfjax.eval", "cfjax.methods"), ("cfjax.methods", "cfjax.eval")):
+        if LAYERS[upper] > LAYERS[lower]:
+            assert imports(upper, lower), f"{upper} is ranked above {lower} but imports nothing from it"
+
+
+@pytest.mark.parametrize("path", ["cfjax/_checks.py", "cfjax/data/medmnist.py", "cfjax/methods/mirror_checks.py"])
+def test_no_dead_public_names(path):
+    """Every public top-level function and constant of these modules is used somewhere in cfjax
+    besides its own definition (dead checks and tables go rather than wait for a caller)."""
+    import re
+
+    tree = ast.parse((ROOT / path).read_text())
+    names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")]
+    names += [t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+              if isinstance(t, ast.Name) and not t.id.startswith("_") and t.id != "__all__"]
+    text = re.sub(r"__all__ = \[.*?\]", "", "\n".join(f.read_text() for f in PKG.rglob("*.py")), flags=re.S)  # a listing is no use
+    dead = [n for n in names if len(re.findall(rf"\b{n}\b", text)) < 2]
+    assert not dead, f"{path}: defined but never used in cfjax: {dead}"
 
 
 def _loaded_after(stmt: str) -> set[str]:

@@ -308,7 +308,7 @@ def _tiny_models(seed=0):
     g = MirrorDecoder(image_shape=(28, 28, 1), widths=(8, 8), editor_width=4, fk_channels=4)
     maps = jax.vmap(clf.feature_maps)(x[:1])
     gp = g.init(jax.random.key(seed + 2), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
-    return clf, mr.bind_mirror_decoder(g, gp, clf.W, 0.1, 0.5), x
+    return clf, mr.bind_mirror_decoder(g, gp, clf.W, 0.1, 0.5, reflect_others="keep"), x
 
 
 def test_mirror_cfe_vmapped_equals_per_example_and_is_self_consistent():

@@ -74,7 +74,7 @@ class Trained(NamedTuple):
     config: dict
 
 
-def _bound(reflect_others=None, **kw):
+def _bound(reflect_others="keep", **kw):
     W, _ = _head()
     return mr.bind_mirror_decoder(_FakeModule(), {}, W, 0.1, 0.5, reflect_others=reflect_others, **kw)
 
@@ -98,7 +98,7 @@ def test_feature_maps_that_fail_are_named_with_the_input_shape():
     def broken(x):
         return [x.reshape(3, 3, -1)]
 
-    with pytest.raises(InputError, match=r"^feature_maps: .*failed on inputs \(2, 2, 4\) float32"):
+    with pytest.raises(InputError, match=r"^feature_maps: .*called on inputs shape \(2, 2, 4\) float32"):
         _run(feature_maps=broken)
 
 
@@ -300,7 +300,7 @@ def test_bind_reads_the_path_from_the_config_or_the_trained_decoder():
     with pytest.raises(InputError, match=r"^reflect_others:"):
         mr.bind_mirror_decoder(_FakeModule(), {}, W, 0.1, 0.5, reflect_others="lower")
     old = mr.bind_mirror_decoder(_FakeModule(), {}, W, 0.1, 0.5)  # the old spelling: path not known
-    assert old.reflect_others is None and mc.resolve_others(None, old) == "keep"
+    assert old.reflect_others is None and mr.resolve_others("mirror", old) == "mirror"
 
 
 # ------------------------------------------------------------------ MirrorCFE

@@ -39,7 +39,6 @@ BLOODMNIST_CLASSES = (
     "neutrophil",
     "platelet",
 )
-MEDMNIST_CLASSES = {"bloodmnist": BLOODMNIST_CLASSES}
 MEDMNIST_SIZES = (28, 64, 128, 224)
 MEDMNIST_SPLITS = ("train", "val", "test")
 DEFAULT_DIR = "~/.medmnist"

@@ -50,11 +50,17 @@ import optax
 import optax.tree_utils as otu
 from jaxtyping import Array, Bool, Float, Int
 
-from cfjax.methods.mirror_checks import OTHERS
+from cfjax.errors import bad_arg
+from cfjax.methods import mirror_checks as mc
 
 SOLVERS = ("jaxopt", "optax", "exact")
-# OTHERS = ("keep", "mirror"): what the reflection does to the logits of the classes other than
-# s and t (:func:`reflection_target`); defined with the checks in cfjax.methods.mirror_checks
+"""The refinement's solvers (:func:`reflect`)."""
+OTHERS = ("keep", "mirror")
+"""What the reflection does to the logits of the classes other than s and t
+(:func:`reflection_target`)."""
+COMPOSE_MODES = ("decoded", "residual")
+"""How each path image is formed (:func:`mirror_cfe`): the decoded image, or the source plus the
+decoder's change (:func:`compose_residual`)."""
 
 
 def gap(F: Float[Array, "h w C"]) -> Float[Array, "C"]:
@@ -100,8 +106,9 @@ def reflection_target(logits: Float[Array, "K"], source, target, others: str = "
     path from s to t runs through j's region (on Fashion-MNIST most T-shirt -> Pullover paths
     pass through Shirt), and its first counterfactual sits on the t/j boundary.
 
-    ``others="mirror"`` (a cfjax change, not in the paper; the default path of cfjax's decoders,
-    ``MirrorDecoderConfig.reflect_others``): such a class is reflected across
+    ``others="mirror"`` (a cfjax change, not in the paper; the path of the ``robust`` preset's
+    decoders, ``MirrorDecoderConfig.robust().reflect_others``, while ``"keep"`` is the default):
+    such a class is reflected across
     the midpoint as well, :math:`q_j = \min(\ell_j, 2m - \ell_j)`. Its logit then reaches
     ``m`` exactly at ``k = 0.5``, where s and t meet, and falls below t for every ``k > 0.5``:
     the path crosses from s straight into t. Classes below the midpoint keep their logits (they
@@ -112,8 +119,6 @@ def reflection_target(logits: Float[Array, "K"], source, target, others: str = "
     if others == "keep":
         return q
     if others != "mirror":
-        from cfjax.errors import bad_arg
-
         raise bad_arg("others", repr(others), f"one of {OTHERS}")
     mid2 = logits[source] + logits[target]
     idx = jnp.arange(logits.shape[0])
@@ -174,16 +179,14 @@ def _lbfgs_optax(fun, x0, maxiter: int, tol: float):
 def _check_reflect_args(F, W, b, source, target) -> None:
     """:func:`reflect`'s checks (:mod:`cfjax.methods.mirror_checks`): the head, the map's
     shape against it, the classes (values when concrete), finite concrete ``F``."""
-    from cfjax.methods import mirror_checks as mc
-
     K, _ = mc.check_head(W, b)
     if F.ndim != 3:
-        raise mc.bad_arg("feature_map_F", f"shape {tuple(F.shape)}", f"a single [h, w, {W.shape[1]}] feature map (vmap for batches)")
+        raise bad_arg("feature_map_F", f"shape {tuple(F.shape)}", f"a single [h, w, {W.shape[1]}] feature map (vmap for batches)")
     mc.check_feature_map_channels(F.shape, W.shape, "feature_map_F")
     mc.check_class_pair(source, target, K)
     mc.check_distinct_rows(W, b, source, target)
     if mc.is_concrete(F) and not bool(np.all(np.isfinite(np.asarray(F)))):
-        raise mc.bad_arg("feature_map_F", "non-finite values (NaN/Inf)", "a finite feature map")
+        raise bad_arg("feature_map_F", "non-finite values (NaN/Inf)", "a finite feature map")
 
 
 def reflect(
@@ -218,11 +221,9 @@ def reflect(
       :class:`ReflectResult`. Non-convergence is reported in ``converged`` (never raised
       inside ``jit``); check it and ``residual``.
     """
-    from cfjax.methods import mirror_checks as mc
-
-    mc.check_options(solver=solver, maxiter=maxiter, tol=tol)
+    check_options(solver=solver, maxiter=maxiter, tol=tol)
     if others not in OTHERS:
-        raise mc.bad_arg("others", repr(others), f"one of {OTHERS}")
+        raise bad_arg("others", repr(others), f"one of {OTHERS}")
     F = mc.as_array(feature_map_F, "feature_map_F", "a feature map array [h, w, C]")
     W = mc.as_array(W, "W", "an array [K, C] (logits = W @ GAP(F) + b)")
     b = mc.as_array(b, "b", "an array [K]")
@@ -390,9 +391,6 @@ reachable inside a user's ``jit``, where the up-front value checks cannot run; `
 then False)."""
 
 
-COMPOSE_MODES = ("decoded", "residual")
-
-
 def compose_residual(
     x: Float[Array, "H W c"], x_path: Float[Array, "m H W c"], lo: float = 0.0, hi: float = 1.0
 ) -> Float[Array, "m H W c"]:
@@ -443,6 +441,50 @@ class MirrorResult(NamedTuple):
     F_r: Float[Array, "h w C"] | None = None
 
 
+def check_options(*, solver=None, maxiter=None, tol=None, k_min=None, compose=None, threshold=None) -> None:
+    """The scalar options of :func:`cfjax.mirror_cfe` (only those given)."""
+    if solver is not None and solver not in SOLVERS:
+        raise bad_arg("solver", repr(solver), f"one of {SOLVERS}")
+    if maxiter is not None and (isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1):
+        raise bad_arg("maxiter", repr(maxiter), "a positive integer")
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)) or not np.isfinite(tol) or tol <= 0):
+        raise bad_arg("tol", repr(tol), "a finite tolerance > 0")
+    if k_min is not None and (isinstance(k_min, bool) or not isinstance(k_min, (int, float, np.floating, np.integer)) or not 0.0 <= k_min < 1.0):
+        raise bad_arg("k_min", repr(k_min), "a number in [0, 1) (counterfactuals are searched at k > k_min)")
+    if compose is not None and compose not in COMPOSE_MODES:
+        raise bad_arg("compose", repr(compose), f"one of {COMPOSE_MODES}")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not 0.0 < threshold < 1.0):
+        raise bad_arg("threshold", repr(threshold), "None (argmax rule) or a probability in (0, 1)")
+
+
+def resolve_others(others, decode) -> str:
+    """The path ``mirror_cfe`` walks (:func:`reflection_target`).
+
+    ``others`` when given, else the decoder's ``reflect_others`` (a decoder from
+    :func:`bind_mirror_decoder` carries it), else ``"keep"`` (the paper) for a plain callable
+    that has no ``reflect_others``. Refused: an ``others`` outside :data:`OTHERS`; an explicit
+    ``others`` that contradicts the decoder's path; and, with ``others=None``, a decoder whose
+    ``reflect_others`` is ``None`` (its path is not known: bound from a module and params without
+    ``config=`` or ``reflect_others=``), which would otherwise walk ``"keep"`` whatever it was
+    trained on."""
+    if others is not None and others not in OTHERS:
+        raise bad_arg("others", repr(others), f"None (the decoder's path) or one of {OTHERS}")
+    theirs = getattr(decode, "reflect_others", None)
+    if theirs is not None and theirs not in OTHERS:
+        raise bad_arg("decode.reflect_others", repr(theirs), f"one of {OTHERS}")
+    if others is None:
+        if theirs is None and hasattr(decode, "reflect_others"):
+            raise bad_arg("decode", f"a {type(decode).__name__} whose path is not known (decode.reflect_others=None: bound with "
+                                    "bind_mirror_decoder(module, params, W, rho_l, rho_u) without config= or reflect_others=)",
+                          "a decoder that carries the path it was trained on: bind_mirror_decoder(trained, W), or "
+                          "bind_mirror_decoder(module, params, W, config=cfg); or pass others='keep' or 'mirror' explicitly")
+        return theirs if theirs is not None else "keep"
+    if theirs is not None and others != theirs:
+        raise bad_arg("others", f"others={others!r} while the decoder was trained on decode.reflect_others={theirs!r}",
+                      f"the decoder's own path (leave others out, or pass others={theirs!r})")
+    return others
+
+
 def mirror_cfe(
     feature_maps: Callable,
     W: Float[Array, "K C"],
@@ -485,8 +527,9 @@ def mirror_cfe(
     each other and the last map's ``C`` (a Dense kernel [C, K] is named as such); the decoder's
     output shape equal to ``x``'s; integer classes. On concrete values also: classes in range
     and distinct, an increasing ``ks`` in [0, 1], a finite ``x`` within the decoder's
-    ``x_range`` (a decoder from :func:`bind_mirror_decoder`: [0, 1]), and with ``logits``
-    ``W GAP(F(x)) + b == logits(x)``. Inside a user's ``jit`` the value checks are skipped; a
+    ``x_range`` (a decoder from :func:`bind_mirror_decoder`: [0, 1]), ``W`` equal to the head a
+    bound decoder carries (``decode.W``), and with ``logits`` (or the classifier logits
+    ``feature_maps`` carries) ``W GAP(F(x)) + b == logits(x)``. Inside a user's ``jit`` the value checks are skipped; a
     non-finite ``x`` or path then ends with ``status`` :data:`NON_FINITE`.
 
     Args:
@@ -507,11 +550,15 @@ def mirror_cfe(
         an edit; needs ``ks[0] == 0``; a cfjax option, not in the paper).
       threshold: of :func:`first_counterfactual` (None, the paper: the argmax rule).
       others: the path (:func:`reflection_target`): ``None`` (default) walks the decoder's own
-        path (``decode.reflect_others``, set by :func:`bind_mirror_decoder`) or, for a decoder
-        that does not say, ``"keep"`` (the paper); ``"keep"``/``"mirror"`` explicitly. A value
-        that contradicts the decoder's is refused.
+        path (``decode.reflect_others``, set by :func:`bind_mirror_decoder`) or, for a plain
+        callable without ``reflect_others``, ``"keep"`` (the paper); ``"keep"``/``"mirror"``
+        explicitly. A value that contradicts the decoder's is refused, and so is ``None`` for a
+        bound decoder whose path is not known (:func:`resolve_others`).
       logits: optional, the classifier's ``x -> [K]``: checked once (on ``x``) to equal
-        ``W GAP(F(x)) + b``, so a head that is not the classifier's is refused.
+        ``W GAP(F(x)) + b``, so a head that is not the classifier's is refused. Without it, the
+        ``classifier_logits`` that ``feature_maps`` carries (the ``feature_maps`` of
+        :func:`cfjax.bind_classifier` and ``ClassifierFns.from_gap`` do) is checked the same way;
+        a bare ``feature_maps`` callable with no ``logits`` cannot be checked.
 
     Returns:
       :class:`MirrorResult`.
@@ -527,17 +574,17 @@ def mirror_cfe(
       >>> bool(r.found), int(jnp.argmax(r.logits_path[-1])) == t
       (True, True)
     """
-    from cfjax.methods import mirror_checks as mc
-
     mc.check_callable(feature_maps, "feature_maps", "x [H, W, c] -> [S_1, ..., S_L, F]")
     mc.check_callable(decode, "decode", "(F_k, skips, source, target, k) -> x [H, W, c]")
     if logits is not None:
         mc.check_callable(logits, "logits", "x [H, W, c] -> [K]")
-    mc.check_options(solver=solver, maxiter=maxiter, tol=tol, k_min=k_min, compose=compose, threshold=threshold)
-    others = mc.resolve_others(others, decode)
+    check_options(solver=solver, maxiter=maxiter, tol=tol, k_min=k_min, compose=compose, threshold=threshold)
+    others = resolve_others(others, decode)
     W = mc.as_array(W, "W", "an array [K, C] (logits = W @ GAP(F) + b)")
     b = mc.as_array(b, "b", "an array [K]")
     K, _ = mc.check_head(W, b)
+    if isinstance(decode, BoundMirrorDecoder):
+        mc.check_same_head(W, decode.W)
     x = mc.as_array(x, "x", "one image [H, W, c]")
     mc.check_image(x, "x", x_range=getattr(decode, "x_range", None))
     mc.check_class_pair(source, target, K)
@@ -546,6 +593,8 @@ def mirror_cfe(
     ks = default_k_grid() if ks is None else jnp.asarray(ks, jnp.float32)
     map_specs = mc.probe_feature_maps(feature_maps, x.shape, x.dtype, W.shape)
     mc.probe_decoder(decode, map_specs, x.shape, source, target)
+    if logits is None and mc.is_concrete(x):
+        logits = getattr(feature_maps, "classifier_logits", None)
     if logits is not None:
         mc.probe_logits(logits, x.shape, x.dtype, K)
         mc.check_head_matches_logits(feature_maps, logits, W, b, x)
@@ -586,8 +635,9 @@ class MirrorCFE:
     programs were compiled.
 
     The models and options are checked at construction, each batch on the host before the
-    compiled call (:func:`mirror_cfe`'s checks; with ``logits`` the head is checked against
-    the classifier once, on the first image of the first batch).
+    compiled call (:func:`mirror_cfe`'s checks; with ``logits``, or the classifier logits
+    ``feature_maps`` carries, the head is checked against the classifier once, on the first
+    image of the first batch).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -606,22 +656,24 @@ class MirrorCFE:
           feature_maps, W, b, decode, logits: as in :func:`mirror_cfe`.
           **options: any of :data:`MIRROR_OPTIONS`, passed to :func:`mirror_cfe`.
         """
-        from cfjax.methods import mirror_checks as mc
-
         unknown = sorted(set(options) - set(MIRROR_OPTIONS))
         if unknown:
-            raise mc.bad_arg("options", f"unknown {unknown}", f"keyword options among {MIRROR_OPTIONS}")
+            raise bad_arg("options", f"unknown {unknown}", f"keyword options among {MIRROR_OPTIONS}")
         mc.check_callable(feature_maps, "feature_maps", "x [H, W, c] -> [S_1, ..., S_L, F]")
         mc.check_callable(decode, "decode", "(F_k, skips, source, target, k) -> x [H, W, c]")
         if logits is not None:
             mc.check_callable(logits, "logits", "x [H, W, c] -> [K]")
-        mc.check_options(**{k: options[k] for k in ("solver", "maxiter", "tol", "k_min", "compose", "threshold") if k in options})
+        check_options(**{k: options[k] for k in ("solver", "maxiter", "tol", "k_min", "compose", "threshold") if k in options})
         if options.get("ks") is not None:
             mc.check_ks(options["ks"], compose=options.get("compose", "decoded"))
-        options["others"] = mc.resolve_others(options.get("others"), decode)
+        options["others"] = resolve_others(options.get("others"), decode)
         self.W = mc.as_array(W, "W", "an array [K, C] (logits = W @ GAP(F) + b)")
         self.b = mc.as_array(b, "b", "an array [K]")
         self.num_classes, _ = mc.check_head(self.W, self.b)
+        if isinstance(decode, BoundMirrorDecoder):
+            mc.check_same_head(self.W, decode.W)
+        if logits is None:
+            logits = getattr(feature_maps, "classifier_logits", None)
         self.feature_maps, self.decode, self.logits = feature_maps, decode, logits
         self.options = dict(options)
         self._head_checked = logits is None
@@ -643,8 +695,6 @@ class MirrorCFE:
 
     def __call__(self, x: Float[Array, "n H W c"], source: Int[Array, "n"], target: Int[Array, "n"]) -> MirrorResult:
         """Explain a batch: ``x`` [n, H, W, c], ``source``/``target`` [n] integer classes."""
-        from cfjax.methods import mirror_checks as mc
-
         x = mc.as_array(x, "x", "a batch of images [n, H, W, c]")
         mc.check_image(x, "x", batched=True, x_range=getattr(self.decode, "x_range", None))
         st = mc.check_class_batch(source, target, self.num_classes, x.shape[0])
@@ -677,8 +727,6 @@ def _decoder_settings(config) -> dict:
     """``rho_l``, ``rho_u``, ``reflect_others`` from a decoder config: a ``MirrorDecoderConfig``
     (attributes), its ``as_dict()`` (a missing ``reflect_others`` is ``"keep"``, the value
     ``as_dict`` leaves out) or a ``DecoderTrained.config`` (``{"decoder": as_dict(), ...}``)."""
-    from cfjax.errors import bad_arg
-
     if isinstance(config, dict):
         d = config.get("decoder", config)
         if not isinstance(d, dict) or "rho_l" not in d or "rho_u" not in d:
@@ -697,15 +745,16 @@ class BoundMirrorDecoder:
     that also carries the settings that shape the path it was trained on.
 
     :func:`mirror_cfe` and :class:`MirrorCFE` read ``reflect_others`` (their ``others=None``
-    default walks it; a contradicting ``others`` is refused) and ``x_range`` (images outside
-    it are refused). Build with :func:`bind_mirror_decoder`.
+    default walks it; a contradicting ``others`` is refused, and so is ``others=None`` when the
+    path is not known), ``W`` (the head they are given must be this one) and ``x_range``
+    (images outside it are refused). Build with :func:`bind_mirror_decoder`.
 
     Attributes:
       module, params: the :class:`~cfjax.models.mirror_decoder.MirrorDecoder` and its params.
       W: [K, C] the classifier's head (the CSP's class activation maps).
       rho_l, rho_u: the CSP threshold bounds.
       reflect_others: the path the decoder learnt (``"keep"``/``"mirror"``), or ``None`` when
-        not known (then ``mirror_cfe`` falls back to ``"keep"``).
+        not known (then ``mirror_cfe`` needs an explicit ``others=``).
       config: the decoder's recorded config dict (``MirrorDecoderConfig.as_dict()``), or None.
       x_range: the image range the decoder was trained on and produces (a sigmoid output).
     """
@@ -714,8 +763,6 @@ class BoundMirrorDecoder:
 
     def __init__(self, module, params, W, rho_l: float, rho_u: float, reflect_others: str | None = None, config: dict | None = None,
                  x_range: tuple[float, float] = (0.0, 1.0)):
-        from cfjax.errors import bad_arg
-
         if not hasattr(module, "apply"):
             raise bad_arg("module", type(module).__name__, "a Flax MirrorDecoder module (with .apply)")
         if not 0.0 <= rho_l <= rho_u <= 1.0:  # also NaN
@@ -756,8 +803,10 @@ def bind_mirror_decoder(
       returns); every setting comes from ``trained.config``;
     * ``bind_mirror_decoder(module, params, W, config=cfg)``: ``cfg`` the
       ``MirrorDecoderConfig`` (or its ``as_dict()``) the decoder was trained with;
-    * ``bind_mirror_decoder(module, params, W, rho_l, rho_u)`` (the old form): the path is not
-      known unless ``reflect_others=`` is given, and ``mirror_cfe`` then defaults to ``"keep"``.
+    * ``bind_mirror_decoder(module, params, W, rho_l, rho_u, reflect_others=path)``: the
+      settings given one by one. Without ``reflect_others=`` (or ``config=``) the path is not
+      known (``reflect_others`` is ``None``): :func:`mirror_cfe` and :class:`MirrorCFE` then
+      refuse the decoder unless they are given ``others=`` explicitly.
 
     Args:
       module: the decoder module, or a ``DecoderTrained``.
@@ -772,8 +821,6 @@ def bind_mirror_decoder(
     Returns:
       :class:`BoundMirrorDecoder` (callable like the plain function it replaces).
     """
-    from cfjax.errors import bad_arg
-
     if isinstance(module, tuple) and hasattr(module, "module") and hasattr(module, "params") and hasattr(module, "config"):
         if W is not None or params is None:
             raise bad_arg("W", "W given twice or not at all", "bind_mirror_decoder(trained, W) with the classifier's head W [K, C]")

@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 
 import jax.numpy as jnp
 
+from cfjax.errors import bad_arg
 from cfjax.models.classifier import Classifier, head_weights
 from cfjax.models.heads import LatentHead
 from cfjax.models.resnet import ResNet
@@ -25,7 +26,9 @@ class ClassifierFns(NamedTuple):
       logits: ``x -> [K]``.
       features: ``x -> z`` [C] (the GAP vector).
       feature_map: ``x -> F`` [h, w, C].
-      feature_maps: ``x -> [F_1, ..., F]`` every block's map (skips + F).
+      feature_maps: ``x -> [F_1, ..., F]`` every block's map (skips + F); it carries the
+        classifier's ``logits`` as ``feature_maps.classifier_logits``, so
+        :func:`cfjax.mirror_cfe` can check the head it is given against the classifier.
       head: ``z -> [K]`` (also works on ``F`` positions: it is linear).
       W, b: head weights, ``logits = W @ z + b`` with ``W`` [K, C].
     """
@@ -65,8 +68,6 @@ class ClassifierFns(NamedTuple):
           >>> fns.logits(jnp.ones((4, 4, 3))).tolist(), fns.features(jnp.ones((4, 4, 3))).tolist()
           ([3.0, 2.0], [2.0, 2.0, 2.0])
         """
-        from cfjax.errors import bad_arg
-
         if not callable(feature_maps):
             raise bad_arg("feature_maps", repr(feature_maps)[:80], "a callable x [H, W, c] -> [S_1, ..., S_L, F]")
         arrays = []
@@ -92,6 +93,7 @@ class ClassifierFns(NamedTuple):
         def logits(x):
             return head(features(x))
 
+        maps.classifier_logits = logits  # the head travels with the maps: cfjax.mirror_cfe checks W, b against it
         return cls(logits=logits, features=features, feature_map=feature_map, feature_maps=maps, head=head, W=W, b=b)
 
 
@@ -123,8 +125,10 @@ def bind_classifier(module: Classifier | ResNet, params) -> ClassifierFns:
     def feature_maps(x):
         return [m[0] for m in module.apply(params, x[None], method=cls.feature_maps)]
 
+    logits = _single(module, params, cls.__call__)
+    feature_maps.classifier_logits = logits  # the head travels with the maps: cfjax.mirror_cfe checks W, b against it
     return ClassifierFns(
-        logits=_single(module, params, cls.__call__),
+        logits=logits,
         features=_single(module, params, cls.features),
         feature_map=_single(module, params, cls.feature_map),
         feature_maps=feature_maps,
