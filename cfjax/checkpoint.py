@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cfjax.errors import CheckpointError
+from cfjax.io import jsonable
 
 META = "cfjax_meta.json"
 
@@ -87,11 +88,6 @@ def recorded_config(cfg: Any, off: dict[str, Any]) -> dict:
     return d
 
 
-def _jsonable(x: Any) -> Any:
-    """Round-trip ``x`` through JSON so configs compare equal after a restore (tuples -> lists)."""
-    return json.loads(json.dumps(x, default=str))
-
-
 def _checkpointer() -> "ocp.StandardCheckpointer":
     """An orbax checkpointer local to this process.
 
@@ -129,7 +125,8 @@ def save(path: str | os.PathLike, tree, *, kind: str, config: dict | None = None
         ckptr.save(tmp / "state", host_tree)
         ckptr.wait_until_finished()
         digest = tree_digest(host_tree)
-        meta = {"kind": kind, "config": _jsonable(config or {}), "digest": digest, "extra": _jsonable(extra or {})}
+        meta = {"kind": kind, "config": jsonable(config or {}, keep_nonfinite=True), "digest": digest,
+                "extra": jsonable(extra or {}, keep_nonfinite=True)}
         with open(tmp / META, "w") as f:
             json.dump(meta, f, indent=1)
             f.flush()
@@ -176,6 +173,18 @@ def read_meta(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {str(path)!r}: expected a readable {META}, got {type(e).__name__}: {e}") from e
 
 
+def matches(path: str | os.PathLike, kind: str, config: dict) -> bool:
+    """Whether ``path`` holds a checkpoint of ``kind`` written with ``config`` (compared as
+    :func:`save` records it, :func:`cfjax.io.jsonable`), judged from the sidecar alone: a
+    missing or unreadable checkpoint is not a match. The "is this cached model mine?" test of
+    every ``load_or_train_*``; :func:`restore` still checks the content's digest."""
+    try:
+        meta = read_meta(path)
+    except CheckpointError:
+        return False
+    return isinstance(meta, dict) and meta.get("kind") == kind and meta.get("config") == jsonable(config, keep_nonfinite=True)
+
+
 def _diff(expected: dict, got: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(expected) | set(got)):
@@ -211,7 +220,7 @@ def restore(
     if kind is not None and meta.get("kind") != kind:
         raise CheckpointError(f"checkpoint {str(path)!r}: expected kind {kind!r}, got {meta.get('kind')!r}")
     if config is not None:
-        diffs = _diff(_jsonable(config), meta.get("config", {}))
+        diffs = _diff(jsonable(config, keep_nonfinite=True), meta.get("config", {}))
         if diffs:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} was written for another config; refusing to load it:\n  "

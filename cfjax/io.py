@@ -11,22 +11,25 @@ from pathlib import Path
 from cfjax.errors import bad_arg
 
 
-def _clean(o):
+def _clean(o, keep_nonfinite: bool = False):
     if isinstance(o, float) and not math.isfinite(o):
-        return None
+        return o if keep_nonfinite else None
     if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
+        return {str(k): _clean(v, keep_nonfinite) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
+        return [_clean(v, keep_nonfinite) for v in o]
     if hasattr(o, "item") and getattr(o, "ndim", 1) == 0:
-        return _clean(o.item())
+        return _clean(o.item(), keep_nonfinite)
     return o
 
 
-def jsonable(obj):
-    """``obj`` as JSON values (what :func:`atomic_write_json` writes: NaN/Inf as None, numpy
-    scalars as numbers, tuples as lists, keys as strings)."""
-    return json.loads(json.dumps(_clean(obj)))
+def jsonable(obj, *, keep_nonfinite: bool = False):
+    """``obj`` as the JSON values it reads back as: tuples as lists, keys as strings, numpy/JAX
+    scalars as numbers, any other object JSON cannot hold as its ``str``; NaN/Inf as None (what
+    :func:`atomic_write_json` writes), or kept with ``keep_nonfinite`` (checkpoint sidecars, so
+    that a resumed run reads back the very history it wrote). Two configs that compare equal
+    after ``jsonable`` are the same config (:func:`cfjax.checkpoint.matches`)."""
+    return json.loads(json.dumps(_clean(obj, keep_nonfinite), default=str))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -116,6 +119,10 @@ def _alive(pid: int, start: str | None) -> bool:
     return start is None or _proc_start(pid) in (None, start)
 
 
+MAX_COMMAND = 8192
+"""The longest command a lock records (characters): the refusal shows the holder's command whole."""
+
+
 class FolderLock:
     """An exclusive lock on an output folder (``with FolderLock(out, "out"): ...``).
 
@@ -136,7 +143,7 @@ class FolderLock:
         import time
 
         return {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid()),
-                "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:300]}
+                "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:MAX_COMMAND]}
 
     def check(self) -> bool:
         """Raise naming the holder if a live run holds the lock; ``True`` when a lock file is
@@ -156,7 +163,7 @@ class FolderLock:
         where = "this host" if same_host else f"host {holder.get('host')!r}"
         hint = "" if same_host else f"; if that run is gone, delete {str(self.path)!r}"
         raise bad_arg(self.name, f"{str(self.folder)!r} in use by another cfjax run: PID {pid} on {where} since "
-                      f"{holder.get('since')} ({str(holder.get('command'))[:120]!r})",
+                      f"{holder.get('since')} (command: {str(holder.get('command'))})",
                       f"a folder no other run is writing: wait for it or pick another {self.name}{hint}")
 
     def acquire(self) -> "FolderLock":

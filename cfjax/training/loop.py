@@ -16,6 +16,7 @@ Example (seconds on a CPU)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -131,6 +132,94 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
         yield idx[s : s + batch_size]
 
 
+# ------------------------------------------------------------------ the pieces every trainer composes
+
+
+def adam(learning_rate: float, schedule: str, total_steps: int, *, b1: float = 0.9, b2: float = 0.999,
+         name: str = "schedule") -> optax.GradientTransformation:
+    """Adam at ``learning_rate``, held (``schedule="constant"``) or decayed to 0 over
+    ``total_steps`` (``"cosine"``); another ``schedule`` is refused naming ``name``."""
+    if schedule == "cosine":
+        return optax.adam(optax.cosine_decay_schedule(learning_rate, max(total_steps, 1)), b1=b1, b2=b2)
+    if schedule == "constant":
+        return optax.adam(learning_rate, b1=b1, b2=b2)
+    raise bad_arg(name, repr(schedule), "'cosine' or 'constant'")
+
+
+def train_step(state: dict, batch, key: jax.Array | None, *, loss_fn: Callable, tx: optax.GradientTransformation):
+    """One optax step on ``loss_fn(params, batch, key) -> (loss, aux)``.
+
+    ``state`` is ``{"params", "opt_state"}``; returns ``(state, loss, aux)``. Pure: bind
+    ``loss_fn``/``tx`` with :func:`functools.partial` and jit it (:func:`fit`), or call it inside
+    a bigger jitted step (the Mirror decoder's G and D updates)."""
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, key)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, loss, aux
+
+
+def eval_sums(eval_step: Callable, params, arrays: tuple, batch_size: int) -> dict[str, float]:
+    """``eval_step(params, batch) -> dict of scalars`` over ``arrays`` (equally long host arrays)
+    in chunks of ``batch_size``, each output summed over the chunks as a Python float."""
+    sums: dict = {}
+    for s in range(0, len(arrays[0]), batch_size):
+        out = eval_step(params, tuple(jnp.asarray(a[s : s + batch_size]) for a in arrays))
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return sums
+
+
+def restore_last(workdir: Path | None, state, kind: str, config: dict) -> tuple[Any, dict | None]:
+    """``(state, extra)`` restored from ``workdir/last`` (``kind`` and ``config`` must match, else
+    :class:`~cfjax.errors.CheckpointError`); ``(state, None)`` when there is none to resume."""
+    if workdir is None or not (workdir / "last").is_dir():
+        return state, None
+    state, meta = ckpt.restore(workdir / "last", state, kind=kind, config=config)
+    return state, meta["extra"]
+
+
+def save_last(workdir: Path | None, state, kind: str, config: dict, extra: dict) -> None:
+    """Write the training state to ``workdir/last`` (atomic; nothing without a ``workdir``)."""
+    if workdir is not None:
+        ckpt.save(workdir / "last", state, kind=kind, config=config, extra=extra)
+
+
+# ------------------------------------------------------------------ fit: epochs over host arrays
+
+
+def train_epoch(step: Callable, state: dict, arrays: tuple, cfg: TrainConfig, epoch: int, *, desc: str, progress: bool):
+    """One shuffled pass over ``arrays``: the order and the per-step keys come from
+    ``(cfg.seed, epoch)``, so a resumed epoch repeats exactly. Returns ``(state, losses)`` with
+    the loss of every 20th step."""
+    ekey = jax.random.fold_in(jax.random.key(cfg.seed), epoch)
+    bar = progress_bar(  # a tqdm bar on a terminal, a status line every ~30 s in a log
+        list(_batches(len(arrays[0]), cfg.batch_size, np.random.default_rng([cfg.seed, epoch]))),
+        desc=desc, disable=not progress, leave=False,
+    )
+    losses = []
+    for i, idx in enumerate(bar):
+        state, loss, _ = step(state, tuple(jnp.asarray(a[idx]) for a in arrays), jax.random.fold_in(ekey, i))
+        if i % 20 == 0:
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    return state, losses
+
+
+def _checked_optimizer(cfg: TrainConfig, n: int) -> optax.GradientTransformation:
+    """Check ``cfg`` against ``n`` training examples; the Adam transform of :func:`fit`."""
+    if n < cfg.batch_size:
+        raise bad_arg("train data", f"{n} examples", f"at least batch_size={cfg.batch_size} examples")
+    tx = adam(cfg.learning_rate, cfg.schedule, cfg.epochs * (n // cfg.batch_size), name="TrainConfig.schedule")
+    if not 0.0 <= cfg.augment_blur <= 1.0:
+        raise bad_arg("TrainConfig.augment_blur", repr(cfg.augment_blur), "a fraction in [0, 1]")
+    if isinstance(cfg.patience, bool) or not isinstance(cfg.patience, int) or cfg.patience < 0:
+        raise bad_arg("TrainConfig.patience", repr(cfg.patience), "an int >= 0 (0: no early stopping)")
+    return tx
+
+
+def _improves(value: float, best: float | None, select_mode: str) -> bool:
+    return best is None or (value > best if select_mode == "max" else value < best)
+
+
 def fit(
     *,
     params,
@@ -147,7 +236,8 @@ def fit(
     progress: bool = True,
     desc: str = "train",
 ) -> tuple[Any, list, dict]:
-    """Generic optax loop.
+    """Generic optax loop: :func:`train_epoch` of :func:`train_step`, :func:`eval_sums` after
+    each epoch, early stopping after ``cfg.patience`` epochs without improvement.
 
     Args:
       params: initial params.
@@ -157,98 +247,37 @@ def fit(
       cfg: :class:`TrainConfig`.
       select: the eval metric choosing the ``best`` checkpoint; ``select_mode`` "max"/"min".
       workdir: where ``best``/``last`` go (``None``: no checkpoints). If ``last`` exists with
-        the same config and fewer epochs done, training resumes from it.
+        the same config and fewer epochs done, training resumes from it (:func:`restore_last`).
       kind, config: recorded in (and checked against) the checkpoints.
 
     Returns:
       ``(best_params, history, best_metrics)``.
     """
-    n = len(train_arrays[0])
-    if n < cfg.batch_size:
-        raise bad_arg("train data", f"{n} examples", f"at least batch_size={cfg.batch_size} examples")
-    steps_per_epoch = n // cfg.batch_size
-    if cfg.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(cfg.learning_rate, max(cfg.epochs * steps_per_epoch, 1))
-    elif cfg.schedule == "constant":
-        lr = cfg.learning_rate
-    else:
-        raise bad_arg("TrainConfig.schedule", repr(cfg.schedule), "'cosine' or 'constant'")
-    if not 0.0 <= cfg.augment_blur <= 1.0:
-        raise bad_arg("TrainConfig.augment_blur", repr(cfg.augment_blur), "a fraction in [0, 1]")
-    if isinstance(cfg.patience, bool) or not isinstance(cfg.patience, int) or cfg.patience < 0:
-        raise bad_arg("TrainConfig.patience", repr(cfg.patience), "an int >= 0 (0: no early stopping)")
-    tx = optax.adam(lr)
-    opt_state = tx.init(params)
-    state = {"params": params, "opt_state": opt_state}
+    tx = _checked_optimizer(cfg, len(train_arrays[0]))
     config = {**(config or {}), "train": cfg.as_dict()}
-    start_epoch, history, best, best_metrics, best_params = 0, [], None, {}, None
     workdir = Path(workdir) if workdir is not None else None
-    if workdir is not None and (workdir / "last").is_dir():
-        state, meta = ckpt.restore(workdir / "last", state, kind=f"{kind}-train-state", config=config)
-        start_epoch = meta["extra"]["epoch"]
-        history = meta["extra"]["history"]
-        best_metrics = meta["extra"].get("best_metrics", {})
-        best = best_metrics.get(select)
-
-    @jax.jit
-    def step(state, batch, key):
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, key)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, loss, aux
-
-    jeval = jax.jit(eval_fn)
-
-    def evaluate(p):
-        sums: dict = {}
-        m = len(test_arrays[0])
-        for s in range(0, m, cfg.eval_batch_size):
-            out = jeval(p, tuple(jnp.asarray(a[s : s + cfg.eval_batch_size]) for a in test_arrays))
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        c = sums.pop("count")
-        return {k: v / c for k, v in sums.items()}
-
-    key = jax.random.key(cfg.seed)
-    for epoch in range(start_epoch, cfg.epochs):
+    state, done = restore_last(workdir, {"params": params, "opt_state": tx.init(params)}, f"{kind}-train-state", config)
+    done = done or {}
+    history, best_metrics, best_params = done.get("history", []), done.get("best_metrics", {}), None
+    step, jeval = jax.jit(functools.partial(train_step, loss_fn=loss_fn, tx=tx)), jax.jit(eval_fn)
+    for epoch in range(done.get("epoch", 0), cfg.epochs):
         if _patience_spent(history, select, select_mode, cfg.patience):
             break
-        rng = np.random.default_rng([cfg.seed, epoch])
-        ekey = jax.random.fold_in(key, epoch)
         t0 = time.perf_counter()
-        losses = []
-        bar = progress_bar(  # a tqdm bar on a terminal, a status line every ~30 s in a log
-            list(_batches(n, cfg.batch_size, rng)),
-            desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for i, idx in enumerate(bar):
-            batch = tuple(jnp.asarray(a[idx]) for a in train_arrays)
-            state, loss, _ = step(state, batch, jax.random.fold_in(ekey, i))
-            if i % 20 == 0:
-                losses.append(float(loss))
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        metrics = evaluate(state["params"])
-        metrics["train_loss"] = float(np.mean(losses)) if losses else float("nan")
+        state, losses = train_epoch(step, state, train_arrays, cfg, epoch, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", progress=progress)
+        sums = eval_sums(jeval, state["params"], test_arrays, cfg.eval_batch_size)
+        count = sums.pop("count")
+        metrics = {**{k: v / count for k, v in sums.items()}, "train_loss": float(np.mean(losses)) if losses else float("nan")}
         metrics["epoch_s"] = time.perf_counter() - t0
         history.append({"epoch": epoch + 1, **metrics})
         if progress:
             tqdm.write(f"{desc} epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        v = metrics[select]
-        improved = best is None or (v > best if select_mode == "max" else v < best)
+        improved = _improves(metrics[select], best_metrics.get(select), select_mode)
         if improved:
-            best, best_metrics = v, dict(metrics)
-            best_params = jax.device_get(state["params"])
-        if workdir is not None:
-            if improved:
+            best_metrics, best_params = dict(metrics), jax.device_get(state["params"])
+            if workdir is not None:
                 ckpt.save(workdir / "best", state["params"], kind=kind, config=config, extra={"epoch": epoch + 1, "metrics": metrics})
-            ckpt.save(
-                workdir / "last",
-                state,
-                kind=f"{kind}-train-state",
-                config=config,
-                extra={"epoch": epoch + 1, "history": history, "best_metrics": best_metrics},
-            )
+        save_last(workdir, state, f"{kind}-train-state", config, {"epoch": epoch + 1, "history": history, "best_metrics": best_metrics})
     if best_params is None and workdir is not None and (workdir / "best").is_dir():
         # resumed after the best epoch: the best params are on disk only
         best_params, _ = ckpt.restore(workdir / "best", state["params"], kind=kind, config=config)
@@ -460,14 +489,13 @@ def load_trained(workdir: str | Path, kind: str) -> Trained:
     return Trained(module, params, [], meta["extra"].get("metrics", {}), cfgd)
 
 
-def _matches(workdir: Path, kind: str, expected: dict) -> bool:
-    try:
-        meta = ckpt.read_meta(workdir / "best")
-    except Exception:
+def _finished(workdir: Path, kind: str, expected: dict) -> bool:
+    """Whether ``workdir`` holds a finished run of ``expected``: a matching ``best``
+    (:func:`cfjax.checkpoint.matches`) and a ``last`` that ran all ``expected["train"]["epochs"]``."""
+    if not ckpt.matches(workdir / "best", kind, expected):
         return False
     last = ckpt.read_meta(workdir / "last") if (workdir / "last").is_dir() else {}
-    done = last.get("extra", {}).get("epoch", 0) >= expected["train"]["epochs"]
-    return meta.get("kind") == kind and meta.get("config") == ckpt._jsonable(expected) and done
+    return last.get("extra", {}).get("epoch", 0) >= expected["train"]["epochs"]
 
 
 def load_or_train_classifier(train, test, model_cfg=None, train_cfg=None, workdir=None, progress=True) -> Trained:
@@ -480,7 +508,7 @@ def load_or_train_classifier(train, test, model_cfg=None, train_cfg=None, workdi
         "data": getattr(train, "name", "?"),
         "train": train_cfg.as_dict(),
     }
-    if workdir is not None and _matches(Path(workdir), "classifier", expected):
+    if workdir is not None and _finished(Path(workdir), "classifier", expected):
         return load_trained(workdir, "classifier")
     return train_classifier(train, test, model_cfg, train_cfg, workdir, progress)
 
@@ -495,6 +523,6 @@ def load_or_train_vae(train, test, model_cfg=None, train_cfg=None, workdir=None,
         "data": getattr(train, "name", "?"),
         "train": train_cfg.as_dict(),
     }
-    if workdir is not None and _matches(Path(workdir), "vae", expected):
+    if workdir is not None and _finished(Path(workdir), "vae", expected):
         return load_trained(workdir, "vae")
     return train_vae(train, test, model_cfg, train_cfg, workdir, progress)

@@ -9,17 +9,25 @@ sampler, training loop (orbax-checkpointed, resumable) and a quick held-out eval
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jaxtyping import Array, Float
+from tqdm.auto import tqdm
 
+from cfjax import checkpoint as ckpt
+from cfjax._checks import check_images, check_labels, check_positive_int
+from cfjax.errors import bad_arg
+from cfjax.methods import mirror_checks as mc
 from cfjax.methods.mirror import OTHERS, SOLVERS, batched_decoder, gap, reflect, skip_masks
+from cfjax.progress import progress_bar
+from cfjax.training.loop import adam, eval_sums, restore_last, save_last, train_step
 
 # The decoder G maps F_k back to an image; it is trained with the classifier frozen
 # (the losses are documented in docs/mirror_cfe.md).
@@ -151,8 +159,13 @@ class MirrorDecoderConfig:
     def validate(self, name: str = "MirrorDecoderConfig") -> None:
         """The checks both :func:`train_mirror_decoder` and ``MirrorJobConfig.validate`` make
         (raises :class:`cfjax.InputError` naming ``<name>.<field>``)."""
-        from cfjax.errors import bad_arg
-
+        for field in ("steps", "batch_size", "log_every", "checkpoint_every", "eval_examples"):
+            check_positive_int(getattr(self, field), f"{name}.{field}")
+        if not _finite_real(self.learning_rate) or not self.learning_rate > 0:
+            raise bad_arg(f"{name}.learning_rate", repr(self.learning_rate), "a finite Python or numpy number > 0 (the paper: 2e-4)")
+        for field in ("b1", "b2"):
+            if not _finite_real(getattr(self, field)) or not 0.0 <= getattr(self, field) < 1.0:
+                raise bad_arg(f"{name}.{field}", repr(getattr(self, field)), "an Adam decay rate in [0, 1)")
         if self.train_solver not in SOLVERS:
             raise bad_arg(f"{name}.train_solver", repr(self.train_solver), f"one of {SOLVERS}")
         if self.reflect_others not in OTHERS:
@@ -189,8 +202,6 @@ class MirrorDecoderConfig:
     @classmethod
     def preset(cls, name: str) -> "MirrorDecoderConfig":
         """``"paper"`` or ``"robust"`` (:data:`PRESETS`)."""
-        from cfjax.errors import bad_arg
-
         if name not in PRESETS:
             raise bad_arg("preset", repr(name), f"one of {PRESETS}")
         return cls.paper() if name == "paper" else cls.robust()
@@ -201,6 +212,11 @@ class MirrorDecoderConfig:
         return dataclasses.replace(cls.preset(preset), widths=(16, 8, 8), editor_width=8, fk_channels=8, disc_widths=(8, 16), steps=20,
                                    batch_size=16, log_every=5, checkpoint_every=10, eval_examples=32,
                                    **({"ema_decay": 0.9} if cls.preset(preset).ema_decay else {}))
+
+
+def _finite_real(v) -> bool:
+    """A finite real number (Python or numpy, not a bool)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
 
 
 class DecoderTrained(NamedTuple):
@@ -229,7 +245,6 @@ class DecoderTrained(NamedTuple):
 
 def build_decoder(cfg: MirrorDecoderConfig, image_shape, num_classes: int = 0):
     """``(G, D)`` modules (``num_classes``: needed by a ``disc_conditional`` discriminator)."""
-    from cfjax.errors import bad_arg
     from cfjax.models.mirror_decoder import MirrorDecoder, PatchDiscriminator
 
     if cfg.disc_conditional and num_classes < 2:
@@ -319,8 +334,6 @@ def _pair_table(cfg: MirrorDecoderConfig, labels: np.ndarray, num_classes: int) 
     if pairs is None:
         pairs = [(s, t) for s in range(num_classes) for t in range(num_classes) if s != t]
     pairs = np.asarray([(int(s), int(t)) for s, t in pairs], np.int32)
-    from cfjax.errors import bad_arg
-
     if pairs.size == 0 or pairs.min() < 0 or pairs.max() >= num_classes or np.any(pairs[:, 0] == pairs[:, 1]):
         raise bad_arg("MirrorDecoderConfig.pairs", repr(cfg.pairs), f"(source, target) pairs of distinct classes in [0, {num_classes - 1}]")
     present = set(np.unique(labels).tolist())
@@ -402,12 +415,11 @@ def evaluate_mirror_decoder(
         pool = np.flatnonzero(np.isin(labels, pairs[:, 0]))
         idx = rng.choice(pool, min(n, len(pool)), replace=False)
         t = np.array([rng.choice(pairs[pairs[:, 0] == c, 1]) for c in labels[idx]])
-    x, s = jnp.asarray(images[idx]), jnp.asarray(labels[idx], jnp.int32)
-    t = jnp.asarray(t, jnp.int32)
     W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
 
     def build():
-        def run(params, x, s, t):
+        def run(params, batch):
+            x, s, t = batch
             decode_batch = batched_decoder(module, params, W, cfg.rho_l, cfg.rho_u)
             maps = jax.vmap(clf.feature_maps)(x)
             F_s = maps[-1]
@@ -426,7 +438,8 @@ def evaluate_mirror_decoder(
         return run
 
     run = _cached_jit(("eval", id(clf), cfg, solver, tuple(images.shape[1:])), clf, build)
-    return {k: float(v) for k, v in run(params, x, s, t).items()}
+    batch = (images[idx], np.asarray(labels[idx], np.int32), np.asarray(t, np.int32))
+    return eval_sums(run, params, batch, max(len(idx), 1))  # one chunk: the means as floats
 
 
 
@@ -463,21 +476,120 @@ def _decoder_config(cfg: MirrorDecoderConfig, image_shape, num_classes: int, dat
     }
 
 
+STATE_KIND = "mirror-decoder-train-state"
+
+
 def _warm_start(src: Path, state, config: dict):
     """``(state, step, history)`` from ``src/last`` (same config but ``decoder.steps``, which must
     not exceed this run's)."""
-    from cfjax import checkpoint as ckpt
-    from cfjax.errors import bad_arg
-
     if not (src / "last").is_dir():
         raise bad_arg("warm_start", repr(str(src)), "a decoder workdir holding a 'last' checkpoint")
     theirs = ckpt.read_meta(src / "last").get("config", {})
     steps = theirs.get("decoder", {}).get("steps")
     if not isinstance(steps, int) or steps > config["decoder"]["steps"]:
         raise bad_arg("warm_start", repr(str(src)), f"a run of at most {config['decoder']['steps']} steps (it has {steps!r})")
-    same = {**config, "decoder": {**config["decoder"], "steps": steps}}
-    state, meta = ckpt.restore(src / "last", state, kind="mirror-decoder-train-state", config=same)
-    return state, int(meta["extra"]["step"]), list(meta["extra"]["history"])
+    state, extra = restore_last(src, state, STATE_KIND, {**config, "decoder": {**config["decoder"], "steps": steps}})
+    return state, int(extra["step"]), list(extra["history"])
+
+
+def _resume(workdir: Path | None, warm_start, state, config: dict):
+    """``(state, step, history)`` to start from: ``workdir/last`` (:func:`cfjax.training.loop.restore_last`),
+    else ``warm_start``'s shorter run (:func:`_warm_start`), else step 0."""
+    state, extra = restore_last(workdir, state, STATE_KIND, config)
+    if extra is None and warm_start is not None:
+        return _warm_start(Path(warm_start), state, config)
+    extra = extra or {}
+    return state, int(extra.get("step", 0)), list(extra.get("history", []))
+
+
+def _check_training_inputs(clf, train, test, cfg: MirrorDecoderConfig):
+    """Every check :func:`train_mirror_decoder` makes before any work:
+    ``(images, labels, data_name, K, (eval_images, eval_labels))``."""
+    cfg.validate()
+    images, labels, data_name = mc.check_dataset(train, "train")
+    K, _ = mc.check_classifier_fns(clf, images[0], "clf")
+    check_labels(labels, "train.labels", K, len(images))
+    if test is not None:
+        ev_images, ev_labels, _ = mc.check_dataset(test, "test")
+        check_images(ev_images, "test.images", shape=images.shape[1:], check_range=False)
+        check_labels(ev_labels, "test.labels", K, len(ev_images))
+    else:
+        ev_images, ev_labels = images, labels
+    if cfg.batch_size > len(images):
+        raise bad_arg("MirrorDecoderConfig.batch_size", cfg.batch_size, f"at most the number of training images ({len(images)})")
+    return images, labels, data_name, K, (ev_images, ev_labels)
+
+
+def _init_state(clf, cfg: MirrorDecoderConfig, g_module, d_module, tx, x0) -> dict:
+    """The training state at step 0: G and D initialised from ``cfg.seed``, their Adam states,
+    and G's weight average (zeros) when ``cfg.ema_decay``."""
+
+    def build_init():
+        def init(kg, kd, x0):
+            maps = jax.vmap(clf.feature_maps)(x0)
+            ones = [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]]
+            return g_module.init(kg, maps[-1], list(maps[:-1]), ones), d_module.init(kd, x0, jnp.zeros(x0.shape[:1], jnp.int32))
+
+        return init
+
+    # "rbg" keys: XLA:CPU compiles threefry-based initialisers very slowly (~15 s for G)
+    kg, kd = jax.random.split(jax.random.key(cfg.seed, impl="rbg"))
+    g, d = _cached_jit(("init", id(clf), cfg, tuple(x0.shape[1:])), clf, build_init)(kg, kd, jnp.asarray(x0))
+    state = {"g": g, "d": d, "opt_g": tx.init(g), "opt_d": tx.init(d)}
+    if cfg.ema_decay:
+        state["g_ema"] = jax.tree_util.tree_map(jnp.zeros_like, g)
+    return state
+
+
+def mirror_train_step(state: dict, batch: dict, *, clf, g_module, d_module, tx, cfg: MirrorDecoderConfig):
+    """One step of the decoder's game, two :func:`cfjax.training.loop.train_step` calls: G on
+    :func:`mirror_decoder_losses` against the current D, then D on :func:`discriminator_loss`
+    against G's (stopped) output; G's weight average follows when ``cfg.ema_decay``.
+
+    ``state``: ``{"g", "d", "opt_g", "opt_d"}`` (+ ``"g_ema"``); returns ``(state, terms)``
+    with every loss term, ``total`` (G's loss) and ``d`` (D's loss). Pure; jitted once per
+    classifier and config."""
+
+    def g_loss(gp, batch, _key):
+        total, terms, x_k = mirror_decoder_losses(gp, state["d"], g_module, d_module, clf, batch, cfg)
+        return total, (terms, x_k)
+
+    g, total, (terms, x_k) = train_step({"params": state["g"], "opt_state": state["opt_g"]}, batch, None, loss_fn=g_loss, tx=tx)
+    fake, y_fake = jax.lax.stop_gradient(x_k), fake_class(batch["source"], batch["target"], batch["k"])
+
+    def d_loss(dp, batch, _key):
+        return discriminator_loss(dp, d_module, batch["x"], fake, batch["source"], y_fake), {}
+
+    d, d_l, _ = train_step({"params": state["d"], "opt_state": state["opt_d"]}, batch, None, loss_fn=d_loss, tx=tx)
+    new = {"g": g["params"], "d": d["params"], "opt_g": g["opt_state"], "opt_d": d["opt_state"]}
+    if cfg.ema_decay:
+        new["g_ema"] = ema_update(state["g_ema"], new["g"], cfg.ema_decay)
+    return new, {**terms, "total": total, "d": d_l}
+
+
+def _run_steps(step, state, start: int, history: list, cfg: MirrorDecoderConfig, data: tuple, save: Callable,
+               progress: bool, stop_after: int | None):
+    """Steps ``start..cfg.steps`` of :func:`mirror_train_step` on :func:`sample_batch`'s batches
+    (``data``: its ``images, labels, by_class, pairs``): a history row (the terms' means) every
+    ``log_every`` steps and at the end, ``save(step, history, state)`` every ``checkpoint_every``.
+    ``stop_after`` steps in: saves and stops. Returns ``(state, history, the step it stopped at
+    or None when it ran to the end)``."""
+    buf: list = []
+    bar = progress_bar(range(start, cfg.steps), desc="mirror decoder", disable=not progress, leave=False, initial=start, total=cfg.steps)
+    for i in bar:
+        if stop_after is not None and i - start >= stop_after:
+            save(i, history, state)
+            return state, history, i
+        state, aux = step(state, {k: jnp.asarray(v) for k, v in sample_batch(i, cfg, *data).items()})
+        buf.append(aux)
+        if (i + 1) % cfg.log_every == 0 or i + 1 == cfg.steps:
+            vals = jax.device_get(buf)
+            history.append({"step": i + 1, **{k: float(np.mean([v[k] for v in vals])) for k in vals[0]}})
+            buf = []
+            bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items() if k != "step"})
+        if (i + 1) % cfg.checkpoint_every == 0 and i + 1 < cfg.steps:
+            save(i + 1, history, state)
+    return state, history, None
 
 
 def train_mirror_decoder(
@@ -494,6 +606,13 @@ def train_mirror_decoder(
 ) -> DecoderTrained:
     """Train the Mirror-CFE decoder against a frozen classifier.
 
+    Every argument is checked before any work (a :class:`cfjax.InputError` naming it): the
+    config's fields (:meth:`MirrorDecoderConfig.validate`: learning rate, steps, batch size,
+    ...; a batch no larger than the training set), the dataset type, finite images in [0, 1],
+    labels in ``[0, K)``, ``clf``'s callables and head shapes, and on one training image that
+    ``W @ GAP(F) + b`` equals ``clf.logits`` and ``clf.features`` is ``GAP(F)``
+    (:mod:`cfjax.methods.mirror_checks`).
+
     Args:
       clf: :class:`cfjax.models.ClassifierFns` of the frozen classifier (for a classifier
         cfjax did not train: ``ClassifierFns.from_gap(feature_maps, W, b)``).
@@ -502,12 +621,6 @@ def train_mirror_decoder(
       cfg: :class:`MirrorDecoderConfig`.
       test: optional held-out split for the end-of-training check (default: ``train``), of
         the same kinds as ``train``.
-
-    Every argument is checked before anything is traced
-    (:mod:`cfjax.methods.mirror_checks`; a :class:`cfjax.InputError` naming it): the dataset
-    type, finite images in [0, 1], labels in ``[0, K)``, ``clf``'s callables and head shapes,
-    and on one training image that ``W @ GAP(F) + b`` equals ``clf.logits`` and
-    ``clf.features`` is ``GAP(F)``.
       workdir: ``last`` (G, D, both optimiser states, step, history) every
         ``checkpoint_every`` steps and at the end, ``best`` (G only) at the end; an existing
         ``last`` with the same config is resumed, one with another config refused.
@@ -525,107 +638,29 @@ def train_mirror_decoder(
     Returns:
       :class:`DecoderTrained` with the per-term loss history.
     """
-    from cfjax import checkpoint as ckpt
-    from cfjax._checks import check_images, check_labels
-    from tqdm.auto import tqdm
-
-    from cfjax.methods import mirror_checks as mc
-
     cfg = cfg or MirrorDecoderConfig()
-    cfg.validate()
-    images, labels, data_name = mc.check_dataset(train, "train")
-    K, _ = mc.check_classifier_fns(clf, images[0], "clf")
-    W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
-    check_labels(labels, "train.labels", K, len(images))
-    if test is not None:
-        ev_images, ev_labels, _ = mc.check_dataset(test, "test")
-        check_images(ev_images, "test.images", shape=images.shape[1:], check_range=False)
-        check_labels(ev_labels, "test.labels", K, len(ev_images))
-    else:
-        ev_images, ev_labels = images, labels
-    pairs = _pair_table(cfg, labels, K)
-    by_class = [np.flatnonzero(labels == c) for c in range(K)]
-    image_shape = images.shape[1:]
-    g_module, d_module = build_decoder(cfg, image_shape, K)
-    x0 = jnp.asarray(images[:1])
+    images, labels, data_name, K, (ev_images, ev_labels) = _check_training_inputs(clf, train, test, cfg)
+    data = (images, labels, [np.flatnonzero(labels == c) for c in range(K)], _pair_table(cfg, labels, K))
+    shape, workdir = tuple(images.shape[1:]), Path(workdir) if workdir is not None else None
+    g_module, d_module = build_decoder(cfg, shape, K)
+    tx = adam(cfg.learning_rate, cfg.lr_schedule, cfg.steps, b1=cfg.b1, b2=cfg.b2, name="MirrorDecoderConfig.lr_schedule")
+    config = _decoder_config(cfg, shape, K, data_name, classifier_digest)
+    state, start, history = _resume(workdir, warm_start, _init_state(clf, cfg, g_module, d_module, tx, images[:1]), config)
+    step = _cached_jit(("train", id(clf), cfg, shape), clf,
+                       lambda: functools.partial(mirror_train_step, clf=clf, g_module=g_module, d_module=d_module, tx=tx, cfg=cfg))
 
-    def build_init():
-        def init(kg, kd, x0):
-            maps = jax.vmap(clf.feature_maps)(x0)
-            ones = [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]]
-            return g_module.init(kg, maps[-1], list(maps[:-1]), ones), d_module.init(kd, x0, jnp.zeros(x0.shape[:1], jnp.int32))
-
-        return init
-
-    # "rbg" keys: XLA:CPU compiles threefry-based initialisers very slowly (~15 s for G)
-    kg, kd = jax.random.split(jax.random.key(cfg.seed, impl="rbg"))
-    g_params, d_params = _cached_jit(("init", id(clf), cfg, tuple(image_shape)), clf, build_init)(kg, kd, x0)
-    lr = optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps) if cfg.lr_schedule == "cosine" else cfg.learning_rate
-    tx = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)  # one (stateless) transform; G and D each keep their own state
-    state = {"g": g_params, "d": d_params, "opt_g": tx.init(g_params), "opt_d": tx.init(d_params)}
-    if cfg.ema_decay:
-        state["g_ema"] = jax.tree_util.tree_map(jnp.zeros_like, g_params)
-    config = _decoder_config(cfg, image_shape, K, data_name, classifier_digest)
-    start, history = 0, []
-    workdir = Path(workdir) if workdir is not None else None
-    if workdir is not None and (workdir / "last").is_dir():
-        state, meta = ckpt.restore(workdir / "last", state, kind="mirror-decoder-train-state", config=config)
-        start, history = int(meta["extra"]["step"]), list(meta["extra"]["history"])
-    elif warm_start is not None:
-        state, start, history = _warm_start(Path(warm_start), state, config)
-
-    def build():
-        def step(state, batch):
-            def g_loss(gp):
-                total, terms, x_k = mirror_decoder_losses(gp, state["d"], g_module, d_module, clf, batch, cfg)
-                return total, (terms, x_k)
-
-            (total, (terms, x_k)), gg = jax.value_and_grad(g_loss, has_aux=True)(state["g"])
-            d_l, dg = jax.value_and_grad(discriminator_loss)(state["d"], d_module, batch["x"], jax.lax.stop_gradient(x_k), batch["source"],
-                                                            fake_class(batch["source"], batch["target"], batch["k"]))
-            ug, opt_g = tx.update(gg, state["opt_g"], state["g"])
-            ud, opt_d = tx.update(dg, state["opt_d"], state["d"])
-            new = {"g": optax.apply_updates(state["g"], ug), "d": optax.apply_updates(state["d"], ud), "opt_g": opt_g, "opt_d": opt_d}
-            if cfg.ema_decay:
-                new["g_ema"] = ema_update(state["g_ema"], new["g"], cfg.ema_decay)
-            return new, {**terms, "total": total, "d": d_l}
-
-        return step
-
-    step = _cached_jit(("train", id(clf), cfg, tuple(image_shape)), clf, build)
-
-    def save_last(s, hist):
-        if workdir is not None:
-            ckpt.save(workdir / "last", state, kind="mirror-decoder-train-state", config=config, extra={"step": s, "history": hist})
+    def save(s, hist, st):
+        save_last(workdir, st, STATE_KIND, config, {"step": s, "history": hist})
 
     t0 = time.perf_counter()
-    buf: list = []
-    from cfjax.progress import progress_bar  # a tqdm bar on a terminal, a status line every ~30 s in a log
-
-    bar = progress_bar(range(start, cfg.steps), desc="mirror decoder", disable=not progress, leave=False, initial=start, total=cfg.steps)
-    for i in bar:
-        if stop_after is not None and i - start >= stop_after:
-            save_last(i, history)
-            return DecoderTrained(g_module, jax.device_get(kept_params(state, i, cfg)), d_module, jax.device_get(state["d"]), history, {}, config)
-        batch = {k_: jnp.asarray(v) for k_, v in sample_batch(i, cfg, images, labels, by_class, pairs).items()}
-        state, aux = step(state, batch)
-        buf.append(aux)
-        if (i + 1) % cfg.log_every == 0 or i + 1 == cfg.steps:
-            vals = jax.device_get(buf)
-            rec = {"step": i + 1, **{k_: float(np.mean([v[k_] for v in vals])) for k_ in vals[0]}}
-            history.append(rec)
-            buf = []
-            bar.set_postfix({k_: f"{v:.3f}" for k_, v in rec.items() if k_ != "step"})
-        if (i + 1) % cfg.checkpoint_every == 0 and i + 1 < cfg.steps:
-            save_last(i + 1, history)
-    train_s = time.perf_counter() - t0
-    g_kept = kept_params(state, cfg.steps, cfg)
-    metrics = evaluate_mirror_decoder(clf, g_module, g_kept, cfg, ev_images, ev_labels, K,
-                                      n=cfg.eval_examples, seed=cfg.seed)
-    metrics["train_s"] = train_s
-    metrics["steps_run"] = cfg.steps - start
+    state, history, stopped = _run_steps(step, state, start, history, cfg, data, save, progress, stop_after)
+    if stopped is not None:
+        return DecoderTrained(g_module, jax.device_get(kept_params(state, stopped, cfg)), d_module, jax.device_get(state["d"]), history, {}, config)
+    train_s, g_kept = time.perf_counter() - t0, kept_params(state, cfg.steps, cfg)
+    metrics = evaluate_mirror_decoder(clf, g_module, g_kept, cfg, ev_images, ev_labels, K, n=cfg.eval_examples, seed=cfg.seed)
+    metrics.update(train_s=train_s, steps_run=cfg.steps - start)
     if workdir is not None:
-        save_last(cfg.steps, history)
+        save(cfg.steps, history, state)
         ckpt.save(workdir / "best", g_kept, kind="mirror-decoder", config=config, extra={"metrics": metrics, "history": history})
     if progress:
         tqdm.write("mirror decoder: " + ", ".join(f"{k_}={v:.4g}" for k_, v in metrics.items()))
@@ -644,23 +679,19 @@ def load_or_train_mirror_decoder(
     warm_start: str | Path | None = None,
 ) -> DecoderTrained:
     """Reuse ``workdir/best`` when it was written with the same config (decoder config, image
-    shape, data, classifier digest), else train (resuming from ``workdir/last``, or continuing
-    ``warm_start``'s shorter run: :func:`train_mirror_decoder`)."""
-    from cfjax import checkpoint as ckpt
-
+    shape, data, classifier digest: :func:`cfjax.checkpoint.matches`), else train (resuming from
+    ``workdir/last``, or continuing ``warm_start``'s shorter run: :func:`train_mirror_decoder`)."""
     cfg = cfg or MirrorDecoderConfig()
     workdir = Path(workdir)
     config = _decoder_config(cfg, np.asarray(train.images).shape[1:], int(np.asarray(clf.W).shape[0]), getattr(train, "name", "?"), classifier_digest)
-    if (workdir / "best").is_dir():
-        meta = ckpt.read_meta(workdir / "best")
-        if meta.get("kind") == "mirror-decoder" and meta.get("config") == ckpt._jsonable(config):
-            g_module, d_module = build_decoder(cfg, config["image_shape"], config["num_classes"])
-            x0 = jnp.zeros((1, *config["image_shape"]), jnp.float32)
-            maps = jax.vmap(clf.feature_maps)(x0)
-            shapes = jax.eval_shape(lambda: g_module.init(jax.random.key(0), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]]))
-            like = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), shapes)
-            params, meta = ckpt.restore(workdir / "best", like, kind="mirror-decoder", config=config)
-            return DecoderTrained(g_module, params, d_module, None, meta["extra"].get("history", []), meta["extra"].get("metrics", {}), config)
+    if ckpt.matches(workdir / "best", "mirror-decoder", config):
+        g_module, d_module = build_decoder(cfg, config["image_shape"], config["num_classes"])
+        x0 = jnp.zeros((1, *config["image_shape"]), jnp.float32)
+        maps = jax.vmap(clf.feature_maps)(x0)
+        shapes = jax.eval_shape(lambda: g_module.init(jax.random.key(0), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]]))
+        like = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), shapes)
+        params, meta = ckpt.restore(workdir / "best", like, kind="mirror-decoder", config=config)
+        return DecoderTrained(g_module, params, d_module, None, meta["extra"].get("history", []), meta["extra"].get("metrics", {}), config)
     return train_mirror_decoder(clf, train, cfg, test=test, workdir=workdir, classifier_digest=classifier_digest, progress=progress,
                                 warm_start=warm_start)
 
@@ -679,6 +710,7 @@ __all__ = [
     "kept_params",
     "load_or_train_mirror_decoder",
     "mirror_decoder_losses",
+    "mirror_train_step",
     "sample_batch",
     "train_mirror_decoder",
 ]
