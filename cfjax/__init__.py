@@ -3,15 +3,22 @@
 The flat public API (pure functions of plain JAX callables)::
 
     import cfjax as cf
-    cf.attack(decode, logits, z0, target, steps=..., threshold=...)         # Counterfactual Attacks
-    cf.mirror_cfe(feature_maps, logits, W, b, decode, x, source, target)    # Mirror-CFE, one example
-    cf.reflect(F, W, b, source, target, solver="jaxopt")                     # its L-BFGS reflection
-    cf.explain_dataset(step, init, data, chunk_size=...)                     # streamed, sharded pass
+    r = cf.attack(decode, logits, z0, target, steps=100, threshold=0.5)       # Counterfactual Attacks, one example
+    m = cf.mirror_cfe(feature_maps, W, b, mirror_decode, x, source, target)   # Mirror-CFE, one example
+    f = cf.reflect(F, W, b, source, target, solver="jaxopt")                  # its L-BFGS reflection
+    acc = cf.explain_dataset(step, init, data, chunk_size=8)                  # streamed, sharded pass
+
+with single-example callables ``decode(z [D]) -> x [H, W, c]``, ``logits(x) -> [K]``,
+``feature_maps(x) -> [S_1, ..., S_L, F]`` whose last map ``F`` [h, w, C] the GAP-linear head
+``W`` [K, C], ``b`` [K] reads, and ``mirror_decode(F_k, skips, source, target, k) -> x`` (e.g.
+``cf.bind_mirror_decoder(trained, W)``); ``step(acc, batch, mask) -> (acc, outputs)``. Batches
+compile once: ``cf.make_attack(decode, logits, steps=100)(z0s, targets)`` and
+``cf.MirrorCFE(feature_maps, W, b, mirror_decode)(xs, sources, targets)``.
 
 Layers (each imports only from the layers before it; ``docs/architecture.md``)::
 
     utilities (errors, io, checkpoint, flops, cpu_grads, parallel)
-      -> cfjax.data -> cfjax.models -> cfjax.methods -> cfjax.eval
+      -> cfjax.data -> cfjax.models -> cfjax.methods, cfjax.eval (side by side)
       -> cfjax.training -> cfjax.jobs -> cfjax.cli
 
 ``cfjax.training`` and ``cfjax.jobs`` are loaded on first attribute access (``cf.training``,
