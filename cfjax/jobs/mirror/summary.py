@@ -87,4 +87,51 @@ def pair_references(test, t: int, cf_m, inc_m, backbone, models: MirrorModels, c
     return out
 
 
-__all__ = ["common_fields", "decoder_record", "first_cf_rule", "pair_references"]
+def trust_fields(res: dict, models: MirrorModels, targets, ceilings: dict) -> dict:
+    """What a reader needs to trust the headline numbers: the split the rows come from, the
+    reference models' digests (None for the zoo's), the real-image ceilings beside the numbers
+    they cap, and oracle validity at three points.
+
+    Args:
+      res: the finalized summary fields (``validity``, ``denoised_validity``, ``oracle_validity*``
+        and their ``_ci`` intervals).
+      targets: [n] the target class of every row (weights of the pooled ceilings).
+      ceilings: :func:`~cfjax.jobs.mirror.models.real_target_ceilings` of those targets.
+
+    Returns:
+      ``split``, ``reference_models``, ``denoised_validity_ceiling`` (the same denoiser's score on
+      real target images, pooled over the rows' targets), ``denoised_validity_over_ceiling``,
+      ``oracle_ceiling`` (the oracle's agreement on real target images) and
+      ``oracle_validity_at: {"first_cf", "confident_cf", "k1"}`` with ``oracle_validity_at_ci``.
+    """
+    t, counts = np.unique(np.asarray(targets), return_counts=True)
+    names = models.test.class_names
+
+    def pooled(key):
+        vals = [ceilings[names[int(c)]].get(key) for c in t]
+        if any(v is None or not np.isfinite(v) for v in vals):
+            return None
+        return float(np.dot(vals, counts) / counts.sum())
+
+    orc = models.oracle
+    dval_ceiling = pooled("denoised_validity")
+    out = {"split": models.test.split, "reference_models": _reference_digests(models),
+           "denoised_validity_ceiling": dval_ceiling,
+           "denoised_validity_over_ceiling": (res["denoised_validity"] / dval_ceiling) if dval_ceiling else None,
+           "oracle_ceiling": pooled("oracle_validity") if orc is not None else None}
+    if orc is not None:
+        at = {"first_cf": "oracle_validity", "confident_cf": "oracle_validity_confident", "k1": "oracle_validity_k1"}
+        out["oracle_validity_at"] = {k: res.get(v) for k, v in at.items()}
+        out["oracle_validity_at_ci"] = {k: res.get(f"{v}_ci") for k, v in at.items()}
+    return out
+
+
+def _reference_digests(models: MirrorModels) -> dict | None:
+    """``{"classifier": sha256, "oracle": sha256}`` of the shipped reference models, or None."""
+    if models.classifier.source != "reference":
+        return None
+    return {"classifier": models.classifier.metrics.get("sha256"),
+            "oracle": None if models.oracle is None else models.oracle.metrics.get("sha256")}
+
+
+__all__ = ["common_fields", "decoder_record", "first_cf_rule", "pair_references", "trust_fields"]
