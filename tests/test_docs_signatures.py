@@ -124,3 +124,28 @@ def test_docs_python_blocks_run(name, i, block):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"needs {mod}")
     exec(code, {"__name__": f"docs_{name}_{i}"})  # noqa: S102 - the documentation's own code
+
+
+def test_mirror_docs_name_the_real_defaults():
+    """docs/mirror_cfe.md and ``reflection_target``'s docstring once called T = 5, weight averaging
+    and the mirrored path the defaults (issue 34); the defaults are the paper's: T = 1, no
+    averaging, the ``keep`` path. A sentence or heading that calls one of the robust preset's
+    settings (or T = 5) the default is refused."""
+    from cfjax.methods import mirror as mr
+    from cfjax.training.mirror_decoder import MirrorDecoderConfig
+
+    cfg = MirrorDecoderConfig()
+    assert (cfg.cls_temperature, cfg.ema_decay, cfg.reflect_others) == (1.0, 0.0, "keep")
+    text = (ROOT / "docs" / "mirror_cfe.md").read_text() + "\n" + mr.reflection_target.__doc__
+    stale = [
+        r"A (second )?default that is not in the paper",
+        r"Weight averaging \(default\)",
+        r"default `reflect_others=\"mirror\"`",
+        r"`mirror` \(default\)",
+        r"5 \(default",
+        r"the default T = 5",
+        r"default path of cfjax's decoders",
+        r"the default path since",
+    ]
+    hits = [p for p in stale if re.search(p, text)]
+    assert not hits, hits
