@@ -162,3 +162,25 @@ def test_an_oracle_cached_for_another_config_is_refused_before_the_decoder_train
     with pytest.raises(CheckpointError, match=r"oracle_classifier(.|\n)*epochs"):
         jm.run_mirror_explanation("mnist5k", tmp_path / "out", source=3, target=8, config=cfg, models_dir=models)
     assert not reached
+
+
+def test_summary_carries_intervals_ceilings_and_the_oracle_at_three_points(smoke_run):
+    """Issue 34: every headline rate has a Wilson interval and every headline mean a bootstrap one,
+    each containing its value; the ceilings and the oracle at first CF / confident CF / k = 1 sit
+    beside the numbers; the split and (zoo models here) no reference digests are recorded."""
+    _, out = smoke_run
+    s = json.loads((out / "summary.json").read_text())
+    assert s["split"] == "test" and s["reference_models"] is None
+    for key in ("validity", "denoised_validity", "oracle_validity", "oracle_validity_k1", "oracle_validity_confident", "l1", "lpips_domain",
+                "target_prob_gap_at_cf"):
+        lo, hi = s[f"{key}_ci"]
+        v = s[key] if key in s else s["faithfulness"][key]
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        assert lo - 1e-9 <= v <= hi + 1e-9, (key, lo, v, hi)
+    assert set(s["oracle_validity_at"]) == {"first_cf", "confident_cf", "k1"}
+    assert s["oracle_validity_at"]["first_cf"] == s["oracle_validity"] and s["oracle_validity_at"]["k1"] == s["oracle_validity_k1"]
+    assert _rate(s["denoised_validity_ceiling"]) and _rate(s["oracle_ceiling"])
+    assert s["denoised_validity_ceiling"] == s["denoised_validity_real_target"]
+    # an oracle that agrees at a confident CF must have found one there
+    assert s["oracle_validity_confident"] <= s["confident_cf_rate"] + 1e-9
