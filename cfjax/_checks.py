@@ -96,6 +96,7 @@ def check_callable(f, name: str, signature: str) -> None:
 
 # ------------------------------------------------------------------ images, labels, integers
 
+
 def check_images(
     x,
     name: str = "images",
