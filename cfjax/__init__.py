@@ -17,7 +17,7 @@ compile once: ``cf.make_attack(decode, logits, steps=100)(z0s, targets)`` and
 
 Layers (each imports only from the layers before it; ``docs/architecture.md``)::
 
-    utilities (errors, io, checkpoint, flops, cpu_grads, parallel)
+    utilities (errors, io, checkpoint, flops, parallel)
       -> cfjax.data -> cfjax.models -> cfjax.methods, cfjax.eval (side by side)
       -> cfjax.training -> cfjax.jobs -> cfjax.cli
 
@@ -29,6 +29,7 @@ from cfjax.errors import CfjaxError, CheckpointError, DataNotFoundError, InputEr
 from cfjax.eval.evaluators import Evaluator
 from cfjax.methods.attack import (
     Attack,
+    AttackOptions,
     AttackResult,
     attack,
     attack_batch,
@@ -85,6 +86,7 @@ def __getattr__(name):
 
 __all__ = [
     "Attack",
+    "AttackOptions",
     "AttackResult",
     "AttributePredictor",
     "CfjaxError",

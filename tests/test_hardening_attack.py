@@ -14,9 +14,9 @@ import numpy as np
 import optax
 import pytest
 
-from cfjax import cpu_grads
 from cfjax.errors import InputError
 from cfjax.methods import attack as atk
+from cfjax.methods import jaxpr_rewrite
 
 D, K = 4, 3
 WD = jax.random.normal(jax.random.key(0), (D, 16))
@@ -299,13 +299,13 @@ def test_a_non_finite_image_with_finite_logits_is_status_3():
 
 def test_cpu_rewrite_and_mixed_precision_share_one_interpreter(monkeypatch):
     calls = []
-    real = cpu_grads.eval_jaxpr
+    real = jaxpr_rewrite.eval_jaxpr
 
     def counting(jaxpr, consts, args, rule):
         calls.append(getattr(rule, "func", rule).__name__)
         return real(jaxpr, consts, args, rule)
 
-    monkeypatch.setattr(cpu_grads, "eval_jaxpr", counting)
+    monkeypatch.setattr(jaxpr_rewrite, "eval_jaxpr", counting)
 
     @jax.jit
     def inner(x):  # a nested jit: walked with the same rule
@@ -316,11 +316,85 @@ def test_cpu_rewrite_and_mixed_precision_share_one_interpreter(monkeypatch):
 
     x = X0[0] * 0.3 + 0.1
     g_ref = jax.grad(lambda v: f(v).sum())(x)
-    np.testing.assert_allclose(cpu_grads.cpu_friendly(f)(x), f(x), rtol=1e-6)
-    np.testing.assert_allclose(jax.grad(lambda v: cpu_grads.cpu_friendly(f)(v).sum())(x), g_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jaxpr_rewrite.cpu_friendly(f)(x), f(x), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda v: jaxpr_rewrite.cpu_friendly(f)(v).sum())(x), g_ref, rtol=1e-5, atol=1e-6)
     low = atk.mixed_precision(f, jnp.bfloat16)
     np.testing.assert_allclose(low(x), f(x), rtol=2e-2, atol=2e-2)
     assert "bf16" in str(jax.make_jaxpr(low)(x))  # the conv inside the nested jit got bfloat16 operands
     assert "_cpu_rule" in calls and "_low_precision_rule" in calls, calls
     # nested jits recurse through the same function (more calls than top-level wrappers)
     assert calls.count("_cpu_rule") >= 2 and calls.count("_low_precision_rule") >= 2, calls
+
+
+# ------------------------------------------------------------------ issue 37: traced targets, number options, bfloat16
+
+
+def test_an_out_of_range_target_under_the_callers_jit_is_non_finite_never_a_success():
+    """The host cannot see a traced target's value: an index outside [0, K) (too large, or
+    negative, which JAX indexing would wrap) gets no score: NaN target_prob, status 3."""
+    bad = TARGET.at[1].set(K + 2).at[4].set(-1)
+    ref = atk.attack_batch(decode, logits, Z0, TARGET, steps=20)
+    ok = np.array([i not in (1, 4) for i in range(len(TARGET))])
+    for schedule in ("compact", "vmap"):
+        r = jax.jit(lambda z, t: atk.attack_batch(decode, logits, z, t, steps=20, schedule=schedule))(Z0, bad)
+        status, prob = np.asarray(r.status), np.asarray(r.target_prob)
+        assert list(status[~ok]) == [atk.NON_FINITE] * 2 and np.isnan(prob[~ok]).all() and not bool(r.success[~ok].any()), (status, prob)
+        np.testing.assert_array_equal(np.asarray(r.steps_taken)[~ok], 0)  # z never moved
+        np.testing.assert_array_equal(status[ok], np.asarray(ref.status)[ok])  # the other lanes are untouched
+        np.testing.assert_allclose(np.asarray(r.z)[ok], np.asarray(ref.z)[ok], rtol=1e-5, atol=1e-6)
+    one = jax.jit(lambda z, t: atk.attack(decode, logits, z, t, steps=20))(Z0[0], jnp.int32(K))
+    assert int(one.status) == atk.NON_FINITE and np.isnan(float(one.target_prob)) and not bool(one.success)
+    run = atk.make_attack(decode, logits, steps=20)
+    r = jax.jit(lambda z, t: run(z, t))(Z0, bad)  # a compiled Attack inside the caller's jit
+    assert list(np.asarray(r.status)[~ok]) == [atk.NON_FINITE] * 2
+    sig = jax.jit(lambda z, t: atk.attack(decode, lambda x: logits(x)[:1], z, t, steps=5, objective="sigmoid"))(Z0[0], jnp.int32(2))
+    assert int(sig.status) == atk.NON_FINITE and np.isnan(float(sig.target_prob))
+
+
+@pytest.mark.parametrize("name", ["steps", "record_every", "early_exit_every", "block", "min_width"])
+def test_a_huge_integer_option_is_an_input_error_not_an_overflow(name):
+    for call in (
+        lambda: atk.attack_batch(decode, logits, Z0, TARGET, **{"steps": 3, name: 2**40}),
+        lambda: atk.make_attack(decode, logits, **{"steps": 3, name: 2**40}),
+    ):
+        _raises(call, name, "2**31 - 1", str(2**40))
+    if name not in ("block", "min_width"):
+        _raises(lambda: atk.attack(decode, logits, Z0[0], TARGET[0], **{"steps": 3, name: 2**40}), name, "2**31 - 1")
+
+
+def test_concrete_numpy_and_jax_scalars_are_accepted_as_options():
+    ref = atk.attack_batch(decode, logits, Z0, TARGET, steps=30, threshold=0.5, proximity_weight=0.25)
+    for steps, threshold, weight in [(np.int32(30), np.float32(0.5), np.float64(0.25)), (jnp.int32(30), jnp.float32(0.5), jnp.float32(0.25))]:
+        r = atk.attack_batch(decode, logits, Z0, TARGET, steps=steps, threshold=threshold, proximity_weight=weight)
+        np.testing.assert_array_equal(r.steps_taken, ref.steps_taken)
+        np.testing.assert_allclose(r.z, ref.z, rtol=1e-5, atol=1e-6)
+    run = atk.make_attack(decode, logits, steps=jnp.int32(30), threshold=jnp.float32(0.5))
+    np.testing.assert_array_equal(run(Z0, TARGET).steps_taken, atk.attack_batch(decode, logits, Z0, TARGET, steps=30).steps_taken)
+
+
+@pytest.mark.parametrize("name, value", [("threshold", 0.5), ("steps", 30), ("proximity_weight", 0.1)])
+def test_a_traced_option_is_refused_saying_why(name, value):
+    def f(v):
+        return atk.attack_batch(decode, logits, Z0, TARGET, **{"steps": 3, name: v}).status
+
+    _raises(lambda: jax.jit(f)(value), name, "a concrete number", "traced", "outside jax.jit")
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_is_refused_on_both_sides_with_the_compute_dtype_route(dtype):
+    """One policy for 16-bit floats: a start point, an image from decode and logits from the
+    classifier are refused alike, each message naming its argument and the compute_dtype
+    route; with compute_dtype the attack runs and returns float32."""
+    name = jnp.dtype(dtype).name
+    calls = {
+        "z0": lambda: atk.attack_batch(decode, logits, Z0.astype(dtype), TARGET, steps=3),
+        "decode": lambda: atk.attack_batch(lambda z: decode(z).astype(dtype), logits, Z0, TARGET, steps=3),
+        "logits": lambda: atk.attack_batch(decode, lambda x: logits(x).astype(dtype), Z0, TARGET, steps=3),
+    }
+    for arg, call in calls.items():
+        _raises(call, arg, name, "float32", "compute_dtype")
+    _raises(lambda: atk.attack(lambda z: decode(z).astype(dtype), logits, Z0[0], TARGET[0], steps=3), "decode", name, "compute_dtype")
+    _raises(lambda: atk.make_attack(lambda z: decode(z).astype(dtype), logits, steps=3)(Z0, TARGET), "decode", name, "compute_dtype")
+    _raises(lambda: atk.attack_pixels_batch(lambda x: logits(x).astype(dtype), X0, jnp.array([0, 1]), steps=3), "logits", name, "compute_dtype")
+    r = atk.attack_batch(decode, logits, Z0, TARGET, steps=20, compute_dtype=dtype)
+    assert r.x.dtype == r.z.dtype == r.target_prob.dtype == jnp.float32

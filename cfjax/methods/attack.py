@@ -12,18 +12,11 @@ logit :math:`\ell`, :math:`p = \sigma(\ell)` when increasing (``target=1``) and
 :math:`1 - \sigma(\ell)` when decreasing (``target=0``). The loss is the probability itself,
 not its logarithm, as in the paper's code.
 
-Custom objectives: ``objective=fn(logits, target) -> loss`` (a scalar, minimised; a margin
-loss, a multi-label target, ...) with ``success_fn=fn(logits, target) -> p`` the score the
-stop rule compares with ``threshold`` and that is reported as ``target_prob`` (default: the
-target's softmax probability). An optional proximity term
-``proximity_weight * proximity(z - z0)`` (``"l1"``: :math:`\|z - z_0\|_1`, ``"l2"``:
-:math:`\|z - z_0\|_2^2`, or a callable) is added to the loss. ``threshold_rule=">"`` stops
-at ``p > threshold`` instead of ``p >= threshold``; ``on_zero_gradient="continue"`` keeps
-stepping through a zero gradient (Adam's momentum may still move ``z``) instead of ending the
-example as a failure. ``compute_dtype=jnp.bfloat16`` runs the matrix multiplications and
-convolutions of ``decode``/``logits`` on bfloat16 operands (float32 accumulation and
-outputs) while ``z``, the optimiser state, the loss and the stop rule stay float32
-(:func:`mixed_precision`).
+Custom objectives: ``objective=fn(logits, target) -> loss`` (a scalar, minimised) with
+``success_fn=fn(logits, target) -> p``, the score the stop rule compares with ``threshold`` and
+reports as ``target_prob``; an optional proximity term ``proximity_weight * proximity(z - z0)``;
+``threshold_rule=">"``; ``on_zero_gradient="continue"`` (keep stepping through a zero gradient).
+Every option is a field of :class:`~cfjax.methods.attack_options.AttackOptions`.
 
 Semantics (identical on every code path below, for every option):
 
@@ -61,41 +54,41 @@ Code paths:
 :func:`attack_pixels` runs the same loop on the image itself, projected back to [0, 1]
 after each step: the adversarial-noise baseline, with the same result type.
 
-Input checks (every failure an :class:`~cfjax.errors.InputError` raised before the attack is
-traced): the options; ``z0`` float32 or float64 (integer starts are refused, and so are
-float16/bfloat16 ones: the optimiser's state underflows there, so cast to float32 and use
-``compute_dtype`` for low-precision model arithmetic); a finite ``learning_rate > 0``;
-integer targets (and ``source``) in ``[0, K)``, cast to int32 on the host; finite values of
-concrete arrays. A shape probe then traces ``decode``, ``logits``, ``objective``,
-``success_fn`` and ``proximity`` abstractly on one example; when one of them fails, or
-returns the wrong kind of output, the error names that callable, the shape and dtype it was
-called on and the underlying error (the pixel attack names ``x0``, it has no ``decode``).
+Every entry point takes the options as ``options=`` and/or as keywords (which build it or
+override its fields). Arguments are checked before the attack is traced
+(:mod:`cfjax.methods.attack_checks`); a preset target outside ``[0, K)`` that only a trace
+sees (the caller's own ``jit``) gets a NaN ``target_prob`` and status 3. Low precision: ``z``,
+the optimiser, the image, the score and the gradients are float32 (or float64);
+float16/bfloat16 starts and model outputs are refused. ``compute_dtype=jnp.bfloat16`` is the
+route to low-precision model arithmetic: bfloat16 operands for the matrix multiplications and
+convolutions of ``decode``/``logits``, float32 accumulation and outputs
+(:func:`~cfjax.methods.jaxpr_rewrite.mixed_precision`).
 
-On the CPU backend ``decode`` and ``logits`` are re-interpreted by :func:`cpu_friendly` by
-default (``rewrite_grads``): identical values and gradients, 3-5x faster attack steps on
-XLA:CPU, whose convolution input-gradients are slow inside loops (details at the function).
+On the CPU backend ``decode`` and ``logits`` are re-interpreted by
+:func:`~cfjax.methods.jaxpr_rewrite.cpu_friendly` by default (``rewrite_grads``): identical
+values and gradients, 3-5x faster attack steps on XLA:CPU, whose convolution input-gradients
+are slow inside loops (details at the function).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
-import math
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from cfjax._checks import check_finite, check_images
-from cfjax.cpu_grads import cpu_friendly
-from cfjax.cpu_grads import maybe_rewrite as _maybe_rewrite
-from cfjax.cpu_grads import reinterpret
+from cfjax._checks import check_images
 from cfjax.errors import bad_arg
+from cfjax.methods.attack_checks import LATENT, PIXELS, Names, check_batch_args, check_single_args, check_source_values, check_target_values, num_classes
+from cfjax.methods.attack_compiled import CompiledAttack
+from cfjax.methods.attack_options import PRESETS, PROXIMITIES, AttackOptions, Spec, build_options, spec_of, takes_options
+from cfjax.methods.attack_options import make_optimizer, normalized_sgd, sigmoid_probability, softmax_probability, target_probability
+from cfjax.methods.jaxpr_rewrite import cpu_friendly, maybe_rewrite, mixed_precision
 
 SUCCESS, BUDGET, ZERO_GRAD, NON_FINITE = 0, 1, 2, 3
 STATUS_NAMES = {SUCCESS: "success", BUDGET: "budget_exhausted", ZERO_GRAD: "zero_gradient", NON_FINITE: "non_finite"}
@@ -112,7 +105,8 @@ class AttackResult(NamedTuple):
       steps_taken: optimiser steps applied before success/stop [] int32.
       success: ``target_prob >= threshold`` (``>`` with ``threshold_rule=">"``) [] bool,
         judged by the threshold only.
-      status: 0 success, 1 step budget exhausted, 2 zero gradient, 3 non-finite [] int32.
+      status: 0 success, 1 step budget exhausted, 2 zero gradient, 3 non-finite (also: a preset
+        target outside ``[0, K)`` seen only under ``jit``, with a NaN ``target_prob``) [] int32.
       trajectory: ``decode(z)`` after ``min(j * r, steps)`` steps for ``j = 0 ..
         ceil(steps / r)`` (``r = record_every``; frozen once done)
         [ceil(steps / r) + 1, H, W, C], or ``None``.
@@ -140,374 +134,6 @@ class _Lane(NamedTuple):
     z0: Array | None  # [D] start point (only carried when a proximity term needs it)
 
 
-def normalized_sgd(learning_rate: float) -> optax.GradientTransformation:
-    r"""Plain normalised gradient steps :math:`u = -\eta\, g / \|g\|` (stateless)."""
-
-    def init(params):
-        del params
-        return optax.EmptyState()
-
-    def update(g, state, params=None):
-        del params
-        norm = optax.global_norm(g)
-        return jax.tree_util.tree_map(lambda x: -learning_rate * x / jnp.maximum(norm, 1e-12), g), state
-
-    return optax.GradientTransformation(init, update)
-
-
-def make_optimizer(optimizer, learning_rate: float) -> optax.GradientTransformation:
-    """``None``/``"adam"`` (the paper's Adam), ``"sgd-normalized"``, or any optax transformation
-    (then ``learning_rate`` is unused). A used ``learning_rate`` must be finite and > 0
-    (:class:`~cfjax.errors.InputError` otherwise; a traced one is not checked)."""
-    if isinstance(optimizer, optax.GradientTransformation):
-        return optimizer
-    if optimizer is None or optimizer == "adam":
-        _check_learning_rate(learning_rate)
-        return optax.adam(learning_rate)
-    if optimizer == "sgd-normalized":
-        _check_learning_rate(learning_rate)
-        return normalized_sgd(learning_rate)
-    raise bad_arg("optimizer", repr(optimizer), "'adam', 'sgd-normalized' or an optax.GradientTransformation")
-
-
-def softmax_probability(l: Float[Array, "k"], target) -> Float[Array, ""]:
-    """``softmax(l)[target]``: the ``"softmax"`` preset's score (its loss is minus this)."""
-    return jax.nn.softmax(l)[target]
-
-
-def sigmoid_probability(l: Float[Array, "*one"], target) -> Float[Array, ""]:
-    """For one sigmoid logit: ``sigmoid(l)`` (target 1) / ``1 - sigmoid(l)`` (target 0): the
-    ``"sigmoid"`` preset's score (its loss is minus this)."""
-    s = jax.nn.sigmoid(jnp.reshape(l, ()))
-    return jnp.where(target == 1, s, 1.0 - s)
-
-
-PRESETS: dict[str, Callable] = {"softmax": softmax_probability, "sigmoid": sigmoid_probability}
-"""The string objectives: name -> score ``p(logits, target)``; the preset's loss is ``-p``."""
-
-
-def target_probability(l: Float[Array, "k"], target, objective: str) -> Float[Array, ""]:
-    """The probability the attack pushes up: ``softmax(l)[target]``, or for one sigmoid logit
-    ``sigmoid(l)`` (target 1) / ``1 - sigmoid(l)`` (target 0)."""
-    return PRESETS[objective](l, target)
-
-
-def _l1(d):
-    return jnp.sum(jnp.abs(d))
-
-
-def _l2sq(d):
-    return jnp.sum(d * d)
-
-
-PROXIMITIES: dict[str, Callable] = {"l1": _l1, "l2": _l2sq}
-"""``proximity`` presets: ``"l1"`` :math:`\\|d\\|_1`, ``"l2"`` :math:`\\|d\\|_2^2` (squared,
-smooth at ``d = 0``), of ``d = z - z0``."""
-
-
-# ------------------------------------------------------------------ mixed precision
-
-
-_LOW_PRECISION_PRIMS = (lax.dot_general_p, lax.conv_general_dilated_p)
-
-
-def _wider_float(a, dtype) -> bool:
-    dt = getattr(a, "dtype", None)
-    return dt is not None and jnp.issubdtype(dt, jnp.floating) and jnp.finfo(dt).bits > jnp.finfo(dtype).bits
-
-
-def _low_precision_rule(dtype, eqn, invals):
-    """The :func:`mixed_precision` cast as a :func:`cfjax.cpu_grads.eval_jaxpr` rule."""
-    if eqn.primitive in _LOW_PRECISION_PRIMS and all(_wider_float(a, dtype) for a in invals):
-        params = dict(eqn.params, preferred_element_type=eqn.outvars[0].aval.dtype)
-        return [eqn.primitive.bind(*[a.astype(dtype) for a in invals], **params)]
-    return None
-
-
-def mixed_precision(fn: Callable, dtype) -> Callable:
-    """``fn`` with the operands of every matrix multiplication and convolution rounded to
-    ``dtype`` (e.g. ``jnp.bfloat16``), accumulated and returned in their original (float32)
-    dtype; everything else (activations, normalisation, the outputs) keeps its dtype.
-
-    Works on any JAX callable of arrays, including weights it closes over (a Flax ``apply``
-    with float32 params, an Equinox module, plain ``jnp``): the function is traced once to a
-    jaxpr and re-evaluated with the casts (also inside nested ``jit``); other higher-order
-    primitives run unchanged in full precision. This is the accelerator policy "bf16 (or
-    fp16) matmuls, float32 everything else"; on CPU expect no speed-up (XLA:CPU has no native
-    bfloat16 convolutions). Prefer bfloat16: the backward pass rounds the cotangents too, and
-    float16's narrow range lets small ones underflow to a zero gradient (on mnist5k, 9.5% of
-    the attacks stopped with status 2 in float16, none in bfloat16).
-
-    Args:
-      fn: a function of arrays.
-      dtype: the operand dtype, a floating dtype narrower than the operands'.
-
-    Returns:
-      The wrapped function (same signature and output dtypes).
-    """
-
-    rule = functools.partial(_low_precision_rule, dtype)
-
-    @functools.wraps(fn)
-    def wrapped(*args):
-        return reinterpret(fn, rule, args)
-
-    return wrapped
-
-
-# ------------------------------------------------------------------ options
-
-
-def _is_int(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, np.integer))
-
-
-def _is_real(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (float, int, np.floating, np.integer))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    """The validated options of one attack (built once by :func:`_parse_options`)."""
-
-    steps: int
-    threshold: float
-    rule: str  # ">=" or ">"
-    loss: Callable | None  # (logits, target) -> loss; None: the preset's -p
-    score: Callable  # (logits, target) -> p
-    score_kind: str  # "softmax", "sigmoid" or "custom"
-    proximity: Callable | None  # d -> [] of d = z - z0; None: no term
-    proximity_weight: float
-    continue_on_zero: bool
-    compute_dtype: Any
-    record_every: int
-    early_exit_every: int
-
-
-def _parse_options(*, steps, threshold, objective, success_fn, proximity, proximity_weight, threshold_rule, on_zero_gradient, compute_dtype,
-                   record_every, early_exit_every) -> _Spec:
-    """Check every option (naming the bad one) and resolve presets."""
-    if not (isinstance(objective, str) and objective in PRESETS) and not callable(objective):
-        raise bad_arg("objective", repr(objective), f"one of {sorted(PRESETS)} or a callable (logits, target) -> loss")
-    if success_fn is None:
-        success_fn = objective if isinstance(objective, str) else "softmax"
-    if isinstance(success_fn, str):
-        if success_fn not in PRESETS:
-            raise bad_arg("success_fn", repr(success_fn), f"one of {sorted(PRESETS)} or a callable (logits, target) -> score")
-        score, kind = PRESETS[success_fn], success_fn
-    elif callable(success_fn):
-        score, kind = success_fn, "custom"
-    else:
-        raise bad_arg("success_fn", repr(success_fn), f"None, one of {sorted(PRESETS)} or a callable (logits, target) -> score")
-    if isinstance(objective, str):
-        loss = None if objective == kind else (lambda l, t, _p=PRESETS[objective]: -_p(l, t))
-    else:
-        loss = objective
-    if not _is_int(steps) or steps <= 0:
-        raise bad_arg("steps", repr(steps), "a positive integer")
-    if kind == "custom":
-        if not _is_real(threshold) or not math.isfinite(threshold):
-            raise bad_arg("threshold", repr(threshold), "a finite number (compared with success_fn's score)")
-    elif not _is_real(threshold) or not 0.0 < threshold < 1.0:
-        raise bad_arg("threshold", repr(threshold), "a probability strictly between 0 and 1")
-    if threshold_rule not in (">=", ">"):
-        raise bad_arg("threshold_rule", repr(threshold_rule), "'>=' or '>'")
-    if on_zero_gradient not in ("fail", "continue"):
-        raise bad_arg("on_zero_gradient", repr(on_zero_gradient), "'fail' or 'continue'")
-    if not _is_real(proximity_weight) or not math.isfinite(proximity_weight) or proximity_weight < 0:
-        raise bad_arg("proximity_weight", repr(proximity_weight), "a finite number >= 0")
-    if isinstance(proximity, str):
-        if proximity not in PROXIMITIES:
-            raise bad_arg("proximity", repr(proximity), f"one of {sorted(PROXIMITIES)} or a callable (z - z0) -> scalar")
-        prox = PROXIMITIES[proximity]
-    elif callable(proximity):
-        prox = proximity
-    else:
-        raise bad_arg("proximity", repr(proximity), f"one of {sorted(PROXIMITIES)} or a callable (z - z0) -> scalar")
-    if compute_dtype is not None:
-        try:
-            dt = jnp.dtype(compute_dtype)
-        except TypeError as e:
-            raise bad_arg("compute_dtype", repr(compute_dtype), "None or a floating dtype such as jnp.bfloat16") from e
-        if not jnp.issubdtype(dt, jnp.floating):
-            raise bad_arg("compute_dtype", repr(compute_dtype), "None or a floating dtype such as jnp.bfloat16")
-        compute_dtype = None if dt == jnp.dtype(jnp.float32) else dt
-    if not _is_int(record_every) or record_every < 0:
-        raise bad_arg("record_every", repr(record_every), "a non-negative integer")
-    if not _is_int(early_exit_every) or early_exit_every < 0:
-        raise bad_arg("early_exit_every", repr(early_exit_every), "a non-negative integer")
-    return _Spec(int(steps), float(threshold), threshold_rule, loss, score, kind, prox if proximity_weight > 0 else None,
-                 float(proximity_weight), on_zero_gradient == "continue", compute_dtype, int(record_every), int(early_exit_every))
-
-
-class _Names(NamedTuple):
-    """How an entry point's messages name its start point (the latent attack's ``z0``, the
-    pixel attack's ``x0``)."""
-
-    start: str  # the argument: "z0" / "x0"
-    one: str  # one example of it: "latent" / "image"
-    latent: bool  # whether a user ``decode`` sits before ``logits``
-
-
-_LATENT = _Names("z0", "latent", True)
-_PIXELS = _Names("x0", "image", False)
-
-
-def _describe(v) -> str:
-    """``"shape (8,) float32"`` for an array or abstract value; what it is otherwise."""
-    if hasattr(v, "shape") and hasattr(v, "dtype"):
-        return f"shape {tuple(v.shape)} {v.dtype}"
-    leaves = jax.tree_util.tree_leaves(v)
-    if isinstance(v, (tuple, list, dict)):
-        inner = ", ".join(_describe(a) for a in leaves[:3]) + (", ..." if len(leaves) > 3 else "")
-        return f"a {type(v).__name__} of {len(leaves)} arrays ({inner})"
-    return f"a {type(v).__name__}"
-
-
-def _error_text(e: BaseException, limit: int = 400) -> str:
-    """The exception's type and first lines, short enough for one message."""
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    text = f"{type(e).__name__}: {' '.join(lines[:2])}" if lines else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _probe(name: str, fn: Callable, args: tuple, on: str, expected: str):
-    """``jax.eval_shape(fn, *args)``; a failure becomes an :class:`InputError` naming ``fn``'s
-    argument ``name``, the input it was called on (``on``) and the underlying error."""
-    try:
-        return jax.eval_shape(fn, *args)
-    except Exception as e:  # noqa: BLE001 - re-raised naming the callable
-        raise bad_arg(name, f"{_error_text(e)} (called on {on})", expected) from e
-
-
-def _one_array(name: str, out, on: str, what: str):
-    """``out`` must be one floating array (not a tuple, not integers)."""
-    if not (hasattr(out, "shape") and hasattr(out, "dtype")):
-        raise bad_arg(name, f"{_describe(out)} (called on {on})", f"one floating array {what}")
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise bad_arg(name, f"an output of dtype {out.dtype} (called on {on})", f"a floating array {what} (gradients flow through it)")
-    return out
-
-
-def _check_start_dtype(z0, names: _Names) -> None:
-    """The start point is float32 or float64 (checked on the dtype, so also for tracers)."""
-    dt = z0.dtype
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise bad_arg(names.start, f"dtype {dt}", f"a floating (float32) {names.one} array; cast it with .astype(jnp.float32)")
-    if jnp.finfo(dt).bits < 32:
-        raise bad_arg(names.start, f"dtype {dt}",
-                      f"a float32 (or float64) {names.one}: float16/bfloat16 starts are refused (the optimiser's state underflows there and most examples stop after one step); "
-                      "cast it with .astype(jnp.float32) and pass compute_dtype=jnp.bfloat16 for low-precision model arithmetic")
-
-
-def _check_learning_rate(learning_rate) -> None:
-    """A finite ``learning_rate > 0`` (not checked: a traced value, an optax schedule)."""
-    if isinstance(learning_rate, jax.core.Tracer) or callable(learning_rate):
-        return
-    v = learning_rate
-    if hasattr(v, "dtype") and np.ndim(v) == 0 and (jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)):
-        v = float(v)  # a numpy/jax scalar
-    if not (_is_real(v) and math.isfinite(v) and v > 0):
-        raise bad_arg("learning_rate", repr(learning_rate), "a finite number > 0 (or an optax schedule)")
-
-
-def _num_classes(decode, logits, z0, target, spec: _Spec, *, batched: bool, names: _Names = _LATENT) -> int:
-    """The shape probe: trace ``decode``, ``logits``, ``objective``, ``success_fn`` and
-    ``proximity`` abstractly (``jax.eval_shape``, nothing runs) on one example of ``z0`` and
-    ``target``; a failure names the callable, the shape and dtype it was called on and the
-    error. Returns K (2 for sigmoid, the last axis' size for a custom score)."""
-    z1 = jax.ShapeDtypeStruct(z0.shape[1:] if batched else z0.shape, z0.dtype)
-    t = jnp.asarray(target) if not hasattr(target, "shape") else target
-    t1 = jax.ShapeDtypeStruct(t.shape[1:] if batched else t.shape, jnp.int32 if spec.score_kind != "custom" else t.dtype)
-    on_z = f"{_describe(z1)}, one {names.one} of {names.start}"
-    if names.latent:
-        x = _probe("decode", decode, (z1,), on_z, f"a callable taking one {names.one} as {names.start} holds it (no batch axis) and returning an image [H, W, C]")
-        x = _one_array("decode", x, on_z, "(the image [H, W, C]; return only the image, e.g. a VAE's mean)")
-        on_x = f"{_describe(x)}, what decode returned"
-    else:
-        x, on_x = z1, on_z
-    out = _probe("logits", logits, (x,), on_x, "a callable taking ONE image [H, W, C] (no batch axis) and returning its logits [K]")
-    out = _one_array("logits", out, on_x, "of logits [K]")
-    shape = tuple(out.shape)
-    if spec.score_kind == "sigmoid":
-        if shape not in ((), (1,)):
-            raise bad_arg("logits", f"output shape {shape}", "shape () or (1,) for objective='sigmoid'")
-    elif spec.score_kind != "custom" and (len(shape) != 1 or shape[0] < 2):
-        raise bad_arg("logits", f"output shape {shape}", "shape (K,) with K >= 2 for objective='softmax' (one example, no batch axis)")
-    on_l = f"logits {_describe(out)} and target {_describe(t1)}"
-    p = _probe("success_fn", spec.score, (out, t1), on_l, "a callable (logits, target) -> scalar score")
-    if getattr(p, "shape", None) != ():
-        raise bad_arg("success_fn", f"a score of {_describe(p)} (called on {on_l})", "a scalar score per example (logits, target) -> []")
-    if spec.loss is not None:
-        v = _probe("objective", spec.loss, (out, t1), on_l, "a callable (logits, target) -> scalar loss")
-        if getattr(v, "shape", None) != () or not jnp.issubdtype(v.dtype, jnp.floating):
-            raise bad_arg("objective", f"a loss of {_describe(v)} (called on {on_l})", "a scalar floating loss per example (logits, target) -> []")
-    if spec.proximity is not None:
-        on_d = f"{_describe(z1)}, z - {names.start} for one example"
-        v = _probe("proximity", spec.proximity, (z1,), on_d, "a callable (z - z0) -> scalar")
-        if getattr(v, "shape", None) != () or not jnp.issubdtype(v.dtype, jnp.floating):
-            raise bad_arg("proximity", f"{_describe(v)} (called on {on_d})", "a scalar floating penalty (z - z0) -> []")
-    if spec.score_kind == "custom":
-        return shape[-1] if shape else 1
-    return 2 if spec.score_kind == "sigmoid" else shape[0]
-
-
-def _check_target_values(target, k: int, spec: _Spec):
-    """Integer targets in ``[0, K)`` for the presets (values only when concrete); returns the
-    target cast to int32 (on the host when concrete), so that uint8/int64 targets reuse the
-    program compiled for int32."""
-    if spec.score_kind == "custom":
-        return target
-    if isinstance(target, jax.core.Tracer):
-        if not jnp.issubdtype(target.dtype, jnp.integer):
-            raise bad_arg("target", f"dtype {target.dtype}", "integer class indices")
-        return target.astype(jnp.int32)
-    t = np.asarray(target)
-    if not np.issubdtype(t.dtype, np.integer):
-        raise bad_arg("target", f"dtype {t.dtype}", "an integer class index" + (" (1 increase, 0 decrease)" if spec.score_kind == "sigmoid" else ""))
-    if t.size and (t.min() < 0 or t.max() >= k):
-        raise bad_arg("target", f"values in [{t.min()}, {t.max()}]", f"class indices in [0, {k - 1}]")
-    return jnp.asarray(t.astype(np.int32))
-
-
-def _check_source_values(source, k: int) -> None:
-    """Concrete ``source`` classes are integers in ``[0, K)``."""
-    if source is None or isinstance(source, jax.core.Tracer):
-        return
-    s = np.asarray(source)
-    if not np.issubdtype(s.dtype, np.integer):
-        raise bad_arg("source", f"dtype {s.dtype}", "integer class indices")
-    if s.size and (s.min() < 0 or s.max() >= k):
-        raise bad_arg("source", f"values in [{s.min()}, {s.max()}]", f"class indices in [0, {k - 1}]")
-
-
-def _check_batch_args(z0, target, source, spec: _Spec, names: _Names = _LATENT):
-    """Shape/dtype/value checks of a batch (values only for concrete arrays); returns ``(z0, target)``."""
-    if not hasattr(z0, "shape"):
-        z0 = jnp.asarray(z0)
-    if z0.ndim < 2 or z0.shape[0] == 0:
-        raise bad_arg(names.start, f"shape {tuple(z0.shape)}", "a non-empty batch [n, ...]")
-    _check_start_dtype(z0, names)
-    target = target if isinstance(target, jax.core.Tracer) else jnp.asarray(target)
-    n = z0.shape[0]
-    if spec.score_kind == "custom":
-        if target.ndim < 1 or target.shape[0] != n:
-            raise bad_arg("target", f"shape {tuple(target.shape)}", f"a leading axis of size {n}, one per example")
-    elif target.shape != (n,):
-        raise bad_arg("target", f"shape {tuple(target.shape)}", f"shape ({n},), one per example")
-    check_finite(z0, names.start)
-    if source is not None and not isinstance(source, jax.core.Tracer) and not isinstance(target, jax.core.Tracer):
-        s = np.asarray(source)
-        if s.shape != tuple(target.shape):
-            raise bad_arg("source", f"shape {s.shape}", f"shape {tuple(target.shape)}, like target")
-        if np.any(s == np.asarray(target)):
-            raise bad_arg("target", f"target == source for {int(np.sum(s == np.asarray(target)))} examples", "a target class different from the source")
-    return z0, target
-
-
-# ------------------------------------------------------------------ the per-example loop
-
-
 class _Fns(NamedTuple):
     prob_and_x: Callable  # (z, target) -> (p, x)
     step: Callable  # (lane, target) -> (lane, (x, p, active, n_before))
@@ -521,12 +147,15 @@ def _all_finite(tree) -> Bool[Array, ""]:
     return functools.reduce(jnp.logical_and, oks, jnp.asarray(True))
 
 
-def _lane_fns(decode, logits, *, spec: _Spec, tx, project) -> _Fns:
-    """The per-example pieces every schedule is built from."""
-    steps, threshold = spec.steps, spec.threshold
+def _scorer(decode, logits, spec: Spec) -> Callable:
+    """``(z, target) -> (p, logits, ok, x)``: the score at ``z``, and whether the point, image,
+    logits and score are all finite. A preset target outside ``[0, K)`` (possible only when
+    traced: concrete ones are refused on the host) has no score: ``p`` is NaN, so ``ok`` is
+    false and the example ends with status 3, never as a success."""
 
-    def past(p):
-        return p > threshold if spec.rule == ">" else p >= threshold
+    def in_range(l, target):
+        k = 2 if spec.score_kind == "sigmoid" else jnp.shape(l)[-1]
+        return (target >= 0) & (target < k)
 
     def score_ok_x(z, target):
         x = decode(z)
@@ -536,10 +165,23 @@ def _lane_fns(decode, logits, *, spec: _Spec, tx, project) -> _Fns:
         p = spec.score(l, target)
         if jnp.shape(p) != ():
             raise bad_arg("success_fn", f"a score of shape {jnp.shape(p)}", "a scalar score per example (logits, target) -> []")
+        if spec.score_kind != "custom":
+            p = jnp.where(in_range(l, target), p, jnp.nan)
         # a finite point, image, logits AND score: XLA:CPU's max does not always propagate
         # NaN, so a relu of a NaN image or a softmax of partly-NaN logits can come out finite;
         # never trust it (a NaN z0 under the caller's own jit ends with status 3, not 2)
         return p, l, _all_finite(z) & _all_finite(x) & _all_finite(l) & jnp.isfinite(p), x
+
+    return score_ok_x
+
+
+def _lane_fns(decode, logits, spec: Spec) -> _Fns:
+    """The per-example pieces every schedule is built from."""
+    steps, threshold, tx, project = spec.steps, spec.threshold, spec.tx, spec.project
+    score_ok_x = _scorer(decode, logits, spec)
+
+    def past(p):
+        return p > threshold if spec.rule == ">" else p >= threshold
 
     def prob_and_x(z, target):
         p, _, _, x = score_ok_x(z, target)
@@ -596,7 +238,9 @@ def _record_times(steps: int, record_every: int) -> np.ndarray:
     return np.minimum(np.arange(-(-steps // record_every) + 1) * record_every, steps)
 
 
-def _run_one(fns: _Fns, z0, target, *, steps, record_every, early_exit_every) -> AttackResult:
+def _run_one(fns: _Fns, z0, target, spec: Spec) -> AttackResult:
+    """One example: a scan of ``steps`` (blocks of it when recording or exiting early)."""
+    steps, record_every, early_exit_every = spec.steps, spec.record_every, spec.early_exit_every
     lane = fns.init(z0)
 
     def scan_steps(lane, length):
@@ -643,7 +287,9 @@ def _ladder(n: int, min_width: int) -> tuple[int, ...]:
     return tuple(ws)
 
 
-def _run_compact(fns: _Fns, z0s, targets, *, steps, block, min_width, record_every=0) -> AttackResult:
+def _run_compact(fns: _Fns, z0s, targets, spec: Spec, *, block: int, min_width: int) -> AttackResult:
+    """The compacted schedule (module docstring): rounds of ``block`` steps on the active lanes."""
+    steps, record_every = spec.steps, spec.record_every
     # a round never needs more steps than the budget: finished lanes are frozen by the mask, so
     # capping changes no result, only the work (a 2-step budget ran whole 5-step rounds before)
     block = max(1, min(int(block), int(steps)))
@@ -699,70 +345,24 @@ def _run_compact(fns: _Fns, z0s, targets, *, steps, block, min_width, record_eve
     return res._replace(trajectory=xs, trajectory_probs=jnp.where(frozen, res.target_prob[:, None], rec[1]))
 
 
-def _prepare(decode, logits, spec: _Spec, rewrite_grads):
+def _prepare(decode, logits, spec: Spec, rewrite_grads) -> tuple[Callable, Callable]:
+    """The model callables as the loop runs them: mixed precision, then the CPU rewrite."""
     if spec.compute_dtype is not None:
         decode, logits = mixed_precision(decode, spec.compute_dtype), mixed_precision(logits, spec.compute_dtype)
-    return _maybe_rewrite(decode, rewrite_grads), _maybe_rewrite(logits, rewrite_grads)
+    return maybe_rewrite(decode, rewrite_grads), maybe_rewrite(logits, rewrite_grads)
 
 
 # ------------------------------------------------------------------ public entry points
 
-_OPTIONS_DOC = """
-      steps: the step budget (the fixed scan length).
-      learning_rate: the optimiser's (the paper: 0.1 MNIST, 0.01 CelebA); finite and > 0.
-      optimizer: ``None``/``"adam"`` (``optax.adam(learning_rate)``), ``"sgd-normalized"``
-        (steps of length ``learning_rate`` along the normalised gradient) or any
-        ``optax.GradientTransformation`` (then ``learning_rate`` is unused).
-      threshold: success once the score ``p`` passes this; in (0, 1) for the preset scores,
-        any finite number for a custom ``success_fn``.
-      objective: ``"softmax"`` (loss ``-softmax(logits)[target]``), ``"sigmoid"`` (one logit,
-        loss ``-sigmoid`` / ``-(1 - sigmoid)`` for target 1 / 0) or a callable
-        ``(logits, target) -> loss`` (a scalar, minimised; ``target`` is passed through as
-        given, so it may be a multi-label vector).
-      success_fn: the score ``(logits, target) -> p`` of the stop rule, reported as
-        ``target_prob``: ``None`` (the preset's probability for a string objective, the
-        target's softmax probability for a callable one), ``"softmax"``, ``"sigmoid"`` or a
-        callable.
-      proximity, proximity_weight: add ``proximity_weight * proximity(z - z0)`` to the loss;
-        ``proximity`` is ``"l1"`` (sum of absolute values), ``"l2"`` (squared Euclidean
-        norm) or a callable ``d -> scalar``; weight 0 (default) adds nothing.
-      threshold_rule: ``">="`` (default) or ``">"``: the comparison of ``p`` with ``threshold``.
-      on_zero_gradient: ``"fail"`` (default: a zero gradient ends the example, status 2) or
-        ``"continue"`` (keep stepping; it ends by success or the budget).
-      compute_dtype: ``None`` (float32) or a floating dtype such as ``jnp.bfloat16``: the
-        operands of the matrix multiplications and convolutions in ``decode``/``logits``
-        (:func:`mixed_precision`); ``z``, the optimiser, the loss and the stop rule stay float32.
-      record_every: record ``decode(z)`` after ``0, r, 2r, ...`` steps and after ``steps``
-        (0: no trajectory); any positive ``r``, the last gap may be shorter.
-      project: optional map applied after each step (the pixel attack clips to [0, 1]).
-      early_exit_every: leave the loop once the example (under vmap: every lane) is done,
-        checked every this many steps (0: always run all ``steps``). Results are identical
-        either way. Used when it divides ``steps`` and ``record_every == 0``.
-      rewrite_grads: run ``decode``/``logits`` through :func:`cpu_friendly` (same values and
-        gradients; 3-4x faster attack steps on XLA:CPU). ``None``: only on the CPU backend."""
 
-
+@takes_options(batch=False)
 def attack(
     decode: Callable[[Float[Array, "d"]], Float[Array, "h w c"]],
     logits: Callable[[Float[Array, "h w c"]], Float[Array, "k"]],
     z0: Float[Array, "d"],
     target: int | Int[Array, ""],
-    *,
-    steps: int = 1000,
-    learning_rate: float = 0.1,
-    optimizer: str | optax.GradientTransformation | None = None,
-    threshold: float = 0.5,
-    objective: str | Callable = "softmax",
-    success_fn: str | Callable | None = None,
-    proximity: str | Callable = "l1",
-    proximity_weight: float = 0.0,
-    threshold_rule: str = ">=",
-    on_zero_gradient: str = "fail",
-    compute_dtype=None,
-    record_every: int = 0,
-    project: Callable | None = None,
-    early_exit_every: int = 10,
-    rewrite_grads: bool | None = None,
+    options: AttackOptions | None = None,
+    **kw,
 ) -> AttackResult:
     r"""Latent-space counterfactual attack on ONE example (``jax.vmap`` it, or use
     :func:`attack_batch` / :func:`make_attack`).
@@ -773,13 +373,17 @@ def attack(
     exact semantics.
 
     Args:
-      decode: ``z -> x [H, W, C]``, e.g. a VAE decoder (any JAX callable).
-      logits: ``x -> [K]`` class logits (``[]``/``[1]`` for ``objective="sigmoid"``). It must
-        include its own preprocessing: it sees exactly what ``decode`` returns.
+      decode: ``z -> x [H, W, C]``, e.g. a VAE decoder (any JAX callable), returning float32
+        (or float64); a float16/bfloat16 image is refused (use ``compute_dtype``).
+      logits: ``x -> [K]`` class logits (``[]``/``[1]`` for ``objective="sigmoid"``), float32
+        (or float64). It must include its own preprocessing: it sees exactly what ``decode``
+        returns.
       z0: the starting latent (e.g. the encoder mean of the image), any shape ``decode`` takes;
         float32 (or float64). float16/bfloat16 and integer starts are refused.
       target: class index to reach (softmax), 1/0 to increase/decrease a sigmoid, or whatever
-        a custom ``objective``/``success_fn`` takes.{options}
+        a custom ``objective``/``success_fn`` takes.
+      options: an :class:`AttackOptions` (its batch-schedule fields are unused here); the
+        keywords below build it, or override its fields.{options}
 
     Returns:
       :class:`AttackResult`; ``trajectory`` has ``ceil(steps / record_every) + 1`` images.
@@ -798,45 +402,20 @@ def attack(
       >>> bool(r.success), int(r.status), int(r.steps_taken) > 0
       (True, 0, True)
     """
-    return _attack(_LATENT, **locals())  # every argument, by name
+    return _attack(LATENT, decode, logits, z0, target, build_options(options, kw, batch=False, where="attack"))
 
 
-def _attack(names: _Names, decode, logits, z0, target, *, steps, learning_rate, optimizer, threshold, objective, success_fn, proximity,
-            proximity_weight, threshold_rule, on_zero_gradient, compute_dtype, record_every, project, early_exit_every,
-            rewrite_grads) -> AttackResult:
-    """:func:`attack` with the start point's argument named as ``names`` says."""
-    spec = _parse_options(steps=steps, threshold=threshold, objective=objective, success_fn=success_fn, proximity=proximity,
-                          proximity_weight=proximity_weight, threshold_rule=threshold_rule, on_zero_gradient=on_zero_gradient,
-                          compute_dtype=compute_dtype, record_every=record_every, early_exit_every=early_exit_every)
-    tx = make_optimizer(optimizer, learning_rate)
-    z0 = jnp.asarray(z0) if not isinstance(z0, jax.core.Tracer) else z0
-    _check_start_dtype(z0, names)
-    check_finite(z0, names.start)
-    if spec.score_kind != "custom" and np.ndim(target) != 0:
-        raise bad_arg("target", f"shape {np.shape(target)}", "a scalar class index (use attack_batch for batches)")
-    if not isinstance(target, jax.core.Tracer):
-        target = jnp.asarray(target)
-    k = _num_classes(decode, logits, z0, target, spec, batched=False, names=names)
-    target = _check_target_values(target, k, spec)
-    decode, logits = _prepare(decode, logits, spec, rewrite_grads)
-    fns = _lane_fns(decode, logits, spec=spec, tx=tx, project=project)
-    return _run_one(fns, z0, target, steps=spec.steps, record_every=spec.record_every, early_exit_every=spec.early_exit_every)
+def _attack(names: Names, decode, logits, z0, target, opts: AttackOptions) -> AttackResult:
+    """:func:`attack` with checked options, the start point's argument named as ``names`` says."""
+    spec = spec_of(opts)
+    z0, target = check_single_args(z0, target, spec, names, "use attack_batch for batches")
+    k = num_classes(decode, logits, z0, target, spec, batched=False, names=names)
+    target = check_target_values(target, k, spec)
+    fns = _lane_fns(*_prepare(decode, logits, spec, opts.rewrite_grads), spec)
+    return _run_one(fns, z0, target, spec)
 
 
-if attack.__doc__:  # None under python -OO
-    attack.__doc__ = attack.__doc__.replace("{options}", _OPTIONS_DOC)
-
-_SINGLE_DEFAULTS = {k: p.default for k, p in inspect.signature(attack).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-
-
-def _pixel_options(kw: dict, allowed, **fixed) -> dict:
-    """The pixel attack's options: refuses unknown ones and ``project`` (always clipping)."""
-    if "project" in kw:
-        raise bad_arg("project", "a projection", "no projection for a pixel attack (it always clips to [0, 1])")
-    unknown = sorted(set(kw) - set(allowed))
-    if unknown:
-        raise bad_arg("options", ", ".join(unknown), f"options of the pixel attack: {', '.join(sorted(allowed))}")
-    return {**kw, **fixed}
+_PIXEL_DEFAULTS = {"learning_rate": 0.01}
 
 
 def _clip01(x):
@@ -847,12 +426,21 @@ def _identity(x):
     return x
 
 
+def _pixel_options(options, kw: dict, *, batch: bool) -> AttackOptions:
+    """The pixel attack's options: ``project`` is refused (it always clips to [0, 1]); the
+    learning rate defaults to 0.01 when ``options`` is not given."""
+    if "project" in kw or getattr(options, "project", None) is not None:
+        raise bad_arg("project", "a projection", "no projection for a pixel attack (it always clips to [0, 1])")
+    opts = build_options(options, kw, batch=batch, where="the pixel attack", drop=("project",), defaults=_PIXEL_DEFAULTS)
+    return dataclasses.replace(opts, project=_clip01)
+
+
+@takes_options(batch=False, drop=("project",), defaults=_PIXEL_DEFAULTS)
 def attack_pixels(
     logits: Callable[[Float[Array, "h w c"]], Float[Array, "k"]],
     x0: Float[Array, "h w c"],
     target: int | Int[Array, ""],
-    *,
-    learning_rate: float = 0.01,
+    options: AttackOptions | None = None,
     **kw,
 ) -> AttackResult:
     r"""Pixel-space baseline: the loop of :func:`attack` on the image itself, projected to
@@ -860,16 +448,16 @@ def attack_pixels(
 
     Same options and result type as :func:`attack` (``z`` and ``x`` are both the final
     image; a proximity term measures ``x - x0``). Its messages name ``x0`` and ``logits``
-    (there is no ``decode``); ``project`` is refused (it always clips). On an undefended classifier it flips the
-    class with small, structured noise: the adversarial example the latent attack is compared
-    against.
+    (there is no ``decode``); ``project`` is refused (it always clips). On an undefended
+    classifier it flips the class with small, structured noise: the adversarial example the
+    latent attack is compared against.
 
     Args:
       logits: ``x -> [K]`` class logits.
       x0: the image [H, W, C] in [0, 1].
       target: as in :func:`attack`.
-      learning_rate: the optimiser's.
-      **kw: every other option of :func:`attack`.
+      options: an :class:`AttackOptions` (used as given: the 0.01 learning-rate default
+        applies to keywords only); the keywords below build it, or override its fields.{options}
 
     Returns:
       :class:`AttackResult`.
@@ -883,35 +471,19 @@ def attack_pixels(
       (True, True)
     """
     check_images(x0, "x0", batched=False)
-    opts = _pixel_options(kw, set(_SINGLE_DEFAULTS) - {"learning_rate"}, learning_rate=learning_rate, project=_clip01)
-    return _attack(_PIXELS, _identity, logits, x0, target, **{**_SINGLE_DEFAULTS, **opts})
+    return _attack(PIXELS, _identity, logits, x0, target, _pixel_options(options, kw, batch=False))
 
 
+@takes_options(batch=True)
 def attack_batch(
     decode: Callable,
     logits: Callable,
     z0: Float[Array, "n d"],
     target: Int[Array, "n"],
+    options: AttackOptions | None = None,
     *,
     source: Int[Array, "n"] | None = None,
-    schedule: str = "compact",
-    block: int = 5,
-    min_width: int = 8,
-    steps: int = 1000,
-    learning_rate: float = 0.1,
-    optimizer: str | optax.GradientTransformation | None = None,
-    threshold: float = 0.5,
-    objective: str | Callable = "softmax",
-    success_fn: str | Callable | None = None,
-    proximity: str | Callable = "l1",
-    proximity_weight: float = 0.0,
-    threshold_rule: str = ">=",
-    on_zero_gradient: str = "fail",
-    compute_dtype=None,
-    record_every: int = 0,
-    project: Callable | None = None,
-    early_exit_every: int = 10,
-    rewrite_grads: bool | None = None,
+    **kw,
 ) -> AttackResult:
     """:func:`attack` on a batch; every result field gains a leading batch axis ``n``.
 
@@ -923,12 +495,8 @@ def attack_batch(
       decode, logits: as in :func:`attack`.
       z0: starting latents [n, ...].
       target: [n] target per example ([n, ...] for a custom ``success_fn``).
-      source: optional [n] source classes in ``[0, K)``; a ``target == source`` pair is refused.
-      schedule: ``"compact"`` (default; see the module docstring: cost ~ the sum of the
-        examples' own step counts) or ``"vmap"`` (``jax.vmap(attack)``; every lane costs the
-        slowest one's steps). Both give the same per-example results, trajectories included.
-      block: steps per compaction round (refill granularity).
-      min_width: the smallest width of the compaction ladder.{options}
+      options: an :class:`AttackOptions`; the keywords below build it, or override its fields.
+      source: optional [n] source classes in ``[0, K)``; a ``target == source`` pair is refused.{options}
 
     Returns:
       :class:`AttackResult` with a leading batch axis.
@@ -944,191 +512,57 @@ def attack_batch(
       >>> r.success.shape, bool(r.success.all())
       ((4,), True)
     """
-    return _attack_batch(_LATENT, **locals())  # every argument, by name
+    return _attack_batch(LATENT, decode, logits, z0, target, build_options(options, kw, batch=True, where="attack_batch"), source)
 
 
-def _attack_batch(names: _Names, decode, logits, z0, target, *, source, schedule, block, min_width, steps, learning_rate, optimizer, threshold,
-                  objective, success_fn, proximity, proximity_weight, threshold_rule, on_zero_gradient, compute_dtype, record_every, project,
-                  early_exit_every, rewrite_grads) -> AttackResult:
-    """:func:`attack_batch` with the start point's argument named as ``names`` says."""
-    spec = _parse_options(steps=steps, threshold=threshold, objective=objective, success_fn=success_fn, proximity=proximity,
-                          proximity_weight=proximity_weight, threshold_rule=threshold_rule, on_zero_gradient=on_zero_gradient,
-                          compute_dtype=compute_dtype, record_every=record_every, early_exit_every=early_exit_every)
-    _check_schedule(schedule, block, min_width)
-    tx = make_optimizer(optimizer, learning_rate)
-    z0, target = _check_batch_args(z0, target, source, spec, names)
-    k = _num_classes(decode, logits, z0, target, spec, batched=True, names=names)
-    target = _check_target_values(target, k, spec)
-    _check_source_values(source, k)
-    decode, logits = _prepare(decode, logits, spec, rewrite_grads)
-    fns = _lane_fns(decode, logits, spec=spec, tx=tx, project=project)
-    if schedule == "vmap":
-        one = functools.partial(_run_one, fns, steps=spec.steps, record_every=spec.record_every, early_exit_every=spec.early_exit_every)
-        return jax.vmap(one)(z0, target)
-    return _run_compact(fns, z0, target, steps=spec.steps, block=block, min_width=min_width, record_every=spec.record_every)
+def _attack_batch(names: Names, decode, logits, z0, target, opts: AttackOptions, source=None) -> AttackResult:
+    """:func:`attack_batch` with checked options, the start point's argument named as ``names`` says."""
+    spec = spec_of(opts)
+    z0, target = check_batch_args(z0, target, source, spec, names)
+    k = num_classes(decode, logits, z0, target, spec, batched=True, names=names)
+    target = check_target_values(target, k, spec)
+    check_source_values(source, k)
+    fns = _lane_fns(*_prepare(decode, logits, spec, opts.rewrite_grads), spec)
+    if opts.schedule == "vmap":
+        return jax.vmap(functools.partial(_run_one, fns, spec=spec))(z0, target)
+    return _run_compact(fns, z0, target, spec, block=opts.block, min_width=opts.min_width)
 
 
-if attack_batch.__doc__:
-    attack_batch.__doc__ = attack_batch.__doc__.replace("{options}", _OPTIONS_DOC)
-
-_BATCH_DEFAULTS = {k: p.default for k, p in inspect.signature(attack_batch).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-
-
-def _check_schedule(schedule, block, min_width) -> None:
-    if schedule not in ("compact", "vmap"):
-        raise bad_arg("schedule", repr(schedule), "'compact' or 'vmap'")
-    if not _is_int(block) or block <= 0:
-        raise bad_arg("block", repr(block), "a positive integer")
-    if not _is_int(min_width) or min_width <= 0:
-        raise bad_arg("min_width", repr(min_width), "a positive integer")
-
-
-def attack_pixels_batch(logits: Callable, x0: Float[Array, "n h w c"], target: Int[Array, "n"], *, learning_rate: float = 0.01, **kw) -> AttackResult:
-    """:func:`attack_pixels` on a batch (same options as :func:`attack_batch`).
+@takes_options(batch=True, drop=("project",), defaults=_PIXEL_DEFAULTS)
+def attack_pixels_batch(logits: Callable, x0: Float[Array, "n h w c"], target: Int[Array, "n"], options: AttackOptions | None = None,
+                        **kw) -> AttackResult:
+    """:func:`attack_pixels` on a batch (same options as :func:`attack_batch`, without ``project``).
 
     Args:
       logits: ``x -> [K]`` class logits (one example).
       x0: images [n, H, W, C] in [0, 1].
       target: [n] target per example.
-      learning_rate: the optimiser's.
-      **kw: every other option of :func:`attack_batch`.
+      options: as in :func:`attack_pixels`.{options}
 
     Returns:
       :class:`AttackResult` with a leading batch axis.
     """
     check_images(x0, "x0")
-    opts = _pixel_options(kw, set(_BATCH_DEFAULTS) - {"learning_rate"}, learning_rate=learning_rate, project=_clip01)
-    return _attack_batch(_PIXELS, _identity, logits, x0, target, **{**_BATCH_DEFAULTS, **opts})
+    return _attack_batch(PIXELS, _identity, logits, x0, target, _pixel_options(options, kw, batch=True))
 
 
 # ------------------------------------------------------------------ compile once, call many
 
-_BATCH_OPTIONS = frozenset(
-    ("schedule", "block", "min_width", "steps", "learning_rate", "optimizer", "threshold", "objective", "success_fn", "proximity",
-     "proximity_weight", "threshold_rule", "on_zero_gradient", "compute_dtype", "record_every", "project", "early_exit_every",
-     "rewrite_grads")
-)
-_SINGLE_OPTIONS = _BATCH_OPTIONS - {"schedule", "block", "min_width"}
-_SPEC_OPTIONS = ("steps", "threshold", "objective", "success_fn", "proximity", "proximity_weight", "threshold_rule", "on_zero_gradient",
-                 "compute_dtype", "record_every", "early_exit_every")
+
+class Attack(CompiledAttack):
+    __doc__ = CompiledAttack.__doc__
+    run_single = staticmethod(_attack)
+    run_batch = staticmethod(_attack_batch)
 
 
-class Attack:
-    """An attack with its models and options bound once and its program compiled once per
-    input shape: ``Attack(decode, logits, **options)(z0, target) -> AttackResult``.
-
-    Calling :func:`attack_batch` directly re-traces and re-compiles the whole loop on every
-    call (seconds per call, even for a toy model); an ``Attack`` jits it once, so later calls
-    with the same shapes and dtypes only run the compiled program. The options are checked at
-    construction; each call still checks argument shapes and dtypes, and (for concrete arrays)
-    the target and source ranges, ``target != source`` and finite ``z0`` on the host, without
-    tracing again. Concrete preset targets are cast to int32 on the host, so uint8 or int64
-    targets reuse the int32 program; :attr:`compile_count` says how many programs were built.
-
-    The models are closed over: their weights are constants of the compiled program. A model
-    changed in place afterwards (an NNX module trained further) is NOT seen by later calls of
-    the same shapes; build a new ``Attack`` or pass the weights as data (docs/byom.md).
-
-    Args:
-      decode: ``z -> x [H, W, C]`` (single example; ``_identity`` for the pixel attack, see
-        :func:`make_pixel_attack`).
-      logits: ``x -> [K]``.
-      batched: ``True`` (default): calls take a batch (:func:`attack_batch`); ``False``: one
-        example (:func:`attack`).
-      **options: any option of :func:`attack_batch` (of :func:`attack` when
-        ``batched=False``) except ``source``, which goes with each call.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> run = Attack(lambda z: z, lambda x: jnp.eye(3) @ x, steps=50)
-      >>> r = run(jnp.zeros((4, 3)), jnp.array([0, 1, 2, 1]))   # traces and compiles
-      >>> r = run(jnp.ones((4, 3)), jnp.array([2, 2, 0, 1]))    # reuses the program
-      >>> bool(r.success.all()), run.compile_count
-      (True, 1)
-    """
-
-    def __init__(self, decode: Callable, logits: Callable, *, batched: bool = True, **options):
-        if not callable(decode):
-            raise bad_arg("decode", type(decode).__name__, "a callable z -> x")
-        if not callable(logits):
-            raise bad_arg("logits", type(logits).__name__, "a callable x -> logits")
-        allowed = _BATCH_OPTIONS if batched else _SINGLE_OPTIONS
-        unknown = sorted(set(options) - allowed - {"_pixels"})
-        if unknown:
-            raise bad_arg("options", ", ".join(unknown), f"options of {'attack_batch' if batched else 'attack'}: {', '.join(sorted(allowed))}")
-        self._pixels = options.pop("_pixels", False)
-        self._names = _PIXELS if self._pixels else _LATENT
-        defaults = _BATCH_DEFAULTS if batched else _SINGLE_DEFAULTS
-        self._spec = _parse_options(**{k: options.get(k, defaults[k]) for k in _SPEC_OPTIONS})
-        if batched:
-            _check_schedule(options.get("schedule", "compact"), options.get("block", 5), options.get("min_width", 8))
-        make_optimizer(options.get("optimizer"), options.get("learning_rate", defaults["learning_rate"]))  # checks optimizer and rate
-        self.decode, self.logits, self.batched, self.options = decode, logits, batched, dict(options)
-        self._k: dict = {}
-        self._compiles = 0
-        impl = functools.partial(_attack_batch if batched else _attack, self._names, decode, logits, **{**defaults, **options})
-
-        def _attack_program(z0, target):  # runs only while jit traces, i.e. once per program it compiles
-            self._compiles += 1
-            return impl(z0, target)
-
-        self._fn = jax.jit(_attack_program)
-
-    def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
-        return f"{type(self).__name__}({'batched' if self.batched else 'single'}{', ' if opts else ''}{opts})"
-
-    @property
-    def compile_count(self) -> int:
-        """How many programs this attack has traced and compiled so far: one per distinct
-        ``(z0, target)`` shape and dtype signature (0 before the first call). For a user's own
-        test that a loop of calls does not recompile. A call made inside an outer ``jax.jit``
-        counts once per trace of that outer function."""
-        return self._compiles
-
-    def _classes(self, z0, target) -> int:
-        key = (tuple(z0.shape), str(z0.dtype), tuple(np.shape(target)), str(getattr(target, "dtype", "")))
-        if key not in self._k:  # traces the callables abstractly once per shape
-            self._k[key] = _num_classes(self.decode, self.logits, z0, target, self._spec, batched=self.batched, names=self._names)
-        return self._k[key]
-
-    def __call__(self, z0: Float[Array, "n d"], target: Int[Array, "n"], source: Int[Array, "n"] | None = None) -> AttackResult:
-        """Run the attack (compiling on the first call with these shapes).
-
-        Args:
-          z0: starting latents [n, ...] (one example [...] when ``batched=False``; images
-            [n, H, W, C] for a pixel attack, named ``x0`` in its messages).
-          target: [n] targets (a scalar when ``batched=False``).
-          source: optional [n] source classes, checked in ``[0, K)`` and ``!= target`` on the
-            host.
-
-        Returns:
-          :class:`AttackResult` (with a leading batch axis when batched).
-        """
-        names = self._names
-        if self._pixels:
-            check_images(z0, names.start, batched=self.batched)
-        if self.batched:
-            z0, target = _check_batch_args(z0, target, source, self._spec, names)
-        else:
-            z0 = z0 if isinstance(z0, jax.core.Tracer) else jnp.asarray(z0)
-            _check_start_dtype(z0, names)
-            check_finite(z0, names.start)
-            if self._spec.score_kind != "custom" and np.ndim(target) != 0:
-                raise bad_arg("target", f"shape {np.shape(target)}", "a scalar class index (use a batched Attack for batches)")
-            target = target if isinstance(target, jax.core.Tracer) else jnp.asarray(target)
-        k = self._classes(z0, target)
-        target = _check_target_values(target, k, self._spec)  # preset targets: int32, cast on the host
-        _check_source_values(source, k)
-        return self._fn(z0, target)
-
-
-def make_attack(decode: Callable, logits: Callable, **options) -> Attack:
-    """A compiled-once latent attack: ``make_attack(decode, logits, **options)(z0, target)``.
+@takes_options(batch=True)
+def make_attack(decode: Callable, logits: Callable, options: AttackOptions | None = None, *, batched: bool = True, **kw) -> Attack:
+    """A compiled-once latent attack: ``make_attack(decode, logits, options, **keywords)(z0, target)``.
 
     Args:
       decode, logits: the single-example model callables (as in :func:`attack`).
-      **options: ``batched`` and any option of :func:`attack_batch`.
+      options: an :class:`AttackOptions`; the keywords build it, or override its fields.
+      batched: as in :class:`Attack`.{options}
 
     Returns:
       an :class:`Attack`.
@@ -1139,46 +573,27 @@ def make_attack(decode: Callable, logits: Callable, **options) -> Attack:
       >>> int(run(jnp.zeros((3, 2)), jnp.array([0, 1, 1])).status.max())
       0
     """
-    return Attack(decode, logits, **options)
+    return Attack(decode, logits, options, batched=batched, **kw)
 
 
-def make_pixel_attack(logits: Callable, *, learning_rate: float = 0.01, **options) -> Attack:
+@takes_options(batch=True, drop=("project",), defaults=_PIXEL_DEFAULTS)
+def make_pixel_attack(logits: Callable, options: AttackOptions | None = None, *, batched: bool = True, **kw) -> Attack:
     """A compiled-once pixel attack (:func:`attack_pixels_batch`): ``(x0, target) -> AttackResult``.
 
     Args:
       logits: ``x -> [K]`` (single example).
-      learning_rate: the optimiser's.
-      **options: ``batched`` and any option of :func:`attack_batch` except ``project``.
+      options: as in :func:`attack_pixels`.
+      batched: as in :class:`Attack`.{options}
 
     Returns:
       an :class:`Attack` whose calls take images in [0, 1] and clip after every step.
     """
-    if "project" in options:
-        raise bad_arg("project", "a projection", "no projection for a pixel attack (it always clips to [0, 1])")
-    return Attack(_identity, logits, learning_rate=learning_rate, project=_clip01, _pixels=True, **options)
+    opts = _pixel_options(options, kw, batch=batched)
+    return Attack(_identity, logits, opts, batched=batched, _pixels=True)
 
 
 __all__ = [
-    "Attack",
-    "AttackResult",
-    "BUDGET",
-    "NON_FINITE",
-    "PRESETS",
-    "PROXIMITIES",
-    "STATUS_NAMES",
-    "SUCCESS",
-    "ZERO_GRAD",
-    "attack",
-    "attack_batch",
-    "attack_pixels",
-    "attack_pixels_batch",
-    "cpu_friendly",
-    "make_attack",
-    "make_optimizer",
-    "make_pixel_attack",
-    "mixed_precision",
-    "normalized_sgd",
-    "sigmoid_probability",
-    "softmax_probability",
-    "target_probability",
+    "Attack", "AttackOptions", "AttackResult", "BUDGET", "NON_FINITE", "PRESETS", "PROXIMITIES", "STATUS_NAMES", "SUCCESS", "ZERO_GRAD",
+    "attack", "attack_batch", "attack_pixels", "attack_pixels_batch", "cpu_friendly", "make_attack", "make_optimizer", "make_pixel_attack",
+    "mixed_precision", "normalized_sgd", "sigmoid_probability", "softmax_probability", "target_probability",
 ]

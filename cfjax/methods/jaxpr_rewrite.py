@@ -1,13 +1,17 @@
-"""Gradient rewrite for XLA:CPU, shared by every method that differentiates through a model
-inside a loop (the attack's step loop, the decoder's training step).
+"""Re-interpretation of a user's JAX callable, equation by equation: one jaxpr interpreter
+and the two rewrites built on it.
 
-XLA:CPU runs the input-gradient of a convolution ~3-10x slower INSIDE a loop body than in
-straight-line code; :func:`cpu_friendly` re-interprets a function's jaxpr so that the emitted
-backward convolutions use the canonical kernel layout and non-overlapping max-pools get a cheap
-first-argmax VJP. Values and gradients are unchanged up to float rounding (tested).
-
-:func:`eval_jaxpr` is the one jaxpr interpreter of the library: this rewrite and the attack's
-mixed precision (:func:`cfjax.methods.attack.mixed_precision`) are each a ``rule`` for it.
+* :func:`eval_jaxpr` / :func:`reinterpret` walk a traced program and let a ``rule`` replace
+  equations (nested ``jit`` programs are walked with the same rule);
+* :func:`cpu_friendly` (rule ``_cpu_rule``): the gradient rewrite for XLA:CPU. XLA:CPU runs
+  the input-gradient of a convolution ~3-10x slower INSIDE a loop body than in straight-line
+  code; the rewrite makes the emitted backward convolutions use the canonical kernel layout
+  and gives non-overlapping max-pools a cheap first-argmax VJP. Values and gradients are
+  unchanged up to float rounding (tested). Used by the attack's step loop
+  (:func:`maybe_rewrite`).
+* :func:`mixed_precision` (rule ``_low_precision_rule``): matrix multiplications and
+  convolutions on low-precision operands with float32 accumulation and outputs (the attack's
+  ``compute_dtype``).
 """
 
 from __future__ import annotations
@@ -95,8 +99,7 @@ def _pool_fast_vjp(x, params):
 
 
 # --- The one jaxpr interpreter ------------------------------------------------------------
-# Every re-interpretation of a user's function (this module's gradient rewrite, the attack's
-# mixed precision) walks the traced program equation by equation with `eval_jaxpr`: a `rule`
+# Every re-interpretation of a user's function (the gradient rewrite, mixed precision) walks the traced program equation by equation with `eval_jaxpr`: a `rule`
 # may replace an equation; the others are bound unchanged, and nested `jit` programs are
 # walked with the same rule.
 
@@ -202,9 +205,61 @@ def cpu_friendly(fn: Callable) -> Callable:
 
 
 def maybe_rewrite(fn: Callable, rewrite) -> Callable:
+    """``cpu_friendly(fn)`` when ``rewrite`` is true, or when it is ``None`` on the CPU backend;
+    ``fn`` otherwise."""
     if rewrite is None:
         rewrite = jax.default_backend() == "cpu"
     return cpu_friendly(fn) if rewrite else fn
 
 
-__all__ = ["bind_eqn", "cpu_friendly", "eval_jaxpr", "maybe_rewrite", "reinterpret"]
+# --- Mixed precision ----------------------------------------------------------------------
+
+
+_LOW_PRECISION_PRIMS = (lax.dot_general_p, lax.conv_general_dilated_p)
+
+
+def _wider_float(a, dtype) -> bool:
+    dt = getattr(a, "dtype", None)
+    return dt is not None and jnp.issubdtype(dt, jnp.floating) and jnp.finfo(dt).bits > jnp.finfo(dtype).bits
+
+
+def _low_precision_rule(dtype, eqn, invals):
+    """The :func:`mixed_precision` cast as an :func:`eval_jaxpr` rule."""
+    if eqn.primitive in _LOW_PRECISION_PRIMS and all(_wider_float(a, dtype) for a in invals):
+        params = dict(eqn.params, preferred_element_type=eqn.outvars[0].aval.dtype)
+        return [eqn.primitive.bind(*[a.astype(dtype) for a in invals], **params)]
+    return None
+
+
+def mixed_precision(fn: Callable, dtype) -> Callable:
+    """``fn`` with the operands of every matrix multiplication and convolution rounded to
+    ``dtype`` (e.g. ``jnp.bfloat16``), accumulated and returned in their original (float32)
+    dtype; everything else (activations, normalisation, the outputs) keeps its dtype.
+
+    Works on any JAX callable of arrays, including weights it closes over (a Flax ``apply``
+    with float32 params, an Equinox module, plain ``jnp``): the function is traced once to a
+    jaxpr and re-evaluated with the casts (also inside nested ``jit``); other higher-order
+    primitives run unchanged in full precision. This is the accelerator policy "bf16 (or
+    fp16) matmuls, float32 everything else"; on CPU expect no speed-up (XLA:CPU has no native
+    bfloat16 convolutions). Prefer bfloat16: the backward pass rounds the cotangents too, and
+    float16's narrow range lets small ones underflow to a zero gradient (on mnist5k, 9.5% of
+    the attacks stopped with status 2 in float16, none in bfloat16).
+
+    Args:
+      fn: a function of arrays.
+      dtype: the operand dtype, a floating dtype narrower than the operands'.
+
+    Returns:
+      The wrapped function (same signature and output dtypes).
+    """
+
+    rule = functools.partial(_low_precision_rule, dtype)
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        return reinterpret(fn, rule, args)
+
+    return wrapped
+
+
+__all__ = ["bind_eqn", "cpu_friendly", "eval_jaxpr", "maybe_rewrite", "mixed_precision", "reinterpret"]
