@@ -15,7 +15,11 @@ Old spellings still work: ``cfjax explain --method mirror ...``, ``cfjax global 
 
 Each handler builds its job config ONCE (:func:`attack_config`, :func:`mirror_config`) and the
 job validates it before loading data or training anything: a bad flag exits with status 2
-within seconds and writes nothing.
+within seconds, names the flag, and writes nothing.
+
+``--batch-size`` means the rows per compiled step in ``explain``/``global`` (``--chunk-size`` is
+Mirror's other spelling); training takes ``--train-batch-size`` (``--batch-size`` still works
+there, with a deprecation note).
 """
 
 from __future__ import annotations
@@ -56,6 +60,36 @@ def _data_args(p, *, default="mnist5k") -> None:
     _size_task_args(p)
     p.add_argument("--smoke", action="store_true", help="tiny models and budgets: runs in seconds")
     p.add_argument("--overwrite", action="store_true", help="replace another run's outputs in OUT (default: refuse; the same run resumes)")
+
+
+BUNDLED = ("mnist5k",)
+"""Datasets that ship with cfjax and read no folder: ``--data-dir`` with them is refused."""
+
+
+def _check_data_dir(a) -> None:
+    """``--data-dir``: an existing folder, and only with a dataset that reads one."""
+    from cfjax.data import parse_spec
+    from cfjax.errors import bad_arg
+
+    d = getattr(a, "data_dir", None)
+    if d is None:
+        return
+    data = getattr(a, "data", None)
+    if data is not None and parse_spec(data).name in BUNDLED:
+        raise bad_arg("--data-dir", f"{d!r} with --data {data}", f"no --data-dir: {data} ships with cfjax and reads no folder")
+    if not Path(d).is_dir():
+        raise bad_arg("--data-dir", repr(d), "an existing folder (the TFDS data directory, or the folder of MedMNIST+ .npz files)")
+
+
+def _check_counts(a, *names, zero_ok: tuple = ()) -> None:
+    """Integer flags the user gave: positive (``zero_ok``: non-negative), each error naming its flag."""
+    from cfjax.errors import bad_arg
+
+    for n in names:
+        v = getattr(a, n, None)
+        low = 0 if n in zero_ok else 1
+        if v is not None and v < low:
+            raise bad_arg("--" + n.replace("_", "-"), v, "a positive integer" if low else "an integer >= 0")
 
 
 def _size_task_args(p) -> None:
@@ -112,6 +146,7 @@ def attack_config(a, *, whole_split: bool = False):
         over["lpips_alex"] = False
     over.update(_given(lpips_weights=a.lpips_weights))
     _check_rates(a, "lr", "pixel_lr")
+    _check_counts(a, "steps", "pixel_steps", "limit", "pixel_limit", "record_every", "checkpoint_every")
     _check_rows_per_step(a.batch_size, "--batch-size")
     steps, rec = over.get("steps", base.steps), over.get("record_every", base.record_every)
     if a.record_every is None and isinstance(steps, int) and steps > 0 and steps % rec:
@@ -196,7 +231,9 @@ def _classifier_arg(g) -> None:
 
 
 def _preset_arg(g) -> None:
-    g.add_argument("--preset", choices=["paper", "robust"], default="paper",
+    from cfjax.jobs.mirror.config import PRESETS
+
+    g.add_argument("--preset", choices=list(PRESETS), default="paper",
                    help="'paper' (default): Mirror-CFE as published (its path, T = 1, last-iterate decoder, L_fea in feature "
                         "units, k ~ U[0, 1], an ordinary classifier); 'robust': the changes the preset ablation earned "
                         "(docs/mirror_cfe.md). Flags below override single fields of the preset")
@@ -240,7 +277,8 @@ def mirror_config(a):
         over["lpips_alex"] = False
     over.update(_given(inception_weights=a.inception_weights, lpips_weights=a.lpips_weights,
                        decoder_warm_start=getattr(a, "decoder_warm_start", None)))
-    _check_rows_per_step(a.chunk_size, "--batch-size")
+    _check_counts(a, "maxiter", "decoder_steps", "limit", "checkpoint_every")
+    _check_rows_per_step(a.chunk_size, "--chunk-size/--batch-size")
     return _check_weight_files(dataclasses.replace(base, decoder=dataclasses.replace(base.decoder, **dec), **over))
 
 
@@ -292,18 +330,11 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
-_NOT_RUN_OPTIONS = {"_run", "out", "shard", "distributed", "coordinator", "num_processes", "process_id", "cpu_collectives", "debug_nans",
-                    "command", "overwrite"}
-
-
 def _shard_meta(a) -> dict:
-    """What ``cfjax merge`` needs to rebuild the run's config: the run's options (not the shard,
-    the output folder or the multi-host flags), with folders made absolute."""
-    args = {k: v for k, v in vars(a).items() if k not in _NOT_RUN_OPTIONS}
-    for k in ("data_dir", "models_dir"):
-        if args.get(k):
-            args[k] = str(Path(args[k]).resolve())
-    return {"cli": {"command": "global", "method": a.method, "args": args}}
+    """What ``cfjax merge`` needs to rebuild the run's config (:func:`cfjax.jobs.shards.cli_record`)."""
+    from cfjax.jobs.shards import cli_record
+
+    return cli_record(a.method, vars(a))
 
 
 # ------------------------------------------------------------------------------ subcommands
@@ -317,7 +348,7 @@ def _train_parser(p: argparse.ArgumentParser):
         sp.add_argument("--data", required=True, help="dataset name (mnist5k, fashion_mnist, mnist, celeb_a)")
         sp.add_argument("--out", required=True, help="checkpoint directory (best/ and last/ go here)")
         sp.add_argument("--epochs", type=int, default=None)
-        sp.add_argument("--batch-size", type=int, default=None)
+        _train_batch_arg(sp)
         sp.add_argument("--lr", type=float, default=None)
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--latent-dim", type=int, default=None, help="VAE latent size")
@@ -335,7 +366,7 @@ def _train_parser(p: argparse.ArgumentParser):
     _classifier_arg(sp)
     _preset_arg(sp)
     _reflect_others_arg(sp)
-    sp.add_argument("--batch-size", type=int, default=None)
+    _train_batch_arg(sp)
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--classifier-blur", type=float, default=None, help="train the classifier with this fraction of blurred images")
     sp.add_argument("--warm-start", default=None, metavar="DIR",
@@ -353,10 +384,10 @@ def _train_parser(p: argparse.ArgumentParser):
 
         zc = defaults_for(a.data)
         tcfg = zc.classifier_train if a.model == "classifier" else zc.vae_train
-        tcfg = dataclasses.replace(tcfg, seed=a.seed, **_given(epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.lr,
+        tcfg = dataclasses.replace(tcfg, seed=a.seed, **_given(epochs=a.epochs, batch_size=a.train_batch_size, learning_rate=a.lr,
                                                                augment_blur=a.augment_blur if a.model == "classifier" else None))
-        for name in ("epochs", "batch_size"):
-            check_positive_int(getattr(tcfg, name), f"--{name.replace('_', '-')}")
+        check_positive_int(tcfg.epochs, "--epochs")
+        check_positive_int(tcfg.batch_size, "--train-batch-size")
         check_positive_int(a.limit, "--limit", allow_none=True)
         cdata.class_names(a.data)
         tr = cdata.load(a.data, "train", data_dir=a.data_dir, limit=a.limit)
@@ -372,12 +403,32 @@ def _train_parser(p: argparse.ArgumentParser):
     return run
 
 
+class _DeprecatedSpelling(argparse.Action):
+    """An old spelling of another option: stores into the same ``dest`` and prints a
+    deprecation note naming the new spelling."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kw):
+        super().__init__(option_strings, dest, **kw)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"cfjax: warning: {option_string} is deprecated here; use {self.new} (the training batch size)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _train_batch_arg(p) -> None:
+    p.add_argument("--train-batch-size", type=int, default=None, help="training batch size (default: the model's)")
+    p.add_argument("--batch-size", dest="train_batch_size", type=int, default=None, action=_DeprecatedSpelling, new="--train-batch-size",
+                   help="deprecated spelling of --train-batch-size")
+
+
 def _train_decoder(a):
     from cfjax._checks import parse_pairs
     from cfjax.jobs.mirror import MirrorJobConfig, train_decoder
 
     base = MirrorJobConfig.from_preset(a.preset, smoke=a.smoke)
-    dec = _given(steps=a.steps, batch_size=a.batch_size, seed=a.seed, reflect_others=a.reflect_others)
+    _check_counts(a, "steps", "train_batch_size")
+    dec = _given(steps=a.steps, batch_size=a.train_batch_size, seed=a.seed, reflect_others=a.reflect_others)
     if a.pair:
         from cfjax.errors import bad_arg
 
@@ -404,10 +455,11 @@ def _demo_parser(p: argparse.ArgumentParser):
     def run(a):
         from cfjax.jobs.attack import AttackJobConfig, run_attack_explanation
 
+        _check_counts(a, "limit", zero_ok=("limit",))
         cfg = AttackJobConfig.smoke() if a.smoke else AttackJobConfig.demo()
         if a.limit is not None:
             cfg = dataclasses.replace(cfg, limit=a.limit if a.limit > 0 else None)
-        s = run_attack_explanation(a.data, a.out, cfg)
+        s = run_attack_explanation(a.data, a.out, cfg, overwrite=a.overwrite)
         print(f"classifier test accuracy: {s['classifier_accuracy']:.4f}; VAE test reconstruction MSE: {s['vae_mse']:.5f}")
         print(f"{s['n_counterfactuals']} counterfactuals in {s['total_wall_s']:.0f}s; see {Path(a.out) / 'report.html'}")
 
@@ -439,7 +491,7 @@ def _explain_parser(p: argparse.ArgumentParser):
             return _run_mirror_pair(a)
         from cfjax.jobs.attack import run_attack_explanation
 
-        run_attack_explanation(a.data, a.out, attack_config(a), data_dir=a.data_dir, models_dir=a.models_dir)
+        run_attack_explanation(a.data, a.out, attack_config(a), data_dir=a.data_dir, models_dir=a.models_dir, overwrite=a.overwrite)
 
     return run
 
@@ -451,7 +503,7 @@ def _run_mirror_pair(a):
     if a.source is None or a.target is None:
         raise bad_arg("--source/--target", "missing", "both a source and a target class (e.g. --source 3 --target 8)")
     return run_mirror_explanation(a.data, a.out, source=a.source, target=a.target, config=mirror_config(a), models_dir=a.models_dir,
-                                  data_dir=a.data_dir)
+                                  data_dir=a.data_dir, overwrite=a.overwrite)
 
 
 @subcommand("global", "global explanation over a whole test split (streamed, sharded, resumable, multi-host): 'global attack' | 'global mirror'")
@@ -463,6 +515,7 @@ def _global_parser(p: argparse.ArgumentParser):
         dist = _check_distributed(a)
         shard = parse_shard(a.shard)
         kw = {"shard": shard, "shard_meta": _shard_meta(a)} if shard is not None else {}
+        kw["overwrite"] = a.overwrite
         if a.method == "mirror":
             from cfjax.jobs.mirror import MirrorJob, run_mirror_global
 
@@ -496,15 +549,16 @@ def _merge_parser(p: argparse.ArgumentParser):
 
     def run(a):
         from cfjax.errors import bad_arg
-        from cfjax.jobs.skeleton import read_shards
+        from cfjax.jobs.run_folder import models_dir_for
+        from cfjax.jobs.shards import read_shards, recorded_options
 
         # one run, every shard once, every field, digest and states file checked: before anything is loaded or written
         recs = read_shards(a.shards)
-        ns = recorded_options(recs[0])
+        ns = recorded_options(recs[0], _global_actions)
         if not recs[0]["models"]:  # a merge never trains: it must know which models to find
             raise bad_arg(f"shard folder {recs[0]['dir']!r}, shard.json field models", "[]",
                           "the models the shard used (a shard written by `cfjax global ... --shard I/N`)")
-        models_dir = a.models_dir or ns.models_dir or str(Path(recs[0]["dir"]) / "models")
+        models_dir = models_dir_for(recs[0]["dir"], a.models_dir or ns.models_dir)
         data_dir = a.data_dir or ns.data_dir
         if ns.method == "mirror":
             from cfjax.jobs.mirror import MirrorJob, run_mirror_global
@@ -512,55 +566,15 @@ def _merge_parser(p: argparse.ArgumentParser):
             cfg = mirror_config(ns)
             MirrorJob(ns.pairs, per_pair=False, pairs_arg="--pairs").validate(ns.data, cfg)
             run_mirror_global(ns.data, a.out, config=cfg, pairs=ns.pairs, models_dir=models_dir, data_dir=data_dir, pairs_arg="--pairs",
-                              merge=a.shards)
+                              merge=a.shards, overwrite=a.overwrite)
         else:
             from cfjax.jobs.attack import AttackJob, run_attack_explanation
 
             cfg = attack_config(ns, whole_split=True)
             AttackJob().validate(ns.data, cfg)
-            run_attack_explanation(ns.data, a.out, cfg, data_dir=data_dir, models_dir=models_dir, merge=a.shards)
+            run_attack_explanation(ns.data, a.out, cfg, data_dir=data_dir, models_dir=models_dir, merge=a.shards, overwrite=a.overwrite)
 
     return run
-
-
-def recorded_options(rec: dict) -> argparse.Namespace:
-    """The `cfjax global` options a shard recorded (``shard.json``'s ``cli``), checked against
-    today's parser: every option present, none unknown, each of its option's type or choices.
-    Raises :class:`cfjax.InputError` naming the folder and the field."""
-    from cfjax.errors import bad_arg
-
-    where = f"shard folder {rec.get('dir')!r}, shard.json field"
-    cli = rec.get("cli")
-    if not isinstance(cli, dict) or cli.get("command") != "global" or cli.get("method") not in ("attack", "mirror"):
-        raise bad_arg(f"{where} cli", repr(cli)[:60] if cli is not None else "absent",
-                      "the `cfjax global attack|mirror ... --shard I/N` options (merge other shards in Python: run_job(..., merge=dirs))")
-    args = cli.get("args")
-    if not isinstance(args, dict):
-        raise bad_arg(f"{where} cli.args", repr(args)[:60], "a dict of the run's options")
-    actions = _global_actions(cli["method"])
-    expected = {d for d in actions if d not in _NOT_RUN_OPTIONS and d not in ("help", "overwrite")}
-    missing, unknown = sorted(expected - set(args)), sorted(set(args) - expected - {"method"})
-    if missing:
-        raise bad_arg(f"{where} cli.args", f"no {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}",
-                      "every option of `cfjax global` (rerun the shard with this cfjax version)")
-    if unknown:
-        raise bad_arg(f"{where} cli.args", f"unknown options {', '.join(map(repr, unknown[:4]))}", "the options of `cfjax global " + cli["method"] + "`")
-    for k in sorted(expected):
-        act, v = actions[k], args[k]
-        if isinstance(act, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            ok, want = isinstance(v, bool), "true or false"
-        elif v is None:
-            ok, want = True, ""
-        elif act.choices is not None:
-            ok, want = v in act.choices, f"one of {list(act.choices)}"
-        elif act.type in (int, float):
-            ok = isinstance(v, (int, float) if act.type is float else int) and not isinstance(v, bool)
-            want = f"{'a number' if act.type is float else 'an integer'} or null"
-        else:
-            ok, want = isinstance(v, str), "a string or null"
-        if not ok:
-            raise bad_arg(f"{where} cli.args.{k}", repr(v)[:60], want)
-    return argparse.Namespace(**{**args, "method": cli["method"]})
 
 
 def _global_actions(method: str) -> dict:
@@ -634,13 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_finite(a)
         _compose_data(a)
-        if getattr(a, "overwrite", False):
-            from cfjax.jobs.skeleton import overwrite_outputs
-
-            with overwrite_outputs():
-                a._run(a)
-        else:
-            a._run(a)
+        _check_data_dir(a)
+        a._run(a)
     except CfjaxError as e:
         print(f"cfjax: error: {e}", file=sys.stderr)
         return 2

@@ -61,7 +61,7 @@ class Toy:
             return {"v": b["x"] * cfg.steps}
 
         evs = [E.counts("counts", {"n": "w"}), E.weighted_means("means", {"mean_v": ("v", "w")})]
-        return [S.Pass("toy", rows_fn, evs, {"x": np.arange(self.rows, dtype=np.float32)}, S.global_chunk(cfg.batch_size, cfg.batch_size),
+        return [S.Pass("toy", rows_fn, evs, {"x": np.arange(self.rows, dtype=np.float32)}, cfg.batch_size,
                        {"method": "toy", "cfg": dataclasses.asdict(cfg)}, outputs=("v",))]
 
     def summarize(self, ctx, models, results):

