@@ -63,7 +63,7 @@ SPECS: dict[str, dict[str, ReferenceSpec]] = {
                                     ct.TrainConfig(epochs=60, batch_size=64, augment_shift=2, seed=0, patience=12, eval_batch_size=500),
                                     floor=0.975),
         "oracle": ReferenceSpec(ct.ClassifierConfig(10, (32, 64, 128), convs_per_block=2),
-                                ct.TrainConfig(epochs=60, batch_size=64, augment_shift=2, seed=1, patience=12, eval_batch_size=500),
+                                ct.TrainConfig(epochs=40, batch_size=64, augment_shift=2, seed=1, patience=8, eval_batch_size=500),
                                 floor=0.96),
     },
     "fashion_mnist": {
