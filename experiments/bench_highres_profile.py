@@ -5,7 +5,7 @@
 Times (straight-line jit, median of ``--repeats``, inside bench_highres's timed windows) the
 pieces of one latent-attack step on the ``resnet128`` models of experiments/bench_highres.py:
 the classifier's forward and input gradient, the decoder's forward and VJP, with and without
-cfjax's XLA:CPU gradient rewrite (``cfjax.cpu_grads.cpu_friendly``), and the same pieces in
+cfjax's XLA:CPU gradient rewrite (``cfjax.methods.jaxpr_rewrite.cpu_friendly``), and the same pieces in
 PyTorch eager; then single layers: a stride-2 3x3 conv's input gradient, the 3x3/2 max pool's
 gradient (select_and_scatter), GroupNorm forward + backward. A prototype (NOT in the library):
 the strided conv's input gradient computed as a stride-1 conv's input gradient on an explicitly
@@ -35,7 +35,7 @@ def strided_conv_dilated_vjp(fn):
     import jax.numpy as jnp
     from jax import lax
 
-    from cfjax.cpu_grads import _conv_fast_vjp, reinterpret
+    from cfjax.methods.jaxpr_rewrite import _conv_fast_vjp, reinterpret
 
     def conv_rule(eqn, invals):
         if eqn.primitive is not lax.conv_general_dilated_p:
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from cfjax.cpu_grads import cpu_friendly
+    from cfjax.methods.jaxpr_rewrite import cpu_friendly
     from cfjax.io import atomic_write_json
     from cfjax.models import bind_classifier, bind_vae
 
