@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cfjax._checks import check_finite
+from cfjax._checks import check_finite, describe, probe
 from cfjax.errors import bad_arg
 from cfjax.methods.attack_options import Spec
 
@@ -44,37 +44,10 @@ LATENT = Names("z0", "latent", True)
 PIXELS = Names("x0", "image", False)
 
 
-def _describe(v) -> str:
-    """``"shape (8,) float32"`` for an array or abstract value; what it is otherwise."""
-    if hasattr(v, "shape") and hasattr(v, "dtype"):
-        return f"shape {tuple(v.shape)} {v.dtype}"
-    leaves = jax.tree_util.tree_leaves(v)
-    if isinstance(v, (tuple, list, dict)):
-        inner = ", ".join(_describe(a) for a in leaves[:3]) + (", ..." if len(leaves) > 3 else "")
-        return f"a {type(v).__name__} of {len(leaves)} arrays ({inner})"
-    return f"a {type(v).__name__}"
-
-
-def _error_text(e: BaseException, limit: int = 400) -> str:
-    """The exception's type and first lines, short enough for one message."""
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    text = f"{type(e).__name__}: {' '.join(lines[:2])}" if lines else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _probe(name: str, fn: Callable, args: tuple, on: str, expected: str):
-    """``jax.eval_shape(fn, *args)``; a failure becomes an :class:`InputError` naming ``fn``'s
-    argument ``name``, the input it was called on (``on``) and the underlying error."""
-    try:
-        return jax.eval_shape(fn, *args)
-    except Exception as e:  # noqa: BLE001 - re-raised naming the callable
-        raise bad_arg(name, f"{_error_text(e)} (called on {on})", expected) from e
-
-
 def _model_output(name: str, out, on: str, what: str):
     """``out`` must be one float32/float64 array (not a tuple, not integers, not 16-bit)."""
     if not (hasattr(out, "shape") and hasattr(out, "dtype")):
-        raise bad_arg(name, f"{_describe(out)} (called on {on})", f"one floating array {what}")
+        raise bad_arg(name, f"{describe(out)} (called on {on})", f"one floating array {what}")
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise bad_arg(name, f"an output of dtype {out.dtype} (called on {on})", f"a floating array {what} (gradients flow through it)")
     if jnp.finfo(out.dtype).bits < 32:
@@ -109,14 +82,14 @@ def check_single_args(z0, target, spec: Spec, names: Names, hint: str):
 def _check_outputs(decode, logits, z1, spec: Spec, names: Names) -> tuple:
     """Probe ``decode`` (latent attacks) and ``logits`` on one example ``z1``; returns the
     logits' abstract value and ``z1``'s description."""
-    on_z = f"{_describe(z1)}, one {names.one} of {names.start}"
+    on_z = f"{describe(z1)}, one {names.one} of {names.start}"
     if names.latent:
-        x = _probe("decode", decode, (z1,), on_z, f"a callable taking one {names.one} as {names.start} holds it (no batch axis) and returning an image [H, W, C]")
+        x = probe("decode", decode, (z1,), f"a callable taking one {names.one} as {names.start} holds it (no batch axis) and returning an image [H, W, C]", on_z)
         x = _model_output("decode", x, on_z, "(the image [H, W, C]; return only the image, e.g. a VAE's mean)")
-        on_x = f"{_describe(x)}, what decode returned"
+        on_x = f"{describe(x)}, what decode returned"
     else:
         x, on_x = z1, on_z
-    out = _probe("logits", logits, (x,), on_x, "a callable taking ONE image [H, W, C] (no batch axis) and returning its logits [K]")
+    out = probe("logits", logits, (x,), "a callable taking ONE image [H, W, C] (no batch axis) and returning its logits [K]", on_x)
     out = _model_output("logits", out, on_x, "of logits [K]")
     shape = tuple(out.shape)
     if spec.score_kind == "sigmoid":
@@ -134,19 +107,19 @@ def num_classes(decode, logits, z0, target, spec: Spec, *, batched: bool, names:
     t = jnp.asarray(target) if not hasattr(target, "shape") else target
     t1 = jax.ShapeDtypeStruct(t.shape[1:] if batched else t.shape, jnp.int32 if spec.score_kind != "custom" else t.dtype)
     out = _check_outputs(decode, logits, z1, spec, names)
-    on_l = f"logits {_describe(out)} and target {_describe(t1)}"
-    p = _probe("success_fn", spec.score, (out, t1), on_l, "a callable (logits, target) -> scalar score")
+    on_l = f"logits {describe(out)} and target {describe(t1)}"
+    p = probe("success_fn", spec.score, (out, t1), "a callable (logits, target) -> scalar score", on_l)
     if getattr(p, "shape", None) != ():
-        raise bad_arg("success_fn", f"a score of {_describe(p)} (called on {on_l})", "a scalar score per example (logits, target) -> []")
+        raise bad_arg("success_fn", f"a score of {describe(p)} (called on {on_l})", "a scalar score per example (logits, target) -> []")
     if spec.loss is not None:
-        v = _probe("objective", spec.loss, (out, t1), on_l, "a callable (logits, target) -> scalar loss")
+        v = probe("objective", spec.loss, (out, t1), "a callable (logits, target) -> scalar loss", on_l)
         if getattr(v, "shape", None) != () or not jnp.issubdtype(v.dtype, jnp.floating):
-            raise bad_arg("objective", f"a loss of {_describe(v)} (called on {on_l})", "a scalar floating loss per example (logits, target) -> []")
+            raise bad_arg("objective", f"a loss of {describe(v)} (called on {on_l})", "a scalar floating loss per example (logits, target) -> []")
     if spec.proximity is not None:
-        on_d = f"{_describe(z1)}, z - {names.start} for one example"
-        v = _probe("proximity", spec.proximity, (z1,), on_d, "a callable (z - z0) -> scalar")
+        on_d = f"{describe(z1)}, z - {names.start} for one example"
+        v = probe("proximity", spec.proximity, (z1,), "a callable (z - z0) -> scalar", on_d)
         if getattr(v, "shape", None) != () or not jnp.issubdtype(v.dtype, jnp.floating):
-            raise bad_arg("proximity", f"{_describe(v)} (called on {on_d})", "a scalar floating penalty (z - z0) -> []")
+            raise bad_arg("proximity", f"{describe(v)} (called on {on_d})", "a scalar floating penalty (z - z0) -> []")
     shape = tuple(out.shape)
     if spec.score_kind == "custom":
         return shape[-1] if shape else 1
