@@ -33,9 +33,9 @@ class CompiledAttack:
     """An attack with its models and options bound once and its program compiled once per
     input shape: ``Attack(decode, logits, options, **keywords)(z0, target) -> AttackResult``.
 
-    Calling :func:`cfjax.attack_batch` directly re-traces and re-compiles the whole loop on every
-    call (seconds per call, even for a toy model); an ``Attack`` jits it once, so later calls
-    with the same shapes and dtypes only run the compiled program. The options are checked at
+    Calling :func:`cfjax.attack_batch` directly re-traces and re-compiles the whole loop on
+    every call (seconds per call, even for a toy model); an ``Attack`` jits it once, so later
+    calls with the same shapes and dtypes only run the compiled program. The options are checked at
     construction; each call still checks argument shapes and dtypes, and (for concrete arrays)
     the target and source ranges, ``target != source`` and finite ``z0`` on the host, without
     tracing again. Concrete preset targets are cast to int32 on the host, so uint8 or int64
@@ -49,10 +49,11 @@ class CompiledAttack:
       decode: ``z -> x [H, W, C]`` (single example; :func:`cfjax.make_pixel_attack` binds
         the identity and clips to [0, 1]).
       logits: ``x -> [K]``.
-      options: an :class:`~cfjax.methods.attack_options.AttackOptions`; the keywords build it, or override its fields
-        (every field; the batch-schedule ones only when ``batched``).
-      batched: ``True`` (default): calls take a batch (:func:`cfjax.attack_batch`); ``False``: one
-        example (:func:`cfjax.attack`).
+      options: an :class:`~cfjax.methods.attack_options.AttackOptions`; its fields may also be
+        given as keywords, which build it or override them (the batch-schedule fields only
+        when ``batched``).
+      batched: ``True`` (default): calls take a batch (:func:`cfjax.attack_batch`); ``False``:
+        one example (:func:`cfjax.attack`).
 
     Attributes:
       options: the checked :class:`~cfjax.methods.attack_options.AttackOptions`.
