@@ -2,8 +2,12 @@
 
 ``fit`` is the loop: jitted step, deterministic shuffling from the seed, evaluation each
 epoch, ``best``/``last`` checkpoints (atomic), resume from ``last`` after a crash, and a
-progress bar. ``train_classifier``/``train_vae`` supply the losses; ``load_or_train_*`` reuse
-a cached checkpoint when its config matches and refuse one that does not.
+progress bar. It is composed of short top-level pieces that the Mirror decoder's trainer
+(:mod:`cfjax.training.mirror_decoder`) uses too: :func:`adam` (the optimiser and its schedule),
+:func:`train_step` (one optax update), :func:`eval_sums` (chunked evaluation),
+:func:`restore_last`/:func:`save_last` (resume); :func:`train_epoch` is ``fit``'s epoch.
+``train_classifier``/``train_vae`` supply the losses; ``load_or_train_*`` reuse a cached
+checkpoint when its config matches (:func:`cfjax.checkpoint.matches`) and refuse one that does not.
 
 Example (seconds on a CPU)::
 

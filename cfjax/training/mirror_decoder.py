@@ -3,7 +3,8 @@
 The method itself (reflection, refinement, transitions, first counterfactual, the class
 spatial prior) lives in :mod:`cfjax.methods.mirror`; the decoder architecture in
 :mod:`cfjax.models.mirror_decoder`. This module holds the decoder's config, losses, batch
-sampler, training loop (orbax-checkpointed, resumable) and a quick held-out evaluation.
+sampler, training step and loop (orbax-checkpointed, resumable; built from the pieces of
+:mod:`cfjax.training.loop`) and a quick held-out evaluation.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from cfjax import checkpoint as ckpt
@@ -520,7 +521,7 @@ def _check_training_inputs(clf, train, test, cfg: MirrorDecoderConfig):
     return images, labels, data_name, K, (ev_images, ev_labels)
 
 
-def _init_state(clf, cfg: MirrorDecoderConfig, g_module, d_module, tx, x0) -> dict:
+def _init_state(clf, cfg: MirrorDecoderConfig, g_module, d_module, tx, x0: Float[np.ndarray, "1 h w c"]) -> dict:
     """The training state at step 0: G and D initialised from ``cfg.seed``, their Adam states,
     and G's weight average (zeros) when ``cfg.ema_decay``."""
 
