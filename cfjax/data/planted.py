@@ -148,7 +148,8 @@ def make_cues(h: int = 28, w: int = 28) -> dict[str, Cue]:
     keep = jnp.asarray(~reg["corners"], jnp.float32)[None, :, :, None]
     patch = jnp.asarray(reg["patch"])[None, :, :, None]
     glyph = jnp.asarray(reg["glyph"])[None, :, :, None]
-    rest = jnp.asarray(reg["box"] & ~reg["glyph"])
+    rest = np.flatnonzero((reg["box"] & ~reg["glyph"]).ravel())
+    glyph_idx = np.flatnonzero(reg["glyph"].ravel())
     outside = np.flatnonzero(~reg["corners"].ravel())
     s = jnp.asarray((np.arange(w) % 4) < 2, jnp.float32)[None, None, :, None]
     centre = (w - 1) / 2.0
@@ -182,11 +183,11 @@ def make_cues(h: int = 28, w: int = 28) -> dict[str, Cue]:
         return jnp.where(patch, _vals(value, x.shape[0])[:, None, None, None], x)
 
     def _box_level(g):
-        return jnp.median(g[:, rest], axis=1)
+        return jnp.median(g.reshape(g.shape[0], -1)[:, rest], axis=1)
 
     def m_tag(x):
         g = _grey(jnp.asarray(x, jnp.float32))
-        return jnp.mean(g[:, jnp.asarray(reg["glyph"])], axis=1) - _box_level(g)
+        return jnp.mean(g.reshape(g.shape[0], -1)[:, glyph_idx], axis=1) - _box_level(g)
 
     def a_tag(x, value, key=None):
         x = jnp.asarray(x, jnp.float32)
@@ -271,9 +272,21 @@ def measure_all(images: Float[Array, "n h w c"], names: Sequence[str] = CUE_ORDE
     return jnp.stack([cues[n].measure(x) for n in check_cue_names(names)], axis=1)
 
 
-def measure_all_np(images: np.ndarray, names: Sequence[str] = CUE_ORDER, batch: int = 512) -> np.ndarray:
-    """:func:`measure_all` over a host array in chunks: ``[n, len(names)]`` float32 numpy."""
-    return np.concatenate([np.asarray(measure_all(images[s : s + batch], names)) for s in range(0, len(images), batch)])
+_measure_jit = jax.jit(measure_all, static_argnums=1)
+
+
+def _pad(x: np.ndarray, batch: int) -> np.ndarray:
+    return x if len(x) == batch else np.concatenate([x, np.repeat(x[:1], batch - len(x), 0)])
+
+
+def measure_all_np(images: np.ndarray, names: Sequence[str] = CUE_ORDER, batch: int = 256) -> np.ndarray:
+    """:func:`measure_all` over a host array in jitted chunks of ``batch`` (each padded to
+    ``batch``, so one compilation per image shape serves every call): ``[n, len(names)]`` numpy."""
+    images = np.asarray(images, np.float32)
+    names = check_cue_names(names)
+    out = [np.asarray(_measure_jit(_pad(images[s : s + batch], batch), names))[: len(images[s : s + batch])]
+           for s in range(0, len(images), batch)]
+    return np.concatenate(out) if out else np.zeros((0, len(names)), np.float32)
 
 
 class Planted(NamedTuple):
@@ -324,10 +337,21 @@ def draw_levels(labels: Int[Array, "n"], key, *, source: int, target: int, plant
     return on, levels
 
 
-def _render_np(images: np.ndarray, levels: dict, batch: int = 512) -> np.ndarray:
+_render_jit = jax.jit(render)
+
+
+def render_np(images: np.ndarray, levels: dict, batch: int = 256) -> np.ndarray:
+    """:func:`render` over a host array in jitted chunks of ``batch`` (each padded to ``batch``, so
+    one compilation per image shape and set of cues serves every call)."""
+    images = np.asarray(images, np.float32)
+    n = len(images)
     out = []
-    for s in range(0, len(images), batch):
-        out.append(np.asarray(render(images[s : s + batch], {k: v[s : s + batch] for k, v in levels.items()})))
+    for s in range(0, n, batch):
+        x = images[s : s + batch]
+        lv = {k: np.asarray(v, np.float32)[s : s + batch] for k, v in levels.items()}
+        k = len(x)
+        x, lv = _pad(x, batch), {c: _pad(v, batch) for c, v in lv.items()}
+        out.append(np.asarray(_render_jit(x, lv))[:k])
     return np.concatenate(out) if out else np.zeros_like(images)
 
 
@@ -357,7 +381,7 @@ def plant(images: np.ndarray, labels: np.ndarray, key, *, source: int, target: i
         raise bad_arg("images, labels", f"shapes {images.shape}, {np.shape(labels)}", "[n, h, w, c] images and [n] labels")
     on, levels = draw_levels(labels, key, source=source, target=target, planted=planted, rho=rho,
                              h=images.shape[1], w=images.shape[2])
-    return Planted(_render_np(images, levels), np.asarray(labels, np.int32), on, levels)
+    return Planted(render_np(images, levels), np.asarray(labels, np.int32), on, levels)
 
 
 def randomize(images: np.ndarray, labels: np.ndarray, key) -> Planted:
@@ -373,8 +397,8 @@ def switch(images: np.ndarray, levels: dict, cue: str, on: bool) -> np.ndarray:
     c = make_cues(images.shape[1], images.shape[2])[cue]
     lv = dict(levels)
     lv[cue] = np.full(len(images), c.on if on else c.off, np.float32)
-    return _render_np(np.asarray(images, np.float32), lv)
+    return render_np(np.asarray(images, np.float32), lv)
 
 
 __all__ = ["CUE_KINDS", "CUE_ORDER", "Cue", "Planted", "check_cue_names", "draw_levels", "make_cues", "measure_all",
-           "measure_all_np", "plant", "randomize", "render", "switch"]
+           "measure_all_np", "plant", "render_np", "randomize", "render", "switch"]
