@@ -385,22 +385,11 @@ def train_classifier(
             "count": y.shape[0],
         }
 
-    config = {"model": model_cfg.as_dict(), "image_shape": list(shape), "data": getattr(train, "name", "?")}
-    params, history, metrics = fit(
-        params=params,
-        loss_fn=loss_fn,
-        eval_fn=eval_fn,
-        train_arrays=(train.images, np.asarray(train.labels, np.int32)),
-        test_arrays=(test.images, np.asarray(test.labels, np.int32)),
-        cfg=train_cfg,
-        select="accuracy",
-        select_mode="max",
-        workdir=workdir,
-        kind="classifier",
-        config=config,
-        progress=progress,
-        desc="classifier",
-    )
+    config = _recorded(model_cfg.as_dict(), train)
+    params, history, metrics = fit(params=params, loss_fn=loss_fn, eval_fn=eval_fn, cfg=train_cfg, select="accuracy", select_mode="max",
+                                   train_arrays=(train.images, np.asarray(train.labels, np.int32)),
+                                   test_arrays=(test.images, np.asarray(test.labels, np.int32)),
+                                   workdir=workdir, kind="classifier", config=config, progress=progress, desc="classifier")
     return Trained(module, params, history, metrics, {**config, "train": train_cfg.as_dict()})
 
 
@@ -451,22 +440,10 @@ def train_vae(
             "count": x.shape[0],
         }
 
-    config = {"model": dataclasses.asdict(model_cfg), "image_shape": list(shape), "data": getattr(train, "name", "?")}
-    params, history, metrics = fit(
-        params=params,
-        loss_fn=loss_fn,
-        eval_fn=eval_fn,
-        train_arrays=(train.images,),
-        test_arrays=(test.images,),
-        cfg=train_cfg,
-        select="mse",
-        select_mode="min",
-        workdir=workdir,
-        kind="vae",
-        config=config,
-        progress=progress,
-        desc="vae",
-    )
+    config = _recorded(dataclasses.asdict(model_cfg), train)
+    params, history, metrics = fit(params=params, loss_fn=loss_fn, eval_fn=eval_fn, cfg=train_cfg, select="mse", select_mode="min",
+                                   train_arrays=(train.images,), test_arrays=(test.images,),
+                                   workdir=workdir, kind="vae", config=config, progress=progress, desc="vae")
     return Trained(module, params, history, metrics, {**config, "train": train_cfg.as_dict()})
 
 
@@ -493,6 +470,11 @@ def load_trained(workdir: str | Path, kind: str) -> Trained:
     return Trained(module, params, [], meta["extra"].get("metrics", {}), cfgd)
 
 
+def _recorded(model: dict, train) -> dict:
+    """What a classifier or VAE checkpoint records besides its ``"train"`` config (:func:`fit` adds it)."""
+    return {"model": model, "image_shape": list(train.images.shape[1:]), "data": getattr(train, "name", "?")}
+
+
 def _finished(workdir: Path, kind: str, expected: dict) -> bool:
     """Whether ``workdir`` holds a finished run of ``expected``: a matching ``best``
     (:func:`cfjax.checkpoint.matches`) and a ``last`` that ran all ``expected["train"]["epochs"]``."""
@@ -506,12 +488,7 @@ def load_or_train_classifier(train, test, model_cfg=None, train_cfg=None, workdi
     """Reuse ``workdir``'s finished classifier if its config matches, else train (resuming)."""
     model_cfg = model_cfg or ClassifierConfig(num_classes=max(int(np.max(train.labels)) + 1, 2))
     train_cfg = train_cfg or TrainConfig()
-    expected = {
-        "model": model_cfg.as_dict(),
-        "image_shape": list(train.images.shape[1:]),
-        "data": getattr(train, "name", "?"),
-        "train": train_cfg.as_dict(),
-    }
+    expected = {**_recorded(model_cfg.as_dict(), train), "train": train_cfg.as_dict()}
     if workdir is not None and _finished(Path(workdir), "classifier", expected):
         return load_trained(workdir, "classifier")
     return train_classifier(train, test, model_cfg, train_cfg, workdir, progress)
@@ -521,12 +498,7 @@ def load_or_train_vae(train, test, model_cfg=None, train_cfg=None, workdir=None,
     """Reuse ``workdir``'s finished VAE if its config matches, else train (resuming)."""
     model_cfg = model_cfg or VAEConfig()
     train_cfg = train_cfg or TrainConfig()
-    expected = {
-        "model": dataclasses.asdict(model_cfg),
-        "image_shape": list(train.images.shape[1:]),
-        "data": getattr(train, "name", "?"),
-        "train": train_cfg.as_dict(),
-    }
+    expected = {**_recorded(dataclasses.asdict(model_cfg), train), "train": train_cfg.as_dict()}
     if workdir is not None and _finished(Path(workdir), "vae", expected):
         return load_trained(workdir, "vae")
     return train_vae(train, test, model_cfg, train_cfg, workdir, progress)
