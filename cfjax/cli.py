@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from cfjax.errors import CfjaxError, bad_arg
+
 SUBCOMMANDS: dict = {}
 """name -> (help, fn(parser) -> handler(args)); tests may register more."""
 
@@ -69,7 +71,6 @@ BUNDLED = ("mnist5k",)
 def _check_data_dir(a) -> None:
     """``--data-dir``: an existing folder, and only with a dataset that reads one."""
     from cfjax.data import parse_spec
-    from cfjax.errors import bad_arg
 
     d = getattr(a, "data_dir", None)
     if d is None:
@@ -83,8 +84,6 @@ def _check_data_dir(a) -> None:
 
 def _check_counts(a, *names, zero_ok: tuple = ()) -> None:
     """Integer flags the user gave: positive (``zero_ok``: non-negative), each error naming its flag."""
-    from cfjax.errors import bad_arg
-
     for n in names:
         v = getattr(a, n, None)
         low = 0 if n in zero_ok else 1
@@ -159,16 +158,12 @@ MAX_ROWS_PER_STEP = 1 << 20
 
 
 def _check_rows_per_step(v, flag: str) -> None:
-    from cfjax.errors import bad_arg
-
     if v is not None and not 1 <= v <= MAX_ROWS_PER_STEP:
         raise bad_arg(flag, v, f"an integer in [1, {MAX_ROWS_PER_STEP:,}] (rows per compiled step; capped at the rows to explain)")
 
 
 def _check_rates(a, *names) -> None:
     """Learning rates: finite and > 0 (checked before anything is loaded)."""
-    from cfjax.errors import bad_arg
-
     for n in names:
         v = getattr(a, n, None)
         if v is not None and not (math.isfinite(v) and v > 0):
@@ -178,7 +173,6 @@ def _check_rates(a, *names) -> None:
 def _check_weight_files(cfg):
     """An LPIPS weight file the run will use: read and sha256-checked now, before any loading."""
     if getattr(cfg, "lpips_alex", False) and getattr(cfg, "lpips_weights", None) is not None:
-        from cfjax.errors import CfjaxError, bad_arg
         from cfjax.eval.lpips import load_lpips_alex
 
         try:
@@ -293,8 +287,6 @@ def _distributed_args(p) -> None:
 
 def _check_distributed(a) -> bool:
     """Validate the multi-host flags (before any work); True when they ask for jax.distributed."""
-    from cfjax.errors import bad_arg
-
     asked = a.distributed or a.coordinator or a.num_processes is not None or a.process_id is not None or "CFJAX_COORDINATOR" in os.environ
     if a.num_processes is not None and a.num_processes < 1:
         raise bad_arg("--num-processes", a.num_processes, "a positive integer")
@@ -319,8 +311,6 @@ def _shard_args(p) -> None:
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N`` (``None`` stays ``None``)."""
     import re
-
-    from cfjax.errors import bad_arg
 
     if text is None:
         return None
@@ -430,8 +420,6 @@ def _train_decoder(a):
     _check_counts(a, "steps", "train_batch_size")
     dec = _given(steps=a.steps, batch_size=a.train_batch_size, seed=a.seed, reflect_others=a.reflect_others)
     if a.pair:
-        from cfjax.errors import bad_arg
-
         pairs = parse_pairs(a.pair, name="--pair")
         if len(pairs) != 1:
             raise bad_arg("--pair", repr(a.pair), "one pair 'S,T' (both directions are trained)")
@@ -497,7 +485,6 @@ def _explain_parser(p: argparse.ArgumentParser):
 
 
 def _run_mirror_pair(a):
-    from cfjax.errors import bad_arg
     from cfjax.jobs.mirror import run_mirror_explanation
 
     if a.source is None or a.target is None:
@@ -548,7 +535,6 @@ def _merge_parser(p: argparse.ArgumentParser):
     p.add_argument("--overwrite", action="store_true", help="replace another run's outputs in OUT (never an input shard's folder)")
 
     def run(a):
-        from cfjax.errors import bad_arg
         from cfjax.jobs.run_folder import models_dir_for
         from cfjax.jobs.shards import read_shards, recorded_options
 
@@ -629,8 +615,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_finite(a) -> None:
     """Every number given on the command line is finite (``--lr nan`` exits 2 before any work)."""
-    from cfjax.errors import bad_arg
-
     for k, v in vars(a).items():
         if isinstance(v, float) and not math.isfinite(v):
             raise bad_arg("--" + k.replace("_", "-"), v, "a finite number")
@@ -643,8 +627,6 @@ def main(argv: list[str] | None = None) -> int:
         import jax
 
         jax.config.update("jax_debug_nans", True)
-    from cfjax.errors import CfjaxError
-
     try:
         _check_finite(a)
         _compose_data(a)
