@@ -99,9 +99,9 @@ def _pool_fast_vjp(x, params):
 
 
 # --- The one jaxpr interpreter ------------------------------------------------------------
-# Every re-interpretation of a user's function (the gradient rewrite, mixed precision) walks the traced program equation by equation with `eval_jaxpr`: a `rule`
-# may replace an equation; the others are bound unchanged, and nested `jit` programs are
-# walked with the same rule.
+# Every re-interpretation of a user's function (the gradient rewrite, mixed precision) walks
+# the traced program equation by equation with `eval_jaxpr`: a `rule` may replace an equation;
+# the others are bound unchanged, and nested `jit` programs are walked with the same rule.
 
 
 def bind_eqn(eqn, invals: Sequence) -> list:
