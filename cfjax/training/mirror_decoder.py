@@ -568,18 +568,18 @@ def mirror_train_step(state: dict, batch: dict, *, clf, g_module, d_module, tx, 
     return new, {**terms, "total": total, "d": d_l}
 
 
-def _run_steps(step, state, start: int, history: list, cfg: MirrorDecoderConfig, data: tuple, save: Callable,
-               progress: bool, stop_after: int | None):
+def _run_steps(step, state, start: int, history: list, cfg: MirrorDecoderConfig, data: tuple, *, workdir: Path | None,
+               config: dict, progress: bool, stop_after: int | None):
     """Steps ``start..cfg.steps`` of :func:`mirror_train_step` on :func:`sample_batch`'s batches
     (``data``: its ``images, labels, by_class, pairs``): a history row (the terms' means) every
-    ``log_every`` steps and at the end, ``save(step, history, state)`` every ``checkpoint_every``.
-    ``stop_after`` steps in: saves and stops. Returns ``(state, history, the step it stopped at
-    or None when it ran to the end)``."""
+    ``log_every`` steps and at the end, ``workdir/last`` (:func:`cfjax.training.loop.save_last`)
+    every ``checkpoint_every``. ``stop_after`` steps in: saves and stops. Returns ``(state,
+    history, the step it stopped at or None when it ran to the end)``."""
     buf: list = []
     bar = progress_bar(range(start, cfg.steps), desc="mirror decoder", disable=not progress, leave=False, initial=start, total=cfg.steps)
     for i in bar:
         if stop_after is not None and i - start >= stop_after:
-            save(i, history, state)
+            save_last(workdir, state, STATE_KIND, config, {"step": i, "history": history})
             return state, history, i
         state, aux = step(state, {k: jnp.asarray(v) for k, v in sample_batch(i, cfg, *data).items()})
         buf.append(aux)
@@ -589,7 +589,7 @@ def _run_steps(step, state, start: int, history: list, cfg: MirrorDecoderConfig,
             buf = []
             bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items() if k != "step"})
         if (i + 1) % cfg.checkpoint_every == 0 and i + 1 < cfg.steps:
-            save(i + 1, history, state)
+            save_last(workdir, state, STATE_KIND, config, {"step": i + 1, "history": history})
     return state, history, None
 
 
@@ -649,19 +649,16 @@ def train_mirror_decoder(
     state, start, history = _resume(workdir, warm_start, _init_state(clf, cfg, g_module, d_module, tx, images[:1]), config)
     step = _cached_jit(("train", id(clf), cfg, shape), clf,
                        lambda: functools.partial(mirror_train_step, clf=clf, g_module=g_module, d_module=d_module, tx=tx, cfg=cfg))
-
-    def save(s, hist, st):
-        save_last(workdir, st, STATE_KIND, config, {"step": s, "history": hist})
-
     t0 = time.perf_counter()
-    state, history, stopped = _run_steps(step, state, start, history, cfg, data, save, progress, stop_after)
+    state, history, stopped = _run_steps(step, state, start, history, cfg, data, workdir=workdir, config=config, progress=progress,
+                                         stop_after=stop_after)
     if stopped is not None:
         return DecoderTrained(g_module, jax.device_get(kept_params(state, stopped, cfg)), d_module, jax.device_get(state["d"]), history, {}, config)
     train_s, g_kept = time.perf_counter() - t0, kept_params(state, cfg.steps, cfg)
     metrics = evaluate_mirror_decoder(clf, g_module, g_kept, cfg, ev_images, ev_labels, K, n=cfg.eval_examples, seed=cfg.seed)
     metrics.update(train_s=train_s, steps_run=cfg.steps - start)
     if workdir is not None:
-        save(cfg.steps, history, state)
+        save_last(workdir, state, STATE_KIND, config, {"step": cfg.steps, "history": history})
         ckpt.save(workdir / "best", g_kept, kind="mirror-decoder", config=config, extra={"metrics": metrics, "history": history})
     if progress:
         tqdm.write("mirror decoder: " + ", ".join(f"{k_}={v:.4g}" for k_, v in metrics.items()))
