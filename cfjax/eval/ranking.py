@@ -54,6 +54,8 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
             r[m] = r[m].mean()
         return r
 
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return float("nan")
     ra, rb = ranks(a), ranks(b)
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")

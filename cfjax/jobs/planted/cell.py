@@ -25,6 +25,7 @@ CUES = pl.CUE_ORDER
 def _stat(values: np.ndarray) -> tuple[list, list]:
     """Per-cue mean of per-example ``[n, C]`` values and ``|mean| / SE``."""
     v = np.asarray(values, np.float64)
+    v = v[np.all(np.isfinite(v), axis=1)] if v.ndim == 2 else v
     if len(v) < 2:
         return [float("nan")] * v.shape[1], [0.0] * v.shape[1]
     mean = v.mean(0)
@@ -40,11 +41,16 @@ def _corr_z(a, b) -> tuple[float, float]:
     return r, float(abs(np.arctanh(np.clip(r, -0.999999, 0.999999))) * np.sqrt(len(a) - 3))
 
 
+def cell_prng(planted, rho, seed) -> jax.Array:
+    """The cell's one PRNG key: the seed's key with rho and the planted cues folded in."""
+    key = jax.random.fold_in(jax.random.key(seed), int(round(rho * 1000)))
+    return jax.random.fold_in(key, sum((i + 1) * 7 ** CUES.index(c) for i, c in enumerate(planted)))
+
+
 def train_cell_classifier(cfg: PlantedConfig, base: Base, planted, rho, seed):
     """Plant the training images and train the cell's GAP-CNN (checkpoint chosen on a validation
     split of the planted training images). Returns ``(trained, planted training set)``."""
-    key = jax.random.fold_in(jax.random.key(seed), int(round(rho * 1000)))
-    key = jax.random.fold_in(key, sum((i + 1) * 7 ** CUES.index(c) for i, c in enumerate(planted)))
+    key = cell_prng(planted, rho, seed)
     p = pl.plant(base.train_x, base.train_y, key, source=0, target=1, planted=planted, rho=rho)
     ds = cd.Dataset(p.images, p.labels, None, (), ("source", "target"), f"planted-{'+'.join(planted) or 'null'}", "train")
     tr, va = cd.validation_split(ds, 0.1, seed=seed)
@@ -125,7 +131,7 @@ def run_cell(cfg: PlantedConfig, base: Base, planted, rho, seed) -> tuple[dict, 
     rel = cue_reliance(fns.logits, base.eval_x, ev.levels, source=0, target=1, n_boot=cfg.n_boot, seed=seed)
     t1 = time.perf_counter()
     expl, pics = attack_explainers(cfg, base, fns, ev.images)
-    expl.update(other_explainers(cfg, fns, p_train, ev.images, p_train.labels, jax.random.fold_in(jax.random.key(seed), 7)))
+    expl.update(other_explainers(cfg, fns, p_train, ev.images, p_train.labels, jax.random.fold_in(cell_prng(planted, rho, seed), 7)))
     expl["attack"] = dict(expl[f"attack_{cfg.readout}"], readout=cfg.readout)
     expl["mirror"] = None
     for name, e in expl.items():

@@ -34,7 +34,10 @@ def hit_rate_figure(summary: dict, path: Path) -> Path:
     ax.set_xlabel("rho (share of training images whose cue agrees with the label)")
     ax.set_ylabel("top-1 hit rate (reliant models)")
     ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no reliant model at rho > 0.5: no top-1 rate", ha="center", transform=ax.transAxes)
     ax.set_title(f"{summary['data']} {summary['pair'][0]}->{summary['pair'][1]}: is the most-relied-on cue ranked first?", fontsize=9)
     return atomic_savefig(fig, path)
 
