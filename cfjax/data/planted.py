@@ -132,27 +132,14 @@ def _filter(x, size: int, op: str):
     return jax.lax.reduce_window(x, init, fn, (1, size, size, 1), (1, 1, 1, 1), ((0, 0), (lo, hi), (lo, hi), (0, 0)))
 
 
-@functools.lru_cache(maxsize=None)
-def make_cues(h: int = 28, w: int = 28) -> dict[str, Cue]:
-    """The six cues for ``h x w`` images, keyed by name in :data:`CUE_ORDER` (cached).
-
-    Example:
-      >>> cues = make_cues()
-      >>> x = np.zeros((2, 28, 28, 1), np.float32)
-      >>> float(cues["patch"].measure(cues["patch"].apply(x, 1.0, None))[0])
-      1.0
-    """
-    if isinstance(h, bool) or not isinstance(h, int) or h < 16 or isinstance(w, bool) or not isinstance(w, int) or w < 16:
-        raise bad_arg("h, w", f"{h!r}, {w!r}", "image sides of at least 16 pixels")
-    reg = _regions(h, w)
-    keep = jnp.asarray(~reg["corners"], jnp.float32)[None, :, :, None]
+def _intensity_cues(reg: dict, w: int) -> dict:
+    """``{name: (apply, measure)}`` of the background, stripe, patch and tag cues."""
     patch = jnp.asarray(reg["patch"])[None, :, :, None]
     glyph = jnp.asarray(reg["glyph"])[None, :, :, None]
     rest = np.flatnonzero((reg["box"] & ~reg["glyph"]).ravel())
     glyph_idx = np.flatnonzero(reg["glyph"].ravel())
     outside = np.flatnonzero(~reg["corners"].ravel())
     s = jnp.asarray((np.arange(w) % 4) < 2, jnp.float32)[None, None, :, None]
-    centre = (w - 1) / 2.0
 
     def m_background(x):
         g = _grey(jnp.asarray(x, jnp.float32)).reshape(x.shape[0], -1)[:, outside]
@@ -194,6 +181,15 @@ def make_cues(h: int = 28, w: int = 28) -> dict[str, Cue]:
         lvl = _box_level(_grey(x)) + _vals(value, x.shape[0])
         return jnp.where(glyph, jnp.clip(lvl, 0.0, 1.0)[:, None, None, None], x)
 
+    return {"background": (a_background, m_background), "stripe": (a_stripe, m_stripe), "patch": (a_patch, m_patch),
+            "tag": (a_tag, m_tag)}
+
+
+def _geometry_cues(reg: dict, w: int) -> dict:
+    """``{name: (apply, measure)}`` of the thickness and position cues."""
+    keep = jnp.asarray(~reg["corners"], jnp.float32)[None, :, :, None]
+    centre = (w - 1) / 2.0
+
     def m_thickness(x):
         return jnp.asarray(desc.compute_descriptors(jnp.asarray(x, jnp.float32) * keep, "digits"))[:, 1]
 
@@ -221,15 +217,32 @@ def make_cues(h: int = 28, w: int = 28) -> dict[str, Cue]:
 
         return jax.vmap(one)(x, shift)
 
+    return {"thickness": (a_thickness, m_thickness), "position": (a_position, m_position)}
+
+
+@functools.lru_cache(maxsize=None)
+def make_cues(h: int = 28, w: int = 28) -> dict[str, Cue]:
+    """The six cues for ``h x w`` images, keyed by name in :data:`CUE_ORDER` (cached).
+
+    Example:
+      >>> cues = make_cues()
+      >>> x = np.zeros((2, 28, 28, 1), np.float32)
+      >>> float(cues["patch"].measure(cues["patch"].apply(x, 1.0, None))[0])
+      1.0
+    """
+    if isinstance(h, bool) or not isinstance(h, int) or h < 16 or isinstance(w, bool) or not isinstance(w, int) or w < 16:
+        raise bad_arg("h, w", f"{h!r}, {w!r}", "image sides of at least 16 pixels")
+    reg = _regions(h, w)
+    fns = {**_geometry_cues(reg, w), **_intensity_cues(reg, w)}
     spec = {
-        "thickness": (2.0, 4.0, 0.75, None, a_thickness, m_thickness),
-        "position": (-3.0, 3.0, 0.75, None, a_position, m_position),
-        "background": (0.0, 0.3, 0.02, None, a_background, m_background),
-        "stripe": (0.0, 0.2, 0.05, None, a_stripe, m_stripe),
-        "patch": (0.0, 1.0, 0.01, reg["patch"], a_patch, m_patch),
-        "tag": (0.0, 0.6, 0.02, reg["box"], a_tag, m_tag),
+        "thickness": (2.0, 4.0, 0.75, None),
+        "position": (-3.0, 3.0, 0.75, None),
+        "background": (0.0, 0.3, 0.02, None),
+        "stripe": (0.0, 0.2, 0.05, None),
+        "patch": (0.0, 1.0, 0.01, reg["patch"]),
+        "tag": (0.0, 0.6, 0.02, reg["box"]),
     }
-    return {n: Cue(n, CUE_KINDS[n], *spec[n]) for n in CUE_ORDER}
+    return {n: Cue(n, CUE_KINDS[n], *spec[n], *fns[n]) for n in CUE_ORDER}
 
 
 def check_cue_names(names: Sequence[str], arg: str = "cues") -> tuple[str, ...]:
