@@ -20,7 +20,7 @@ PKG = ROOT / "cfjax"
 # Inside a rank imports are allowed, circles are not (test_no_import_circle).
 LAYERS = {
     "cfjax.errors": 0, "cfjax._checks": 0, "cfjax.io": 0, "cfjax.checkpoint": 0, "cfjax.flops": 0, "cfjax.reduce": 0,
-    "cfjax.cpu_grads": 0, "cfjax.parallel": 0, "cfjax.progress": 0,
+    "cfjax.placement": 0, "cfjax.parallel": 0, "cfjax.progress": 0,
     "cfjax.data": 1, "cfjax.models": 2, "cfjax.interop": 2, "cfjax.methods": 3, "cfjax.eval": 3, "cfjax.training": 5, "cfjax.jobs": 6, "cfjax.cli": 7,
     "cfjax.__main__": 8,
 }

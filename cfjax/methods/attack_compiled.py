@@ -17,6 +17,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from cfjax._checks import check_images
+from cfjax.placement import align_batch
 from cfjax.errors import bad_arg
 from cfjax.methods.attack_checks import LATENT, PIXELS, check_batch_args, check_single_args, check_source_values, check_target_values, num_classes
 from cfjax.methods.attack_options import AttackOptions, build_options, spec_of, takes_options
@@ -124,6 +125,9 @@ class CompiledAttack:
           :class:`~cfjax.methods.attack.AttackResult` (with a leading batch axis when batched).
         """
         names = self._names
+        restore = lambda r: r  # noqa: E731
+        if self.batched:  # any caller sharding (an Explicit mesh, committed arrays) -> one layout
+            (z0, target, source), restore = align_batch(z0, target, source)
         if names is PIXELS:
             check_images(z0, names.start, batched=self.batched)
         if self.batched:
@@ -133,7 +137,7 @@ class CompiledAttack:
         k = self._classes(z0, target)
         target = check_target_values(target, k, self._spec)  # preset targets: int32, cast on the host
         check_source_values(source, k)
-        return self._fn(z0, target)
+        return restore(self._fn(z0, target))
 
 
 __all__ = ["CompiledAttack"]

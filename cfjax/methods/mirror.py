@@ -50,6 +50,7 @@ import optax
 import optax.tree_utils as otu
 from jaxtyping import Array, Bool, Float, Int
 
+from cfjax.placement import align_batch
 from cfjax.errors import bad_arg
 from cfjax.methods import mirror_checks as mc
 
@@ -694,7 +695,10 @@ class MirrorCFE:
         return self._compiles
 
     def __call__(self, x: Float[Array, "n H W c"], source: Int[Array, "n"], target: Int[Array, "n"]) -> MirrorResult:
-        """Explain a batch: ``x`` [n, H, W, c], ``source``/``target`` [n] integer classes."""
+        """Explain a batch: ``x`` [n, H, W, c], ``source``/``target`` [n] integer classes, placed
+        however the caller placed them (:func:`cfjax.placement.align_batch`); the result comes back
+        on the caller's mesh."""
+        (x, source, target), restore = align_batch(x, source, target)
         x = mc.as_array(x, "x", "a batch of images [n, H, W, c]")
         mc.check_image(x, "x", batched=True, x_range=getattr(self.decode, "x_range", None))
         st = mc.check_class_batch(source, target, self.num_classes, x.shape[0])
@@ -703,7 +707,7 @@ class MirrorCFE:
         if not self._head_checked and mc.is_concrete(x):
             mc.check_head_matches_logits(self.feature_maps, self.logits, self.W, self.b, x[0])
             self._head_checked = True
-        return self._run(x, jnp.asarray(source, jnp.int32), jnp.asarray(target, jnp.int32))
+        return restore(self._run(x, jnp.asarray(source, jnp.int32), jnp.asarray(target, jnp.int32)))
 
 
 # ------------------------------------------------------------------ applying a decoder
