@@ -147,7 +147,7 @@ def random_mirror_parts(clf_m, cp, x1, seed: int):
     g, _ = md.build_decoder(dcfg, (28, 28, 1))
     maps = jax.vmap(clf.feature_maps)(x1)
     gp = g.init(jax.random.key(seed), maps[-1], list(maps[:-1]), [jnp.ones((*m.shape[:3], 1)) for m in maps[:-1]])
-    dec = mr.bind_mirror_decoder(g, gp, clf.W, dcfg.rho_l, dcfg.rho_u)
+    dec = mr.bind_mirror_decoder(g, gp, clf.W, config=dcfg)  # carries the path it walks
     return clf, dec, classifier_backbone(clf_m, cp), mr.default_k_grid(0.05)
 
 
