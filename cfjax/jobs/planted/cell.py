@@ -144,5 +144,5 @@ def run_cell(cfg: PlantedConfig, base: Base, planted, rho, seed) -> tuple[dict, 
                           "eval_accuracy": rel["accuracy_off"]},
            "explainers": expl, "seconds": {"train_and_reliance": t1 - t0, "explainers": time.perf_counter() - t1}}
     pics.update({"x": ev.images, "on": np.stack([ev.on[c] for c in CUES], 1),
-                 "switched": np.stack([pl.switch(base.eval_x[:8], {k: v[:8] for k, v in ev.levels.items()}, c, True) for c in CUES], 1)})
+                 "switched": np.stack([pl.switch(base.eval_x[:32], {k: v[:32] for k, v in ev.levels.items()}, c, True) for c in CUES], 1)})
     return row, pics

@@ -63,14 +63,16 @@ def strip_figure(out: Path, rows: list[dict], path: Path) -> Path | None:
     for i, (c, r) in enumerate(picks):
         p = np.load(out / "cells" / f"{r['key']}.npz")
         j = CUE_ORDER.index(c)
-        off = np.flatnonzero(~p["on"][:, j].astype(bool) & p["ok"].astype(bool))
-        k = int(off[0]) if len(off) else 0
-        sw = p["switched"][min(k, len(p["switched"]) - 1), j]
+        m = len(p["switched"])
+        off = np.flatnonzero(~p["on"][:m, j].astype(bool) & p["ok"][:m].astype(bool))
+        on = p["on"].astype(bool)
+        k = int(off[np.argmin(on[off].sum(1))]) if len(off) else 0  # the cleanest: fewest other cues on
+        sw = p["switched"][k, j]
         imgs = (p["x"][k], sw, p["x_rec"][k], p["x_cf"][k], p["x_cf"][k] - p["x_rec"][k], p["x_px"][k])
         for a, (t, im) in enumerate(zip(cols, imgs)):
             ax = axes[i, a]
             diff = a == 4
-            ax.imshow(im[..., 0], cmap="RdBu_r" if diff else "gray", vmin=-1 if diff else 0, vmax=1)
+            ax.imshow(im[..., 0], cmap="RdBu_r" if diff else "gray", vmin=-0.5 if diff else 0, vmax=0.5 if diff else 1)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

@@ -31,7 +31,7 @@ def _read_cell(path: Path, fingerprint: str) -> dict | None:
 def _save_pictures(path: Path, pics: dict) -> None:
     def write(f):
         buf = io.BytesIO()
-        np.savez_compressed(buf, **{k: np.asarray(v)[:8] if k != "switched" else np.asarray(v) for k, v in pics.items()})
+        np.savez_compressed(buf, **{k: np.asarray(v)[:32] for k, v in pics.items()})
         f.write(buf.getvalue())
 
     atomic_write_with(path, write)
