@@ -26,13 +26,14 @@ def hit_rate_figure(summary: dict, path: Path) -> Path:
         pts = [(float(r), v) for r, v in e["top1_by_rho"].items() if v["value"] is not None]
         if not pts:
             continue
-        x = np.array([p[0] for p in pts]) + (i - len(series) / 2) * 0.004
+        x = np.array([p[0] for p in pts]) + (i - len(series) / 2) * 0.002
         y = np.array([p[1]["value"] for p in pts])
         err = np.array([[p[1]["value"] - p[1]["ci"][0], p[1]["ci"][1] - p[1]["value"]] for p in pts]).T
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name, ls="--" if ":" in name else "-")
     ax.axhline(0.9, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(sorted({float(r) for _, e in series for r in e["top1_by_rho"]}) or [1.0])
     ax.set_xlabel("rho (share of training images whose cue agrees with the label)")
-    ax.set_ylabel("top-1 hit rate (reliant models)")
+    ax.set_ylabel("top-1 hit rate (reliant models, one- and two-cue cells)")
     ax.set_ylim(-0.05, 1.05)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, ncol=2)
