@@ -113,7 +113,6 @@ def load_tfds(
         raise DataNotFoundError(f"data_dir: {str(data_dir)!r} does not exist. " + _how_to_get(name, data_dir))
 
     import tensorflow_datasets as tfds
-    from tqdm.auto import tqdm
 
     if name == "celeb_a_hq":
         src, rows = _celeb_a_hq_source(tfds, split, data_dir, image_size)
@@ -138,11 +137,26 @@ def load_tfds(
     else:
         attr_names = tuple(src.dataset_info.features["attributes"].keys()) if celeb else ()
     n = len(rows) if limit is None else min(limit, len(rows))
+    images, labels, attrs = _read_rows(src, rows[:n], f"{name}/{split}", image_size if celeb else None, attr_names, hq_attrs)
+    return Dataset(images, labels, attrs, attr_names, _CLASS_NAMES[name], name, split)
+
+
+def _read_rows(src, rows, desc: str, image_size: int | None, attr_names: tuple, hq_attrs: dict | None):
+    """Records ``rows`` of a TFDS data source, :data:`_BATCH` at a time (a tqdm bar above 10,000),
+    into preallocated arrays: float32 images in [0, 1], int32 labels, float32 attributes or None.
+
+    ``image_size`` given: CelebA (3 channels, centre-cropped and resized on the fly, no labels,
+    the attributes ``attr_names`` read from the record or, with ``hq_attrs``, CelebA-HQ's table);
+    ``None``: a 28x28 MNIST (labels from the record)."""
+    from tqdm.auto import tqdm
+
+    celeb = image_size is not None
+    n = len(rows)
     shape = (image_size, image_size, 3) if celeb else (28, 28, 1)
     images = np.empty((n, *shape), np.float32)
     labels = np.zeros(n, np.int32)
     attrs = np.empty((n, len(attr_names)), np.float32) if attr_names else None
-    with tqdm(total=n, desc=f"{name}/{split}", unit="img", disable=n <= 10_000, leave=False) as bar:
+    with tqdm(total=n, desc=desc, unit="img", disable=n <= 10_000, leave=False) as bar:
         for start in range(0, n, _BATCH):
             keys = [int(k) for k in rows[start : min(start + _BATCH, n)]]
             for i, r in enumerate(_read(src, keys), start):
@@ -159,7 +173,7 @@ def load_tfds(
                 images[i] = img
             bar.update(min(_BATCH, n - start))
     images *= np.float32(1 / 255)
-    return Dataset(images, labels, attrs, attr_names, _CLASS_NAMES[name], name, split)
+    return images, labels, attrs
 
 
 _HQ_RESOLUTIONS = (64, 128, 256, 512, 1024)

@@ -59,27 +59,11 @@ from jaxtyping import Array, Bool, Float, Int
 from cfjax.placement import align_batch
 from cfjax.errors import bad_arg
 from cfjax.methods import mirror_checks as mc
-from cfjax.methods.mirror_decode import (
-    OTHERS,
-    BoundMirrorDecoder,
-    batched_decoder,
-    bind_mirror_decoder,
-    class_activation_maps,
-    csp_mask,
-    csp_rho,
-    normalized_cam,
-    resolve_others,
-    skip_masks,
+from cfjax.methods.mirror_decode import (  # re-exported with the names below: applying a decoder
+    OTHERS, BoundMirrorDecoder, batched_decoder, bind_mirror_decoder, class_activation_maps, csp_mask, csp_rho, normalized_cam,
+    resolve_others, skip_masks,
 )
-from cfjax.methods.mirror_result import (
-    FOUND,
-    NO_FLIP,
-    NON_FINITE,
-    NOT_CONVERGED,
-    STATUS_NAMES,
-    MirrorResult,
-    ReflectResult,
-)
+from cfjax.methods.mirror_result import FOUND, NO_FLIP, NON_FINITE, NOT_CONVERGED, STATUS_NAMES, MirrorResult, ReflectResult
 
 SOLVERS = ("jaxopt", "optax", "exact")
 """The refinement's solvers (:func:`reflect`)."""
@@ -373,6 +357,38 @@ def check_options(*, solver=None, maxiter=None, tol=None, k_min=None, compose=No
         raise bad_arg("threshold", repr(threshold), "None (argmax rule) or a probability in (0, 1)")
 
 
+def _checked_args(feature_maps, W, b, decode, x, source, target, *, ks, others, logits, **options):
+    """:func:`mirror_cfe`'s checks, in order, before any of its work is traced (its docstring
+    lists them). ``options``: ``solver``, ``maxiter``, ``tol``, ``k_min``, ``compose``,
+    ``threshold``. Returns ``(W, b, x, ks, others)``: the head and image as arrays, the grid
+    (default :func:`default_k_grid`) and the path (:func:`resolve_others`)."""
+    mc.check_callable(feature_maps, "feature_maps", "x [H, W, c] -> [S_1, ..., S_L, F]")
+    mc.check_callable(decode, "decode", "(F_k, skips, source, target, k) -> x [H, W, c]")
+    if logits is not None:
+        mc.check_callable(logits, "logits", "x [H, W, c] -> [K]")
+    check_options(**options)
+    others = resolve_others(others, decode)
+    W = mc.as_array(W, "W", "an array [K, C] (logits = W @ GAP(F) + b)")
+    b = mc.as_array(b, "b", "an array [K]")
+    K, _ = mc.check_head(W, b)
+    if isinstance(decode, BoundMirrorDecoder):
+        mc.check_same_head(W, decode.W)
+    x = mc.as_array(x, "x", "one image [H, W, c]")
+    mc.check_image(x, "x", x_range=getattr(decode, "x_range", None))
+    mc.check_class_pair(source, target, K)
+    if ks is not None:
+        mc.check_ks(ks, compose=options["compose"])
+    ks = default_k_grid() if ks is None else jnp.asarray(ks, jnp.float32)
+    map_specs = mc.probe_feature_maps(feature_maps, x.shape, x.dtype, W.shape)
+    mc.probe_decoder(decode, map_specs, x.shape, source, target)
+    if logits is None and mc.is_concrete(x):
+        logits = getattr(feature_maps, "classifier_logits", None)
+    if logits is not None:
+        mc.probe_logits(logits, x.shape, x.dtype, K)
+        mc.check_head_matches_logits(feature_maps, logits, W, b, x)
+    return W, b, x, ks, others
+
+
 def mirror_cfe(
     feature_maps: Callable,
     W: Float[Array, "K C"],
@@ -462,31 +478,8 @@ def mirror_cfe(
       >>> bool(r.found), int(jnp.argmax(r.logits_path[-1])) == t
       (True, True)
     """
-    mc.check_callable(feature_maps, "feature_maps", "x [H, W, c] -> [S_1, ..., S_L, F]")
-    mc.check_callable(decode, "decode", "(F_k, skips, source, target, k) -> x [H, W, c]")
-    if logits is not None:
-        mc.check_callable(logits, "logits", "x [H, W, c] -> [K]")
-    check_options(solver=solver, maxiter=maxiter, tol=tol, k_min=k_min, compose=compose, threshold=threshold)
-    others = resolve_others(others, decode)
-    W = mc.as_array(W, "W", "an array [K, C] (logits = W @ GAP(F) + b)")
-    b = mc.as_array(b, "b", "an array [K]")
-    K, _ = mc.check_head(W, b)
-    if isinstance(decode, BoundMirrorDecoder):
-        mc.check_same_head(W, decode.W)
-    x = mc.as_array(x, "x", "one image [H, W, c]")
-    mc.check_image(x, "x", x_range=getattr(decode, "x_range", None))
-    mc.check_class_pair(source, target, K)
-    if ks is not None:
-        mc.check_ks(ks, compose=compose)
-    ks = default_k_grid() if ks is None else jnp.asarray(ks, jnp.float32)
-    map_specs = mc.probe_feature_maps(feature_maps, x.shape, x.dtype, W.shape)
-    mc.probe_decoder(decode, map_specs, x.shape, source, target)
-    if logits is None and mc.is_concrete(x):
-        logits = getattr(feature_maps, "classifier_logits", None)
-    if logits is not None:
-        mc.probe_logits(logits, x.shape, x.dtype, K)
-        mc.check_head_matches_logits(feature_maps, logits, W, b, x)
-
+    W, b, x, ks, others = _checked_args(feature_maps, W, b, decode, x, source, target, ks=ks, others=others, logits=logits, solver=solver,
+                                        maxiter=maxiter, tol=tol, k_min=k_min, compose=compose, threshold=threshold)
     maps = list(feature_maps(x))
     skips, F_s = maps[:-1], maps[-1]
     res = reflect(F_s, W, b, source, target, solver=solver, maxiter=maxiter, tol=tol, others=others)
