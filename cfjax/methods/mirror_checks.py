@@ -13,8 +13,9 @@ the decoder's output shape (a ``jax.eval_shape`` probe) and the head a bound dec
 Shape checks always run, also under ``jit``/``vmap``; value checks only on concrete values (a
 non-finite image inside a user's ``jit`` ends with ``status`` 3, ``NON_FINITE``).
 
-The options that need Mirror's vocabulary (solver names, the path ``others``) are checked in
-:mod:`cfjax.methods.mirror`, where that vocabulary is defined.
+The options that need Mirror's vocabulary are checked in :mod:`cfjax.methods.mirror`, which
+defines the solver names and imports the path vocabulary ``OTHERS`` from
+:mod:`cfjax.methods.mirror_decode`.
 """
 
 from __future__ import annotations
