@@ -205,3 +205,12 @@ def test_smoke_benchmark_end_to_end(tmp_path):
     assert set(s["vae"]["cue_reconstruction"]) == set(pl.CUE_ORDER)
     for f in ("hit_rate_vs_rho.png", "counterfactual_strips.png"):
         assert (out / "figures" / f).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tied_scores_do_not_win_by_name():
+    from cfjax.eval.ranking import rank_order
+
+    names = ("patch", "tag", "stripe")
+    firsts = {rank_order([1.0, 1.0, 0.2], names, tie_seed=s)[0] for s in range(20)}
+    assert firsts == {"patch", "tag"}
+    assert rank_order([1.0, 1.0, 0.2], names)[:2] == ["patch", "tag"]

@@ -30,13 +30,16 @@ from cfjax.eval.intervals import bootstrap, wilson
 Z_ALARM = 3.0
 
 
-def rank_order(scores: Sequence[float], names: Sequence[str]) -> list[str]:
-    """``names`` sorted by decreasing ``|score|`` (NaN last, ties by name)."""
+def rank_order(scores: Sequence[float], names: Sequence[str], tie_seed: int | None = None) -> list[str]:
+    """``names`` sorted by decreasing ``|score|`` (NaN last). Ties are broken by name, or at random
+    with ``tie_seed`` (an explainer whose scores tie, e.g. two cues both perfectly correlated with
+    the label, must not win by alphabetical order)."""
     s = np.asarray(scores, np.float64)
     if len(s) != len(names):
         raise bad_arg("scores", f"{len(s)} scores", f"one per name ({len(names)})")
-    key = np.where(np.isfinite(s), -np.abs(s), np.inf)
-    return [names[i] for i in sorted(range(len(s)), key=lambda i: (key[i], names[i]))]
+    key = np.where(np.isfinite(s), -np.round(np.abs(s), 9), np.inf)
+    tie = np.random.default_rng(tie_seed).permutation(len(s)) if tie_seed is not None else np.zeros(len(s))
+    return [names[i] for i in sorted(range(len(s)), key=lambda i: (key[i], tie[i], names[i]))]
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -63,7 +66,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def score_cell(cues: Sequence[str], reliance: dict, scores: Sequence[float], z: Sequence[float] | None = None,
-               *, z_alarm: float = Z_ALARM) -> dict:
+               *, z_alarm: float = Z_ALARM, tie_seed: int | None = None) -> dict:
     """One explainer on one cell.
 
     Args:
@@ -72,6 +75,7 @@ def score_cell(cues: Sequence[str], reliance: dict, scores: Sequence[float], z: 
       scores: the explainer's score per cue.
       z: ``|mean| / SE`` per cue (``None``: the explainer never flags, e.g. random).
       z_alarm: the flag threshold.
+      tie_seed: breaks ties in the explainer's ranking at random (see :func:`rank_order`).
 
     Returns:
       ``{"ranking", "top1_hit", "reciprocal_rank", "spearman", "flagged", "false_alarm"}``;
@@ -80,7 +84,7 @@ def score_cell(cues: Sequence[str], reliance: dict, scores: Sequence[float], z: 
     """
     cues = list(cues)
     rel = np.array([abs(reliance["cues"][c]["delta_p"]) for c in cues])
-    order = rank_order(scores, cues)
+    order = rank_order(scores, cues, tie_seed)
     truth = cues[int(np.argmax(rel))]
     reliant = not reliance["relies_on_nothing"]
     zz = np.zeros(len(cues)) if z is None else np.nan_to_num(np.asarray(z, np.float64))
