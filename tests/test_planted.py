@@ -214,3 +214,16 @@ def test_tied_scores_do_not_win_by_name():
     firsts = {rank_order([1.0, 1.0, 0.2], names, tie_seed=s)[0] for s in range(20)}
     assert firsts == {"patch", "tag"}
     assert rank_order([1.0, 1.0, 0.2], names)[:2] == ["patch", "tag"]
+
+
+def test_benchmark_subcommand_refuses_bad_arguments_through_main(tmp_path):
+    import argparse
+
+    from cfjax.jobs.planted.cli import benchmark_subcommand
+
+    p = argparse.ArgumentParser()
+    handler = benchmark_subcommand(p)
+    args = p.parse_args(["planted", "--rho", "0.2", "--out", str(tmp_path / "x")])
+    with pytest.raises(InputError, match="rho"):
+        handler(args)
+    assert not (tmp_path / "x").exists()

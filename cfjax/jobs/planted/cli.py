@@ -88,3 +88,17 @@ def run(args) -> int:
         print(f"{name:>16}: top-1 at rho >= 0.9 {txt}")
     print(f"wrote {args.out}/summary.json ({len(s['cells'])} cells, {s['timing']['cells_computed']} computed)")
     return 0
+
+
+def benchmark_subcommand(p: argparse.ArgumentParser):
+    """``cfjax benchmark ...`` for ``cfjax.cli.SUBCOMMANDS``: adds ``planted`` under ``p`` and
+    returns the handler ``main`` calls. A bad argument raises :class:`InputError` (``main`` prints
+    it and exits 2) before anything is loaded, trained or written."""
+    add_parser(p.add_subparsers(dest="benchmark", required=True))
+
+    def handler(args) -> None:
+        config_from_args(args)  # raises InputError before any work
+        if run(args):
+            raise bad_arg("arguments", "a run that failed", "a valid benchmark")
+
+    return handler
