@@ -20,6 +20,8 @@ from cfjax.methods.mirror import OTHERS, SOLVERS
 
 LR_SCHEDULES = ("constant", "cosine")
 PRESETS = ("paper", "robust")
+# the names; the job's presets (:data:`cfjax.jobs.mirror.config.PRESETS`, what ``--preset`` offers)
+# map each to its decoder config
 """The named decoder/job presets: ``paper`` (the method as published; the default) and ``robust``."""
 
 ROBUST_CHANGES = {"reflect_others": "mirror", "ema_decay": 0.999, "fea_normalized": True}

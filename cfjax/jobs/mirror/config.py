@@ -19,7 +19,7 @@ MIRROR_PAIRS = {
 }
 """The paper's (C3LT's) class pairs, both directions."""
 
-PRESETS = {"paper": md.MirrorDecoderConfig.paper, "robust": md.MirrorDecoderConfig.robust}
+PRESETS = {name: getattr(md.MirrorDecoderConfig, name) for name in md.PRESETS}
 """The job's named presets and the decoder config each starts from: ``paper`` (the method as
 published; the default) and ``robust`` (:data:`cfjax.training.mirror_decoder.ROBUST_CHANGES`).
 The CLI's ``--preset`` offers exactly these."""
