@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from cfjax.errors import CfjaxError, bad_arg
+from cfjax.jobs.planted.cli import benchmark_subcommand
 
 SUBCOMMANDS: dict = {}
 """name -> (help, fn(parser) -> handler(args)); tests may register more."""
@@ -601,6 +602,9 @@ def _rewrite_aliases(argv: list[str]) -> list[str]:
                 break
         return argv[: i + 1] + [method] + rest
     return argv
+
+
+SUBCOMMANDS["benchmark"] = ("benchmarks of the explainers: cfjax benchmark planted ... (docs/planted.md)", benchmark_subcommand)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -227,3 +227,12 @@ def test_benchmark_subcommand_refuses_bad_arguments_through_main(tmp_path):
     with pytest.raises(InputError, match="rho"):
         handler(args)
     assert not (tmp_path / "x").exists()
+
+
+def test_cfjax_benchmark_planted_is_wired_into_the_cli_and_checks_before_work(tmp_path, capsys):
+    from cfjax.cli import main
+
+    out = tmp_path / "never"
+    assert main(["benchmark", "planted", "--data", "nope", "--out", str(out)]) == 2
+    assert "data" in capsys.readouterr().err
+    assert not out.exists()
