@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -307,20 +306,9 @@ def explain_dataset(
     """
     mesh = mesh or data_mesh()
     n_dev = mesh.devices.size
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0:
-        raise bad_arg("chunk_size", repr(chunk_size), "a positive integer")
-    if chunk_size % n_dev:
-        raise bad_arg("chunk_size", chunk_size, f"a multiple of the device count ({n_dev})")
-    if not data:
-        raise bad_arg("data", "an empty mapping", "at least one named array")
-    lens = {k: len(v) for k, v in data.items()}
-    if len(set(lens.values())) != 1:
-        raise bad_arg("data", f"lengths {lens}", "arrays of equal length")
-    n_local = next(iter(lens.values()))
     pc = jax.process_count()
+    n_local = _check_pass(data, chunk_size, n_dev, pc)
     local_chunk = chunk_size // pc
-    if chunk_size % pc:
-        raise bad_arg("chunk_size", chunk_size, f"a multiple of the process count ({pc})")
     # every process must run the same number of steps: agree on the longest local slice
     n_max = _max_over_processes(n_local)
     if n_max == 0:
@@ -361,13 +349,7 @@ def explain_dataset(
     for c in range(cursor, n_chunks):
         if stop_after is not None and done_now >= stop_after:
             break
-        s, e = c * local_chunk, min((c + 1) * local_chunk, n_local)
-        real = max(e - s, 0)
-        if real > 0:
-            local = {k: pad_to(read_rows(v, slice(s, e)), local_chunk) for k, v in data.items()}
-        else:  # this process has run out of rows: feed masked copies of its first row
-            local = {k: pad_to(read_rows(v, slice(0, 1)), local_chunk) for k, v in data.items()}
-        lmask = np.arange(local_chunk) < real
+        local, lmask = _local_chunk(data, c, local_chunk, n_local)
         batch = {k: _global(v, row, chunk_size) for k, v in local.items()}
         mask = _global(lmask, row, chunk_size)
         # bounded host memory: at most this chunk (being put) and the previous one (computing) are
@@ -388,6 +370,31 @@ def explain_dataset(
             save(c + 1)
     bar.close()
     return jax.tree_util.tree_map(np.asarray, jax.device_get(acc))
+
+
+def _check_pass(data: Mapping[str, Any], chunk_size, n_dev: int, pc: int) -> int:
+    """:func:`explain_dataset`'s argument checks; returns the local row count."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0:
+        raise bad_arg("chunk_size", repr(chunk_size), "a positive integer")
+    if chunk_size % n_dev:
+        raise bad_arg("chunk_size", chunk_size, f"a multiple of the device count ({n_dev})")
+    if not data:
+        raise bad_arg("data", "an empty mapping", "at least one named array")
+    lens = {k: len(v) for k, v in data.items()}
+    if len(set(lens.values())) != 1:
+        raise bad_arg("data", f"lengths {lens}", "arrays of equal length")
+    if chunk_size % pc:
+        raise bad_arg("chunk_size", chunk_size, f"a multiple of the process count ({pc})")
+    return next(iter(lens.values()))
+
+
+def _local_chunk(data: Mapping[str, Any], c: int, local_chunk: int, n_local: int) -> tuple[dict, np.ndarray]:
+    """This process's rows of chunk ``c``, padded to ``local_chunk``, and the mask of real rows (a
+    process that has run out of rows feeds masked copies of its first row)."""
+    s, e = c * local_chunk, min((c + 1) * local_chunk, n_local)
+    real = max(e - s, 0)
+    rows = slice(s, e) if real > 0 else slice(0, 1)
+    return {k: pad_to(read_rows(v, rows), local_chunk) for k, v in data.items()}, np.arange(local_chunk) < real
 
 
 def _global(local: np.ndarray, sharding: NamedSharding, global_rows: int) -> jax.Array:

@@ -116,24 +116,14 @@ def mirror_rows(
     """
     W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
     ks = jnp.asarray(ks, jnp.float32)
-    run = jax.vmap(lambda xi, s, t: mr.mirror_cfe(clf.feature_maps, W, b, decode, xi, s, t, ks=ks, solver=solver, maxiter=maxiter, tol=tol,
-                                                     compose=compose, threshold=threshold, others=others))
     n = x.shape[0]
-    S = decode_slices(n, int(ks.shape[0]), max_decode)
-    if S == 1:
-        r = run(x, source, target)
-    else:  # [n, ...] -> [S, n/S, ...]: the scanned axis is unsharded, each slice spans every device
-        split = lambda a: jnp.moveaxis(a.reshape(n // S, S, *a.shape[1:]), 1, 0)  # noqa: E731
-        r = jax.lax.map(lambda args: run(*args), (split(x), split(source), split(target)))
-        r = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1).reshape(n, *a.shape[2:]), r)
+    r = _run_batch(clf, decode, x, source, target, ks, max_decode, solver=solver, maxiter=maxiter, tol=tol, compose=compose,
+                   threshold=threshold, others=others)
     take_at = lambda a, i: jnp.take_along_axis(a, i.reshape(n, *([1] * (a.ndim - 1))), axis=1)[:, 0]  # noqa: E731
     take = lambda a: take_at(a, r.index)  # noqa: E731
     p_lin = jax.vmap(lambda l, t: jax.nn.softmax(l)[:, t])(r.logits_features, target)  # [n, m]
     p_dec = jax.vmap(lambda l, t: jax.nn.softmax(l)[:, t])(r.logits_path, target)
     valid_path = (jnp.argmax(r.logits_path, -1) == target[:, None]).astype(jnp.float32)
-    faith = jnp.sum(jnp.abs(r.z_path - r.z_decoded), -1)  # [n, m]
-    faith_rel = faith / (jnp.sum(jnp.abs(r.z_path), -1) + 1e-6)
-    pgap = p_dec - p_lin  # signed: decoded minus path
     # the first counterfactual: the grid's, or located between the grid points around it
     x_cf, k_cf, z_cf, z_dec_cf = r.x_cf, r.k_cf, take(r.z_path), take(r.z_decoded)
     if locate_steps:
@@ -141,9 +131,7 @@ def mirror_rows(
         z_cf = jnp.where(r.found[:, None], jax.vmap(lambda F0, F1, k: mr.gap(F0 + k * (F1 - F0)))(
             jax.vmap(lambda xi: list(clf.feature_maps(xi))[-1])(x), r.F_r, jnp.nan_to_num(k_cf)), z_cf)
         z_dec_cf = jax.vmap(clf.features)(x_cf)
-    p_lin_cf = jax.vmap(lambda z, t: jax.nn.softmax(z @ W.T + b)[t])(z_cf, target)
-    p_dec_cf = jax.vmap(lambda z, t: jax.nn.softmax(z @ W.T + b)[t])(z_dec_cf, target)
-    faith_cf = jnp.sum(jnp.abs(z_cf - z_dec_cf), -1)
+    faith_rows = _faithfulness_rows(r, p_lin, p_dec, z_cf, z_dec_cf, target, W, b)
     z_s = jax.vmap(clf.features)(x)
     w = mask.astype(jnp.float32)
     conf = (ks[None, :] > 0.5) & (p_dec >= confident)  # [n, m]
@@ -153,14 +141,11 @@ def mirror_rows(
         "k_cf": k_cf, "k_cf_found": jnp.where(r.found, k_cf, 0.0), "k_cf_grid": r.k_cf, "k_cf_grid_found": jnp.where(r.found, r.k_cf, 0.0),
         "index": r.index, "found": r.found, "status": r.status,
         "iterations": r.iterations, "converged": r.converged, "converged_f": r.converged.astype(jnp.float32), "residual": r.residual,
-        "p_lin": p_lin, "p_dec": p_dec, "target_prob": p_dec_cf, "valid_path": valid_path, "valid_k1": valid_path[:, -1],
+        "p_lin": p_lin, "p_dec": p_dec, "valid_path": valid_path, "valid_k1": valid_path[:, -1],
         "l1": metrics.l1(x, x_cf), "l2": metrics.l2(x, x_cf), "latent_l2": jnp.linalg.norm(z_cf - z_s, axis=-1),
         "dval": metrics.denoised_validity(jax.vmap(clf.logits), x_cf, target, blur_sigma),
         "lpips": metrics.perceptual_distance(backbone.feature_maps, x, x_cf),
-        "faith_mean": faith.mean(-1), "faith_cf": faith_cf, "faith_rel_mean": faith_rel.mean(-1),
-        "faith_rel_cf": faith_cf / (jnp.sum(jnp.abs(z_cf), -1) + 1e-6),
-        "pgap_mean": jnp.abs(pgap).mean(-1), "pgap_cf": jnp.abs(p_dec_cf - p_lin_cf),
-        "pgap_signed_mean": pgap.mean(-1), "pgap_signed_cf": p_dec_cf - p_lin_cf,
+        **faith_rows,
         "rec_l1": metrics.l1(x, r.x_path[:, 0]), "l1_vs_rec": metrics.l1(r.x_path[:, 0], x_cf), "feats": backbone.features(x_cf),
         "dval_k1": metrics.denoised_validity(jax.vmap(clf.logits), r.x_path[:, -1], target, blur_sigma),
         "conf_found": (jnp.any(conf, axis=1) & mask).astype(jnp.float32),
@@ -178,6 +163,40 @@ def mirror_rows(
         rows["x_k"] = r.x_path
         rows["x_cf"] = x_cf
     return rows
+
+
+def _run_batch(clf, decode, x, source, target, ks, max_decode: int | None, **opts):
+    """:func:`cfjax.mirror_cfe` vmapped over the batch, in ``S`` sequential slices when
+    ``max_decode`` bounds the images decoded at once (:func:`decode_slices`)."""
+    W, b = jnp.asarray(clf.W), jnp.asarray(clf.b)
+    run = jax.vmap(lambda xi, s, t: mr.mirror_cfe(clf.feature_maps, W, b, decode, xi, s, t, ks=ks, **opts))
+    n = x.shape[0]
+    S = decode_slices(n, int(ks.shape[0]), max_decode)
+    if S == 1:
+        return run(x, source, target)
+    # [n, ...] -> [S, n/S, ...]: the scanned axis is unsharded, each slice spans every device
+    split = lambda a: jnp.moveaxis(a.reshape(n // S, S, *a.shape[1:]), 1, 0)  # noqa: E731
+    r = jax.lax.map(lambda args: run(*args), (split(x), split(source), split(target)))
+    return jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1).reshape(n, *a.shape[2:]), r)
+
+
+def _faithfulness_rows(r, p_lin, p_dec, z_cf, z_dec_cf, target, W, b) -> dict:
+    """The faithfulness rows (see :data:`FAITHFULNESS`) and ``target_prob``, the decoded first
+    counterfactual's ``p_t``: the gap ``p_t(F(G(F_k))) - p_t(z_k)`` (decoded minus path) and the
+    feature L1 ``||z_k - GAP(F(G(F_k)))||_1``, along the grid [n, m] and at the first CF."""
+    faith = jnp.sum(jnp.abs(r.z_path - r.z_decoded), -1)  # [n, m]
+    faith_rel = faith / (jnp.sum(jnp.abs(r.z_path), -1) + 1e-6)
+    pgap = p_dec - p_lin  # signed: decoded minus path
+    p_lin_cf = jax.vmap(lambda z, t: jax.nn.softmax(z @ W.T + b)[t])(z_cf, target)
+    p_dec_cf = jax.vmap(lambda z, t: jax.nn.softmax(z @ W.T + b)[t])(z_dec_cf, target)
+    faith_cf = jnp.sum(jnp.abs(z_cf - z_dec_cf), -1)
+    return {
+        "target_prob": p_dec_cf,
+        "faith_mean": faith.mean(-1), "faith_cf": faith_cf, "faith_rel_mean": faith_rel.mean(-1),
+        "faith_rel_cf": faith_cf / (jnp.sum(jnp.abs(z_cf), -1) + 1e-6),
+        "pgap_mean": jnp.abs(pgap).mean(-1), "pgap_cf": jnp.abs(p_dec_cf - p_lin_cf),
+        "pgap_signed_mean": pgap.mean(-1), "pgap_signed_cf": p_dec_cf - p_lin_cf,
+    }
 
 
 def _locate(clf, decode, x, source, target, r, ks, steps: int, *, compose: str, threshold: float | None):
