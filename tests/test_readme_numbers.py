@@ -53,3 +53,31 @@ def test_readme_mirror_table_equals_the_summaries():
         fa = s["faithfulness"]
         assert (float(gap), float(signed)) == (round(fa["target_prob_gap_at_cf"], 3), round(fa["target_prob_gap_signed_at_cf"], 3)), (name, c[7])
         assert float(c[8]) == round(s["first_cf_k_mean"], 3), (name, c[8])
+
+
+def _value_ci(cell: str, v: float, ci) -> None:
+    m = WITH_CI.match(cell.strip())
+    assert m, cell
+    got = tuple(map(float, m.groups()))
+    assert got == pytest.approx((round(v, 3), round(ci[0], 3), round(ci[1], 3)), abs=1e-9), (cell, v, ci)
+
+
+def test_readme_reference_model_table_equals_the_summaries():
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        m = re.match(r"\| \*\*cfjax `(\w+)`, reference models\*\* \|", line)
+        if m:
+            rows[m.group(1)] = [c.strip() for c in line.split("|")[1:-1]]
+    assert set(rows) == {"paper", "robust"}
+    for preset, c in rows.items():
+        s = json.loads((ROOT / "experiments" / "results" / f"mirror_mnist_{preset}_reference_test_summary.json").read_text())
+        assert s["split"] == "test" and set(s["reference_models"]) == {"classifier", "oracle"}
+        _value_ci(c[1], s["validity"], s["validity_ci"])
+        _value_ci(c[2], s["denoised_validity"], s["denoised_validity_ci"])
+        assert f"(ceiling {s['denoised_validity_ceiling']:.3f})" in c[2]
+        _value_ci(c[3], s["l1"], s["l1_ci"])
+        _value_ci(c[4], s["lpips_alex"], s["lpips_alex_ci"])
+        _value_ci(c[5], s["faithfulness"]["target_prob_gap_at_cf"], s["target_prob_gap_at_cf_ci"])
+        for cell, key in zip(c[6:9], ("first_cf", "confident_cf", "k1")):
+            _value_ci(cell, s["oracle_validity_at"][key], s["oracle_validity_at_ci"][key])
+        assert float(c[9]) == round(s["oracle_ceiling"], 3)
