@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -174,6 +175,12 @@ def weighted_means(
     return Evaluator(name, init, update, finalize)
 
 
+_POISSON1_CDF = np.cumsum([np.exp(-1.0) / math.factorial(k) for k in range(16)]).astype(np.float32)  # numpy: importing starts no backend
+"""P(X <= k) of Poisson(1), k = 0..15 (the mass beyond 15 is below 1e-13): inverse-CDF sampling
+without the rejection loop of ``jax.random.poisson``, so a sharded step holds no data-dependent
+loop (whose every iteration would be a cross-device collective)."""
+
+
 def bootstrap_means(name: str, fields: Mapping[str, tuple[str, str]], *, row_id: str = "row_id", n_boot: int = 200, seed: int = 0,
                     level: float = 0.95) -> Evaluator:
     """Percentile intervals of weighted means by a **Poisson bootstrap** that streams and shards.
@@ -195,7 +202,8 @@ def bootstrap_means(name: str, fields: Mapping[str, tuple[str, str]], *, row_id:
     def update(s, rows):
         ids = jnp.asarray(rows[row_id]).astype(jnp.uint32)
         base = jax.random.key(seed)
-        pw = jax.vmap(lambda i: jax.random.poisson(jax.random.fold_in(base, i), 1.0, (n_boot,)))(ids).astype(jnp.float32)  # [n, B]
+        u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(base, i), (n_boot,)))(ids)  # [n, B]
+        pw = jnp.sum(u[..., None] >= _POISSON1_CDF, axis=-1).astype(jnp.float32)  # Poisson(1) by inverse CDF, no loop
         num, den = {}, {}
         for k, (vk, wk) in fields.items():
             wv = jnp.asarray(rows[wk], jnp.float32)
