@@ -15,7 +15,8 @@ devices fails. :func:`align_batch` makes the layout one:
 * without a sharded input, arrays committed to different devices are all put on the first one's.
 
 The returned ``restore`` puts outputs back on the caller's own mesh (Explicit again), so code on
-either side sees only its own mesh type.
+either side sees only its own mesh type. Traced inputs (a call inside the caller's own ``jit``) pass
+through untouched: there the caller's sharding rules apply.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def align_batch(*arrays: Any) -> tuple[tuple, Callable[[Any], Any]]:
       >>> x.shape, restore(x) is x
       ((4, 3), True)
     """
+    if any(isinstance(a, jax.core.Tracer) for a in arrays):  # under the caller's own jit: its layout rules
+        return tuple(arrays), lambda tree: tree
     ref = next((a for a in arrays if isinstance(a, jax.Array) and _batch_sharded(a)), None)
     if ref is None:
         return _same_device(arrays), lambda tree: tree

@@ -19,23 +19,9 @@ from cfjax.errors import InputError
 from cfjax.methods import attack as atk
 from cfjax.methods import attack_options as ao
 
+from tiny_attack import D, K, SOURCE, TARGET, WC, WD, Z0, decode, logits  # noqa: F401  (the shared tiny models)
+
 ROOT = Path(__file__).resolve().parent.parent
-D, K = 4, 3
-WD = jax.random.normal(jax.random.key(0), (D, 16))
-WC = jax.random.normal(jax.random.key(1), (16, K))
-
-
-def decode(z):  # [D] -> [4, 4, 1]
-    return jax.nn.sigmoid(z @ WD).reshape(4, 4, 1)
-
-
-def logits(x):  # [4, 4, 1] -> [K]
-    return 3.0 * ((x.reshape(-1) - 0.5) @ WC)
-
-
-Z0 = jax.random.normal(jax.random.key(2), (6, D))
-SOURCE = jnp.argmax(jax.vmap(lambda z: logits(decode(z)))(Z0), -1).astype(jnp.int32)
-TARGET = ((SOURCE + 1) % K).astype(jnp.int32)
 
 FIELDS = [f.name for f in dataclasses.fields(cfjax.AttackOptions)]
 BATCH_ONLY = {f.name for f in dataclasses.fields(cfjax.AttackOptions) if f.metadata.get("batch")}
